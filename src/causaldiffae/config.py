@@ -1,0 +1,104 @@
+"""Typed dataclass configs: YAML/dict loading that rejects unknown keys and wrong types, and --help text.
+
+Dataclasses are the source of truth; each field carries its help in ``metadata["help"]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def param(default: Any, help: str) -> Any:
+    """A dataclass field with a default and the help line that ``--help`` shows."""
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str) -> T:
+    """Build dataclass ``cls`` from ``data``; an unknown key or a wrong type raises naming ``where.key``."""
+    data = {} if data is None else data
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{where} must be a mapping of keys to values, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(f'{where}.{k}' for k in unknown)}; "
+                         f"valid keys of {where}: {', '.join(fields)}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for key, value in data.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            values[key] = from_dict(hint, value, f"{where}.{key}")
+        else:
+            values[key] = _coerce(value, hint, f"{where}.{key}")
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check ``value`` against a type hint (int, float, bool, str, lists, tuples, dicts, unions, Literal)."""
+    origin, args = typing.get_origin(hint) or hint, typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin is typing.Union or origin is types.UnionType:
+        for option in args:
+            try:
+                return _coerce(value, option, where)
+            except ValueError:
+                continue
+        raise ValueError(f"{where} = {value!r} has the wrong type; expected {_name(hint)}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ValueError(f"{where} = {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if hint is type(None):
+        if value is not None:
+            raise ValueError(f"{where} must be null")
+        return None
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, bool, str) and type(value) is hint:
+        return value
+    if origin in (list, tuple) and isinstance(value, (list, tuple)):
+        item = args[0] if args else Any
+        return origin(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict and isinstance(value, Mapping):
+        return dict(value)
+    raise ValueError(f"{where} = {value!r} has the wrong type; expected {_name(hint)}")
+
+
+def _name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """A plain dict of a (nested) dataclass, tuples as lists: what YAML and JSON store."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+    return plain(dataclasses.asdict(obj))
+
+
+def describe(cls: type, prefix: str) -> list[str]:
+    """One line per key: ``prefix.key (default): help``, for --help epilogs and docs."""
+    lines = []
+    for f in dataclasses.fields(cls):
+        if not f.init or "help" not in f.metadata:
+            continue
+        lines.append(f"  {prefix}.{f.name} ({default_of(f)!r}): {f.metadata['help']}")
+    return lines
+
+
+def default_of(f: dataclasses.Field) -> Any:
+    """The default value of a dataclass field, calling its factory if it has one."""
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]

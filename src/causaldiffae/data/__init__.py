@@ -1,0 +1,39 @@
+"""Datasets in one on-disk layout (see base.py); built-in ones are generated on first use."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from . import pendulum
+from .base import ImageDataset, load_dataset, write_dataset
+
+#: Built-in datasets: name -> generator(out, size) that writes the dataset layout.
+GENERATORS: dict[str, Callable[..., Path]] = {"pendulum": pendulum.generate}
+
+
+def cache_dir() -> Path:
+    """Where generated datasets live: ``$CAUSALDIFFAE_CACHE`` or ``~/.cache/causaldiffae``."""
+    return Path(os.environ.get("CAUSALDIFFAE_CACHE") or Path.home() / ".cache" / "causaldiffae")
+
+
+def dataset_root(name: str, root: str | Path | None, image_size: int) -> Path:
+    if root:
+        return Path(root)
+    if name not in GENERATORS:
+        raise ValueError(f"data.name {name!r} needs data.root (built-in datasets: {', '.join(GENERATORS)})")
+    return cache_dir() / f"{name}-{image_size}"
+
+
+def open_dataset(name: str, root: str | Path | None, image_size: int, resize: bool = False,
+                 progress: bool = True) -> ImageDataset:
+    """Load a dataset; a built-in one whose folder does not exist yet is generated there first."""
+    folder = dataset_root(name, root, image_size)
+    if name in GENERATORS and not (folder / "labels.csv").exists():
+        GENERATORS[name](folder, image_size, progress=progress)
+    return load_dataset(folder, image_size, resize)
+
+
+__all__ = ["GENERATORS", "ImageDataset", "cache_dir", "dataset_root", "load_dataset", "open_dataset",
+           "write_dataset"]

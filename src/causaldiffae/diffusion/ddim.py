@@ -1,0 +1,165 @@
+"""Deterministic DDIM (eta = 0): sampling and inversion.
+
+Song et al. 2021, "Denoising Diffusion Implicit Models" (arXiv:2010.02502).
+
+With eta = 0, eq. 12 of the paper drops its noise term and becomes a deterministic map between two noise
+levels; in the variables x_bar = x / sqrt(ab) and sigma = sqrt((1 - ab) / ab) it is one Euler step of the
+probability-flow ODE d x_bar = eps(x, t) d sigma (eq. 14). Running that step towards less noise decodes
+(`sample`); running it towards more noise encodes (`invert`), which is how a diffusion autoencoder obtains the
+stochastic code x_T of an image.
+
+A trajectory is a list of K ascending training timesteps tau_1 < ... < tau_K (see `timesteps`), plus the
+clean image below tau_1, written as timestep -1 (alpha_bar = 1):
+
+    invert:  x_0 (clean, -1) -> x_{tau_1} -> ... -> x_{tau_K}
+    sample:  x_{tau_K} -> ... -> x_{tau_1} -> x_0 (clean, -1)
+
+Both walk exactly the same timesteps, so they are approximate inverses; the mismatch comes only from where
+the noise is predicted and vanishes as K grows.
+
+The functions here hold no weights: the network is a `Denoiser` closure supplied by the caller, and gradients
+are neither forced on nor off (wrap calls in torch.no_grad / torch.inference_mode as needed).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .schedule import NoiseSchedule
+
+Denoiser = Callable[[Tensor, Tensor], Tensor]
+"""eps = denoiser(x_t, t): predicted noise (B, ...) for x_t (B, ...) at LongTensor timesteps t (B,) on
+x_t's device. The caller closes over the condition (e.g. the semantic code) and any guidance."""
+
+
+def timesteps(num_train_timesteps: int, steps: int, depth: float = 1.0) -> list[int]:
+    """Ascending training timesteps [tau_1, ..., tau_K] of a `steps`-step DDIM trajectory.
+
+    "Leading" spacing, as diffusers' DDIMScheduler does: tau_i = (i - 1) * (span // steps), so the list
+    starts at 0; with depth = 1 and span = T it is diffusers' `set_timesteps(steps)` in ascending order.
+    `depth` in (0, 1] restricts the trajectory to [0, depth * T) (span = round(depth * T)): depth = 0.5
+    inverts only to about t = T/2, keeping part of the image in x_{tau_K}.
+    """
+    if num_train_timesteps < 1:
+        raise ValueError(f"num_train_timesteps must be >= 1, got {num_train_timesteps}")
+    if not 0.0 < depth <= 1.0:
+        raise ValueError(f"depth must lie in (0, 1], got {depth}")
+    span = round(depth * num_train_timesteps)
+    if steps < 1 or steps > span:
+        raise ValueError(
+            f"steps must lie in [1, {span}] (= round(depth * num_train_timesteps) with depth={depth}, "
+            f"num_train_timesteps={num_train_timesteps}), got {steps}"
+        )
+    stride = span // steps
+    return [i * stride for i in range(steps)]
+
+
+def _alpha_bar(schedule: NoiseSchedule, t: int) -> float:
+    """alpha_bar_t as a Python float (float64); t = -1 is the clean image (alpha_bar = 1)."""
+    if not -1 <= t < schedule.num_timesteps:
+        raise ValueError(f"timestep must lie in [-1, {schedule.num_timesteps - 1}], got {t}")
+    return 1.0 if t == -1 else float(schedule.alphas_cumprod[t])
+
+
+def _transfer(schedule: NoiseSchedule, eps: Tensor, t_from: int, t_to: int, x: Tensor) -> Tensor:
+    """Move x from noise level t_from to t_to along the eta = 0 DDIM update (Song et al. 2021, eq. 12)."""
+    if eps.shape != x.shape:
+        raise ValueError(f"eps and x_t must have the same shape, got {tuple(eps.shape)} and {tuple(x.shape)}")
+    # 1. Noise levels of both ends; -1 means the clean image, alpha_bar = 1.
+    ab_from = _alpha_bar(schedule, t_from)
+    ab_to = _alpha_bar(schedule, t_to)
+    # 2. "Predicted x_0" of eq. 12: undo the forward marginal x_t = sqrt(ab) x_0 + sqrt(1 - ab) eps.
+    #    Never clipped, so that the map stays invertible.
+    x0_pred = (x - math.sqrt(1.0 - ab_from) * eps) / math.sqrt(ab_from)
+    # 3. "Direction pointing to x_t" of eq. 12, with sigma_t = 0 (eta = 0).
+    direction = math.sqrt(1.0 - ab_to) * eps
+    # 4. Re-noise the prediction to the target level; eq. 12 without its random-noise term.
+    return math.sqrt(ab_to) * x0_pred + direction
+
+
+def step(schedule: NoiseSchedule, eps: Tensor, t: int, t_prev: int, x_t: Tensor) -> Tensor:
+    """One DDIM denoising update x_t -> x_{t_prev} (t_prev < t; t_prev = -1 gives the clean image).
+
+    eps: the noise predicted at (x_t, t), shaped like x_t (B, ...). Returns x_{t_prev}, shaped like x_t.
+    """
+    if not t_prev < t:
+        raise ValueError(f"step goes towards less noise and needs t_prev < t, got t={t}, t_prev={t_prev}")
+    return _transfer(schedule, eps, t, t_prev, x_t)
+
+
+def invert_step(schedule: NoiseSchedule, eps: Tensor, t: int, t_next: int, x_t: Tensor) -> Tensor:
+    """One DDIM encoding update x_t -> x_{t_next} (t_next > t; t = -1 starts from the clean image).
+
+    The same eq. 12 map as `step`, run forward in time; exact inverse of `step` for the same eps, so the
+    only inversion error comes from evaluating eps at x_t instead of the (unknown) x_{t_next}.
+    """
+    if not t_next > t:
+        raise ValueError(
+            f"invert_step goes towards more noise and needs t_next > t, got t={t}, t_next={t_next}"
+        )
+    return _transfer(schedule, eps, t, t_next, x_t)
+
+
+def _progress(items: list[int], enabled: bool, desc: str) -> Iterable[int]:
+    """Wrap the timestep loop in a tqdm bar when asked."""
+    return tqdm(items, desc=desc, leave=False) if enabled else items
+
+
+def _batch_t(t: int, x: Tensor) -> Tensor:
+    """Timestep t as the (B,) LongTensor on x's device that a Denoiser expects."""
+    return torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+
+
+def sample(
+    denoiser: Denoiser,
+    x_T: Tensor,
+    schedule: NoiseSchedule,
+    steps: int = 50,
+    depth: float = 1.0,
+    progress: bool = False,
+) -> Tensor:
+    """Decode x_{tau_K} (B, ...) down to the clean image x_0 (B, ...) in `steps` DDIM steps.
+
+    The denoiser is evaluated at each tau_K, ..., tau_1 on the current point; the last step goes from tau_1
+    to alpha_bar = 1. Use the same (steps, depth) as the `invert` call that produced x_T.
+    """
+    trajectory = timesteps(schedule.num_timesteps, steps, depth)
+    targets = [-1] + trajectory[:-1]  # targets[i] is the level below trajectory[i]
+    x = x_T
+    for i in _progress(list(range(steps - 1, -1, -1)), progress, "DDIM sample"):
+        t, t_prev = trajectory[i], targets[i]
+        eps = denoiser(x, _batch_t(t, x))
+        x = step(schedule, eps, t, t_prev, x)
+    return x
+
+
+def invert(
+    denoiser: Denoiser,
+    x0: Tensor,
+    schedule: NoiseSchedule,
+    steps: int = 50,
+    depth: float = 1.0,
+    progress: bool = False,
+) -> Tensor:
+    """Encode the clean image x0 (B, ...) up to x_{tau_K} (B, ...) in `steps` DDIM steps (deterministic).
+
+    Step i moves x_{tau_{i-1}} -> x_{tau_i} with eps evaluated at the current point and its own timestep,
+    (x_{tau_{i-1}}, tau_{i-1}): the first-order choice of improved-diffusion's `ddim_reverse_sample`, since
+    x_{tau_i} is what is being computed. The first step starts from the clean image (alpha_bar = 1), which
+    has no training timestep; the denoiser sees it at tau_1 (= 0, the least noisy training timestep).
+    So the denoiser is called at tau_1, tau_1, tau_2, ..., tau_{K-1}.
+    """
+    trajectory = timesteps(schedule.num_timesteps, steps, depth)
+    sources = [-1] + trajectory[:-1]  # sources[i] is the level below trajectory[i]
+    x = x0
+    for i in _progress(list(range(steps)), progress, "DDIM invert"):
+        t, t_next = sources[i], trajectory[i]
+        t_model = t if t >= 0 else trajectory[0]
+        eps = denoiser(x, _batch_t(t_model, x))
+        x = invert_step(schedule, eps, t, t_next, x)
+    return x

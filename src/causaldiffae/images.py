@@ -1,0 +1,47 @@
+"""Image grids as PNG: what people look at after training and for counterfactuals."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from .atomic import atomic_path
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(B, C, H, W) floats in [0, 1] -> (B, H, W, C) uint8 (C = 1 squeezed later by the grid)."""
+    arr = images.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu().numpy()
+    return arr.transpose(0, 2, 3, 1)
+
+
+def grid(rows: Sequence[torch.Tensor], row_labels: Sequence[str] = (), pad: int = 2, scale: int = 1) -> Image.Image:
+    """Rows of images (each (B, C, H, W) in [0, 1], same B) -> one RGB grid, with labels left of the rows."""
+    arrays = [to_uint8(r) for r in rows]
+    b, h, w, c = arrays[0].shape
+    label_w = 8 + 6 * max((len(s) for s in row_labels), default=0) if row_labels else 0
+    height = len(arrays) * (h * scale + pad) + pad
+    width = label_w + b * (w * scale + pad) + pad
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for r, arr in enumerate(arrays):
+        top = pad + r * (h * scale + pad)
+        if r < len(row_labels):
+            draw.text((4, top + h * scale // 2 - 5), row_labels[r], fill=(0, 0, 0))
+        for i in range(arr.shape[0]):
+            tile = Image.fromarray(arr[i, :, :, 0] if c == 1 else arr[i]).convert("RGB")
+            if scale != 1:
+                tile = tile.resize((w * scale, h * scale), Image.Resampling.NEAREST)
+            canvas.paste(tile, (label_w + pad + i * (w * scale + pad), top))
+    return canvas
+
+
+def save_grid(path: str | Path, rows: Sequence[torch.Tensor], row_labels: Sequence[str] = (), scale: int = 1) -> Path:
+    """Write a grid PNG atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        grid(rows, row_labels, scale=scale).save(tmp, format="PNG")
+    return path

@@ -1,0 +1,251 @@
+"""CausalDiffAE: encoder -> causal layer -> conditional diffusion UNet, and the training objective.
+
+Read this file whole: ModelConfig says what can be configured, CausalDiffAE composes the parts
+(method.md sections 2-3). It never loops over timesteps; that is the pipeline's job (counterfactual.py).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from . import config as cfg
+from .atomic import atomic_path, write_text
+from .causal_layer import CausalLayer
+from .diffusion import NoiseSchedule
+from .encoder import Encoder
+from .graph import CausalGraph
+from .unet import UNet
+
+CONFIG_NAME, WEIGHTS_NAME, FORMAT = "model_config.json", "model.safetensors", "causaldiffae"
+Value = float | int | torch.Tensor | list
+
+
+@dataclass
+class ModelConfig:
+    """Architecture and objective. ``graph``, ``image_size`` and ``channels`` come from the graph and data."""
+
+    graph: dict = field(default_factory=dict)
+    image_size: int = 0
+    channels: int = 0
+    latent_dim: int = cfg.param(16, "d, latent dimensions per variable block")
+    encoder_channels: int = cfg.param(32, "width of the encoder's first conv (doubles per stride-2 stage)")
+    mechanism_hidden: int = cfg.param(64, "hidden width of each causal mechanism MLP f_i")
+    unet_channels: int = cfg.param(32, "UNet base width")
+    channel_mult: tuple[int, ...] = cfg.param((1, 2, 2), "UNet width multiplier per resolution level")
+    num_res_blocks: int = cfg.param(1, "ResBlocks per UNet level")
+    attention_levels: tuple[int, ...] = cfg.param((2,), "UNet levels (0 = full resolution) with self-attention")
+    dropout: float = cfg.param(0.0, "dropout inside UNet ResBlocks")
+    num_timesteps: int = cfg.param(1000, "T, diffusion steps of the forward process")
+    beta_schedule: Literal["linear", "cosine"] = cfg.param("linear", "noise schedule: linear or cosine")
+    beta_start: float = cfg.param(1e-4, "first beta of the linear schedule")
+    beta_end: float = cfg.param(0.02, "last beta of the linear schedule")
+    prior_std: float = cfg.param(1.0, "s, std of the label prior p(z_i | y_i) = N(ynorm_i 1_d, s^2 I)")
+    kl_weight: float = cfg.param(1.0, "weight of KL(q(u|x) || N(0, I)) relative to the label term")
+    p_uncond: float = cfg.param(0.0, "probability that the UNet sees the null condition (classifier-free)")
+
+    def __post_init__(self) -> None:
+        checks = {
+            "latent_dim": self.latent_dim >= 1, "encoder_channels": self.encoder_channels >= 1,
+            "unet_channels": self.unet_channels >= 1, "num_res_blocks": self.num_res_blocks >= 1,
+            "num_timesteps": self.num_timesteps >= 2, "prior_std": self.prior_std > 0,
+            "kl_weight": self.kl_weight >= 0, "p_uncond": 0 <= self.p_uncond <= 1,
+            "dropout": 0 <= self.dropout < 1, "beta_end": 0 < self.beta_start < self.beta_end < 1,
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"model config: invalid value for {', '.join(bad)}: "
+                             + ", ".join(f"{k}={getattr(self, k)!r}" for k in bad))
+
+
+class Latents(NamedTuple):
+    """What the encoder abducts from an image: posterior (mu, logvar), exogenous u and causal z, (B, n, d)."""
+
+    mu: torch.Tensor
+    logvar: torch.Tensor
+    u: torch.Tensor
+    z: torch.Tensor
+
+
+class CausalDiffAE(nn.Module):
+    """The causal diffusion autoencoder. Images enter and leave in [0, 1]; labels are in label units."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        if not config.graph:
+            raise ValueError("ModelConfig.graph is empty: give the causal graph as a dict")
+        if config.image_size < 4 or config.channels < 1:
+            raise ValueError(f"ModelConfig needs image_size >= 4 and channels >= 1, got "
+                             f"{config.image_size} and {config.channels}")
+        self.config = config
+        self.graph = CausalGraph.from_dict(config.graph)
+        n, d = len(self.graph), config.latent_dim
+        self.encoder = Encoder(config.image_size, config.channels, n, d, config.encoder_channels)
+        self.causal_layer = CausalLayer(self.graph, d, config.mechanism_hidden)
+        self.unet = UNet(config.channels, n * d, config.unet_channels, config.channel_mult,
+                         config.num_res_blocks, config.attention_levels, config.dropout)
+        self.null_cond = nn.Parameter(torch.zeros(n * d))  # learned null condition for classifier-free use
+        self.schedule = NoiseSchedule(config.num_timesteps, config.beta_schedule, config.beta_start, config.beta_end)
+
+    # -- abduction and action ----------------------------------------------------------------------
+    def encode(self, x: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None) -> Latents:
+        """x (B, C, H, W) in [0, 1] -> Latents. ``u = mu`` unless ``sample`` (u = mu + sigma * noise)."""
+        self.check_images(x)
+        mu, logvar = self.encoder(x * 2 - 1)  # (B, n, d) each
+        u = mu
+        if sample:
+            noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+            u = mu + torch.exp(0.5 * logvar) * noise
+        return Latents(mu, logvar, u, self.causal_layer(u))
+
+    def intervene(self, latents: Latents, do: Mapping[str, Value]) -> torch.Tensor:
+        """do(name = value in label units) -> counterfactual z (B, n, d); descendants are recomputed
+        through the mechanisms with the same u, every other block is bit-identical to the factual z."""
+        b = latents.z.shape[0]
+        blocks = {}
+        for name, value in do.items():
+            ynorm = self.graph[name].normalize(_per_image(value, b, name, latents.z))  # (B,)
+            blocks[name] = ynorm[:, None].expand(b, self.config.latent_dim)
+        return self.causal_layer(latents.u, do=blocks, factual=latents.z)
+
+    def read_labels(self, z: torch.Tensor) -> torch.Tensor:
+        """The model's own estimate of every variable in label units: each block's mean, de-normalised (B, n)."""
+        means = z.mean(dim=-1)
+        return torch.stack([v.denormalize(means[:, i]) for i, v in enumerate(self.graph.nodes)], dim=1)
+
+    def normalize_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """Raw labels (B, n) in label units -> normalised (about [-1, 1]); NaN (missing) stays NaN."""
+        return torch.stack([v.normalize(labels[:, i]) for i, v in enumerate(self.graph.nodes)], dim=1)
+
+    # -- the denoiser --------------------------------------------------------------------------------
+    def condition(self, z: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """The UNet's condition vector (B, n*d): flattened z, or the learned null condition for None."""
+        if z is None:
+            return self.null_cond.expand(batch, -1)
+        return z.flatten(1)
+
+    def eps(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """eps_theta(x_t, t, cond) with x_t in the model's [-1, 1] scale."""
+        return self.unet(x_t, t, cond)
+
+    # -- the objective (method.md section 3) ---------------------------------------------------------
+    def forward(self, batch: Mapping[str, torch.Tensor], gamma: float = 1.0) -> dict[str, torch.Tensor]:
+        """The loss terms: ``forward`` is ``loss`` so that DDP wrappers synchronise its gradients."""
+        return self.loss(batch, gamma)
+
+    def loss(self, batch: Mapping[str, torch.Tensor], gamma: float = 1.0) -> dict[str, torch.Tensor]:
+        """Terms of L = mse + gamma * (kl_weight * KL + label) for a batch {"image": [0, 1], "labels": raw}.
+
+        KL and label terms are summed over latent dimensions and averaged over the batch; a missing label
+        (NaN) contributes nothing. The prior terms use every image, also those whose condition was dropped,
+        so no term is averaged over an empty set (the reference's NaN when a whole batch is dropped).
+        Randomness comes from torch's global generator: seed it for a reproducible step.
+        """
+        x0 = batch["image"] * 2 - 1
+        b, dev = x0.shape[0], x0.device
+        lat = self.encode(batch["image"], sample=True)
+        kl = 0.5 * (lat.mu.pow(2) + lat.logvar.exp() - 1 - lat.logvar).sum(dim=(1, 2)).mean()
+
+        ynorm = self.normalize_labels(batch["labels"].to(lat.z))  # (B, n)
+        present = ~torch.isnan(ynorm)
+        sq = (lat.z - torch.nan_to_num(ynorm)[..., None]).pow(2).sum(dim=-1)  # (B, n)
+        label = (sq * present).sum(dim=1).mean() / (2 * self.config.prior_std**2)
+
+        cond = self.condition(lat.z, b)
+        if self.config.p_uncond > 0:
+            drop = torch.rand(b, device=dev) < self.config.p_uncond
+            cond = torch.where(drop[:, None], self.condition(None, b), cond)
+        t = torch.randint(0, self.config.num_timesteps, (b,), device=dev)
+        noise = torch.randn_like(x0)
+        mse = (self.eps(self.schedule.add_noise(x0, noise, t), t, cond) - noise).pow(2).mean()
+        total = mse + gamma * (self.config.kl_weight * kl + label)
+        return {"loss": total, "mse": mse, "kl": kl, "label": label}
+
+    def check_images(self, x: torch.Tensor) -> None:
+        expected = (self.config.channels, self.config.image_size, self.config.image_size)
+        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+            raise ValueError(f"images must have shape (B, {', '.join(map(str, expected))}) with values in "
+                             f"[0, 1]; got {tuple(x.shape)}")
+
+    # -- persistence: safetensors + JSON, nothing pickled -------------------------------------------
+    def save_pretrained(self, directory: str | Path, state_dict: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Write ``model_config.json`` and ``model.safetensors`` (optionally other weights, e.g. EMA)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in (state_dict or self.state_dict()).items()}
+        with atomic_path(directory / WEIGHTS_NAME) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": FORMAT})
+        payload = {"format": FORMAT, "version": 1, "model": cfg.to_dict(self.config)}
+        write_text(directory / CONFIG_NAME, json.dumps(payload, indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> CausalDiffAE:
+        """Load a folder written by ``save_pretrained`` (a training run's folder included)."""
+        directory = Path(directory)
+        config = load_config(directory)
+        model = cls(config)
+        weights = directory / WEIGHTS_NAME
+        if not weights.is_file():
+            raise FileNotFoundError(f"no {WEIGHTS_NAME} in {directory}")
+        try:
+            state = load_file(str(weights), device=str(device))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise ValueError(f"corrupt checkpoint {weights}: {err}") from None
+        load_state(model, state, weights)
+        return model.to(device).eval()
+
+
+def load_config(directory: Path) -> ModelConfig:
+    path = directory / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} is not a causaldiffae model: {CONFIG_NAME} is missing")
+    try:
+        payload = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"corrupt model config {path}: {err}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a causaldiffae model config (format {FORMAT!r} expected)")
+    return cfg.from_dict(ModelConfig, payload.get("model"), "model")
+
+
+def load_state(module: nn.Module, state: Mapping[str, torch.Tensor], source: Path) -> None:
+    """load_state_dict that names missing, unexpected or mis-shaped tensors instead of raising RuntimeError."""
+    own = module.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or shapes:
+        raise ValueError(f"checkpoint {source} does not match the model: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}, wrong shape {shapes[:5]}")
+    module.load_state_dict(state)
+
+
+def _per_image(value: Value, batch: int, name: str, like: torch.Tensor) -> torch.Tensor:
+    """A scalar or one value per image -> float tensor (B,) on ``like``'s device; rejects NaN and wrong types."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, list, tuple, torch.Tensor)):
+        raise ValueError(f"do({name}=...) needs a number or one number per image, got {value!r}")
+    try:
+        t = torch.as_tensor(value, dtype=like.dtype, device=like.device).flatten()
+    except (TypeError, ValueError):
+        raise ValueError(f"do({name}=...) needs numbers, got {value!r}") from None
+    if t.numel() == 1:
+        t = t.expand(batch)
+    if t.numel() != batch:
+        raise ValueError(f"do({name}=...) has {t.numel()} values for {batch} images")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"do({name}=...) must be finite, got {value!r}")
+    return t
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+__all__ = ["CausalDiffAE", "Latents", "ModelConfig", "count_parameters"]

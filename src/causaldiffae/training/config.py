@@ -1,0 +1,143 @@
+"""The run configuration: sections graph, data, model and train, loaded from YAML with ``--set`` overrides."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .. import config as cfg
+from ..model import ModelConfig
+
+#: ModelConfig fields that the run fills in from its graph and data sections.
+DERIVED_MODEL_KEYS = ("graph", "image_size", "channels")
+
+
+@dataclass
+class DataConfig:
+    name: Literal["pendulum", "folder"] = cfg.param("pendulum", "dataset: pendulum (generated) or folder (yours)")
+    root: str | None = cfg.param(None, "dataset folder; a built-in dataset is generated there (default: the "
+                                       "cache folder $CAUSALDIFFAE_CACHE or ~/.cache/causaldiffae)")
+    image_size: int = cfg.param(64, "square image size in pixels")
+    resize: bool = cfg.param(False, "resize images of another size instead of refusing them")
+
+    def __post_init__(self) -> None:
+        if self.image_size < 8:
+            raise ValueError(f"data.image_size must be >= 8, got {self.image_size}")
+        if self.name == "folder" and not self.root:
+            raise ValueError("data.name: folder needs data.root, the folder with graph.yaml, labels.csv, images/")
+
+
+@dataclass
+class TrainConfig:
+    seed: int = cfg.param(0, "seed of initialisation, data order and noise")
+    batch_size: int = cfg.param(32, "images per step and process")
+    lr: float = cfg.param(2e-4, "AdamW learning rate")
+    lr_warmup_steps: int = cfg.param(100, "linear learning-rate warm-up")
+    weight_decay: float = cfg.param(0.0, "AdamW weight decay")
+    grad_clip: float = cfg.param(1.0, "gradient norm clip (0 = off)")
+    ema_decay: float = cfg.param(0.999, "decay of the EMA weights that are exported and sampled")
+    gamma_max: float = cfg.param(1.0, "final weight gamma of the KL and label-prior terms")
+    gamma_warmup_steps: int = cfg.param(1000, "steps over which gamma rises linearly from 0 to gamma_max")
+    max_steps: int = cfg.param(10000, "stop after this many optimiser steps")
+    max_minutes: float | None = cfg.param(None, "stop after this much wall time (null = no limit)")
+    mixed_precision: Literal["no", "fp16", "bf16"] = cfg.param("no", "accelerate mixed precision")
+    cpu: bool = cfg.param(False, "train on the CPU even when a GPU is present")
+    log_every: int = cfg.param(50, "steps between rows of metrics.csv")
+    sample_every: int = cfg.param(1000, "steps between sample and reconstruction grids (0 = only at the end)")
+    checkpoint_every: int = cfg.param(1000, "steps between checkpoints (0 = only at the end)")
+    keep_checkpoints: int = cfg.param(2, "how many recent checkpoints to keep")
+    grid_images: int = cfg.param(8, "test images in each grid")
+    grid_steps: int = cfg.param(20, "DDIM steps used for the grids")
+
+    def __post_init__(self) -> None:
+        positive = ["batch_size", "max_steps", "log_every", "keep_checkpoints", "grid_images", "grid_steps"]
+        bad = [k for k in positive if getattr(self, k) < 1]
+        bad += [k for k in ["lr", "ema_decay"] if not getattr(self, k) > 0]
+        bad += [k for k in ["lr_warmup_steps", "weight_decay", "grad_clip", "gamma_max", "gamma_warmup_steps",
+                            "sample_every", "checkpoint_every"] if getattr(self, k) < 0]
+        if self.ema_decay >= 1 or (self.max_minutes is not None and self.max_minutes <= 0):
+            bad += ["ema_decay" if self.ema_decay >= 1 else "max_minutes"]
+        if bad:
+            raise ValueError("train config: invalid " + ", ".join(f"train.{k}={getattr(self, k)!r}" for k in bad))
+
+
+def _model_section_defaults() -> dict[str, Any]:
+    return {f.name: cfg.default_of(f) for f in dataclasses.fields(ModelConfig) if f.name not in DERIVED_MODEL_KEYS}
+
+
+@dataclass
+class RunConfig:
+    graph: str | dict | None = None
+    """A graph file, an inline graph, or null for the dataset's own ``graph.yaml``."""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: dict = field(default_factory=_model_section_defaults)
+    """ModelConfig without graph, image_size and channels (they come from the graph and the data)."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        derived = [k for k in DERIVED_MODEL_KEYS if k in self.model]
+        if derived:
+            raise ValueError(f"model.{derived[0]} is not set in the model section: it comes from the "
+                             f"{'graph' if derived[0] == 'graph' else 'data'} section")
+        probe = cfg.from_dict(ModelConfig, self.model, "model")  # checks keys and types now, not at train time
+        self.model = {k: v for k, v in cfg.to_dict(probe).items() if k not in DERIVED_MODEL_KEYS}
+
+    def model_config(self, graph: dict, image_size: int, channels: int) -> ModelConfig:
+        return cfg.from_dict(ModelConfig, {**self.model, "graph": graph, "image_size": image_size,
+                                           "channels": channels}, "model")
+
+    def to_dict(self) -> dict[str, Any]:
+        return cfg.to_dict(self)
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply ``a.b=value`` to a nested dict; the value is parsed as YAML (numbers, booleans, lists, null)."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"--set expects key=value (e.g. train.max_steps=100), got {assignment!r}")
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ValueError(f"--set {key}: {part!r} is not a section")
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise ValueError(f"--set {key}: cannot parse the value {raw!r}") from None
+
+
+def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:  # type: ignore[assignment]
+    """Read a run YAML (or start from defaults when ``path`` is None), apply overrides, validate everything."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"config {path} is not valid YAML: {err}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"config {path} must be a mapping with sections graph, data, model, train")
+    data = copy.deepcopy(data)
+    for assignment in overrides:
+        apply_override(data, assignment)
+    return cfg.from_dict(RunConfig, data, "config")
+
+
+def help_text() -> str:
+    """Every config key with its default and meaning: the epilog of ``causaldiffae train --help``."""
+    lines = ["config keys (set in the YAML or with --set section.key=value):",
+             "  graph (null): path of a graph YAML, an inline graph, or null for the dataset's graph.yaml"]
+    lines += cfg.describe(DataConfig, "data")
+    lines += cfg.describe(ModelConfig, "model")
+    lines += cfg.describe(TrainConfig, "train")
+    return "\n".join(lines)
+

@@ -1,0 +1,199 @@
+"""The training loop: accelerate (CPU, GPUs, several processes), AdamW, EMA, progress, grids, checkpoints.
+
+Resuming gives the same next loss as an uninterrupted run: the data order is a function of (seed, epoch),
+all noise of a step is drawn after seeding with (seed, step, process), and the learning rate is a function
+of the step, so model, EMA and optimiser state are all a checkpoint needs.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import math
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from ..atomic import write_text
+from ..data import open_dataset
+from ..data.base import ImageDataset
+from ..diffusion import ddim
+from ..graph import CausalGraph
+from ..images import save_grid
+from ..model import CausalDiffAE
+from . import checkpoint
+from .config import RunConfig
+
+METRICS = ("step", "loss", "mse", "kl", "label", "gamma", "lr", "img_per_s", "elapsed_s")
+
+
+def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bool = True) -> Path:
+    """Train a CausalDiffAE into ``out`` and return the folder; ``from_pretrained(out)`` loads the EMA model."""
+    run, tc = Path(out), config.train
+    previous = checkpoint.latest(run)
+    if previous is not None and not resume:
+        raise ValueError(f"{run} already holds checkpoints; pass --resume to continue it or choose a new --out")
+    accelerator = Accelerator(mixed_precision=tc.mixed_precision, cpu=tc.cpu)
+    with accelerator.main_process_first():
+        dataset = open_dataset(config.data.name, config.data.root, config.data.image_size, config.data.resize)
+    graph = resolve_graph(config.graph, dataset)
+    model_config = config.model_config(graph.to_dict(), dataset.image_size, dataset.channels)
+    train_set, grid_set = dataset.split("train"), _grid_split(dataset).subset(range(tc.grid_images))
+
+    torch.manual_seed(tc.seed)
+    model = CausalDiffAE(model_config)
+    ema = copy.deepcopy(model).requires_grad_(False).eval()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    step = 0
+    if resume and previous is not None:
+        step = checkpoint.load(previous, model, ema, optimizer).step
+    if accelerator.is_main_process:
+        resolved = {**config.to_dict(), "graph": graph.to_dict()}
+        write_text(run / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+        _truncate_metrics(run / "metrics.csv", step)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    ema.to(accelerator.device)
+
+    world, rank = accelerator.num_processes, accelerator.process_index
+    images_per_step = tc.batch_size * world
+    bar = tqdm(total=tc.max_steps * images_per_step, initial=step * images_per_step, unit="img",
+               disable=not (progress and accelerator.is_local_main_process), dynamic_ncols=True)
+    start, last_log, last_step = time.monotonic(), time.monotonic(), step
+    while step < tc.max_steps:
+        if tc.max_minutes is not None and time.monotonic() - start > 60 * tc.max_minutes:
+            break
+        torch.manual_seed(_step_seed(tc.seed, step, rank))
+        indices = _batch_indices(len(train_set), tc.batch_size, world, rank, step, tc.seed)
+        gamma = tc.gamma_max * min(1.0, step / tc.gamma_warmup_steps) if tc.gamma_warmup_steps else tc.gamma_max
+        for group in optimizer.param_groups:
+            group["lr"] = tc.lr * min(1.0, (step + 1) / max(1, tc.lr_warmup_steps))
+        with accelerator.autocast():
+            terms = model(train_set.batch(indices, accelerator.device), gamma=gamma)
+        accelerator.backward(terms["loss"])
+        if tc.grad_clip > 0:
+            accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        _update_ema(ema, accelerator.unwrap_model(model), tc.ema_decay, step)
+        step += 1
+        bar.update(images_per_step)
+
+        if step % tc.log_every == 0 or step == tc.max_steps:
+            means = {k: accelerator.reduce(v.detach(), "mean").item() for k, v in terms.items()}
+            now = time.monotonic()
+            rate = (step - last_step) * images_per_step / max(now - last_log, 1e-9)
+            last_log, last_step = now, step
+            if not all(math.isfinite(v) for v in means.values()):
+                raise FloatingPointError(f"non-finite loss at step {step}: {means}; lower train.lr")
+            bar.set_postfix({k: f"{v:.4f}" for k, v in means.items()} | {"step": step})
+            if accelerator.is_main_process:
+                _append_metrics(run / "metrics.csv", [step, *means.values(), gamma, optimizer.param_groups[0]["lr"],
+                                                      rate, now - start])
+        if accelerator.is_main_process and tc.sample_every and step % tc.sample_every == 0:
+            write_grids(ema, grid_set, run / "samples", step, tc.grid_steps, tc.seed)
+        if accelerator.is_main_process and tc.checkpoint_every and step % tc.checkpoint_every == 0:
+            checkpoint.save(run, step, accelerator.unwrap_model(model), ema, optimizer, tc.keep_checkpoints)
+    bar.close()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        raw = accelerator.unwrap_model(model)
+        if checkpoint.latest(run) is None or checkpoint.latest(run).name != f"step-{step:08d}":
+            checkpoint.save(run, step, raw, ema, optimizer, tc.keep_checkpoints)
+        ema.save_pretrained(run)
+        write_grids(ema, grid_set, run / "samples", step, tc.grid_steps, tc.seed)
+    accelerator.end_training()
+    return run
+
+
+def resolve_graph(spec: str | dict | None, dataset: ImageDataset) -> CausalGraph:
+    """The run's graph (the dataset's own by default), with any missing normalisation computed as the
+    mean/std of the training split's labels, so that every variable maps to about [-1, 1]."""
+    if spec is None:
+        graph = dataset.graph
+    elif isinstance(spec, dict):
+        graph = CausalGraph.from_dict(spec)
+    else:
+        graph = CausalGraph.from_yaml(spec)
+    if graph.variables != dataset.graph.variables:
+        raise ValueError(f"the graph's variables {graph.variables} differ from the dataset's "
+                         f"{dataset.graph.variables} (order matters: it is the order of the label columns)")
+    labels = dataset.split("train").labels
+    norms = {}
+    for i, var in enumerate(graph.nodes):
+        if var.normalization is None:
+            column = labels[:, i][~torch.isnan(labels[:, i])]
+            if column.numel() < 2:
+                raise ValueError(f"variable {var.name!r} has no normalization and fewer than 2 training labels")
+            norms[var.name] = {"mean": column.mean().item(), "std": max(column.std().item(), 1e-6)}
+    return graph.with_normalization(norms) if norms else graph
+
+
+@torch.inference_mode()
+def write_grids(model: CausalDiffAE, images: ImageDataset, folder: Path, step: int, steps: int, seed: int) -> None:
+    """Reconstruction grid (originals over DDIM invert -> decode) and sample grid (their z with fresh x_T)."""
+    batch = images.batch(range(len(images)), next(model.parameters()).device)
+    x0 = batch["image"]
+    cond = model.condition(model.encode(x0).z, x0.shape[0])
+
+    def denoiser(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return model.eps(x_t, t, cond)
+
+    x_T = ddim.invert(denoiser, x0 * 2 - 1, model.schedule, steps)
+    recon = (ddim.sample(denoiser, x_T, model.schedule, steps) + 1) / 2
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(x0)
+    samples = (ddim.sample(denoiser, noise, model.schedule, steps) + 1) / 2
+    save_grid(folder / f"step-{step:08d}-reconstruction.png", [x0, recon], ["data", "recon"], scale=2)
+    save_grid(folder / f"step-{step:08d}-samples.png", [x0, samples], ["data", "sample"], scale=2)
+
+
+def _grid_split(dataset: ImageDataset) -> ImageDataset:
+    for name in ("test", "val", "train"):
+        if name in dataset.splits:
+            return dataset.split(name)
+    raise ValueError(f"dataset {dataset.root} has no rows")
+
+
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    return (seed * 1_000_003 + step * 8_191 + rank) % (2**63)
+
+
+def _batch_indices(n: int, batch: int, world: int, rank: int, step: int, seed: int) -> torch.Tensor:
+    """This process's share of the global batch of ``step``; epochs are seeded permutations of the data."""
+    per_epoch = max(1, n // (batch * world))
+    epoch, position = divmod(step, per_epoch)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+    begin = position * batch * world + rank * batch
+    return order[torch.arange(begin, begin + batch) % n]
+
+
+@torch.no_grad()
+def _update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step: int) -> None:
+    """Exponential moving average with the usual warm-up so early EMA weights are not stuck at init."""
+    d = min(decay, (1 + step) / (10 + step))
+    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+        e.lerp_(p.detach(), 1 - d)
+
+
+def _append_metrics(path: Path, row: list[float]) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as fh:
+        writer = csv.writer(fh)
+        if new:
+            writer.writerow(METRICS)
+        writer.writerow([int(row[0]), *(f"{v:.6g}" for v in row[1:])])
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume drop the rows logged after the checkpoint, so metrics.csv reads as one uninterrupted run."""
+    if not path.exists():
+        return
+    rows = list(csv.reader(path.open(newline="")))
+    kept = [rows[0], *(r for r in rows[1:] if r and int(r[0]) <= step)]
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows(kept)
+    write_text(path, buffer.getvalue())
