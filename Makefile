@@ -1,0 +1,36 @@
+# make demo: set up .venv and run the main job; make test: set up .venv and run the tests.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test demo lint clean
+
+install: $(STAMP)
+
+# The CPU build of PyTorch comes first on machines without an NVIDIA GPU: a plain `torch` would pull a
+# multi-GB CUDA build. The package itself only declares a torch range.
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
+		$(BIN)/python -m pip install --quiet torch; \
+	else \
+		$(BIN)/python -m pip install --quiet torch==2.13.0 || \
+		$(BIN)/python -m pip install --quiet torch --index-url https://download.pytorch.org/whl/cpu; \
+	fi
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest
+
+demo: install
+	$(BIN)/causaldiffae train configs/pendulum.yaml --out runs/demo --set train.max_minutes=3
+	@echo "demo: grids in runs/demo/samples/, metrics in runs/demo/metrics.csv, model in runs/demo"
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info src/*.egg-info
