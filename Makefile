@@ -26,6 +26,7 @@ test: install
 	$(BIN)/python -m pytest
 
 demo: install
+	rm -rf runs/demo
 	$(BIN)/causaldiffae train configs/pendulum.yaml --out runs/demo --set train.max_minutes=3
 	@echo "demo: grids in runs/demo/samples/, metrics in runs/demo/metrics.csv, model in runs/demo"
 

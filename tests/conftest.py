@@ -1,0 +1,53 @@
+"""Shared fixtures: an isolated cache folder and a tiny Pendulum folder dataset (48 images, 16 px)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from causaldiffae.data import pendulum
+from causaldiffae.data.base import write_dataset
+from causaldiffae.graph import CausalGraph
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+TINY_CONFIG = CONFIGS / "tiny.yaml"
+TINY_SIZE = 16
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Point CAUSALDIFFAE_CACHE (and matplotlib's config dir) into a tmp folder for the whole session.
+
+    Session-scoped so that module- and session-scoped fixtures (training runs) see it too.
+    """
+    cache = tmp_path_factory.mktemp("causaldiffae-cache")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("CAUSALDIFFAE_CACHE", str(cache))
+    patch.setenv("MPLCONFIGDIR", str(cache / "matplotlib"))
+    yield cache
+    patch.undo()
+
+
+@pytest.fixture(scope="session")
+def tiny_rows() -> list[dict]:
+    """48 Pendulum rows (every 150th), with their reference split; both splits are present."""
+    rows = pendulum.samples()[::150][:48]
+    splits = {r["split"] for r in rows}
+    assert splits == {"train", "test"}, splits
+    return rows
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory, tiny_rows: list[dict]) -> Path:
+    """A Pendulum folder dataset (graph.yaml, labels.csv, images/) of 48 images at 16 px."""
+    out = tmp_path_factory.mktemp("tiny-data") / "pendulum-16"
+    images = [pendulum.render(r["angle"], r["light"], TINY_SIZE) for r in tiny_rows]
+    return write_dataset(out, CausalGraph.from_dict(pendulum.GRAPH), tiny_rows, images)
+
+
+@pytest.fixture(scope="session")
+def data_overrides(tiny_dataset: Path) -> list[str]:
+    """--set overrides that point a run at the tiny dataset instead of the full generated one."""
+    return ["data.name=folder", f"data.root={tiny_dataset}"]

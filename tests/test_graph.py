@@ -1,0 +1,220 @@
+"""CausalGraph: construction from dicts/YAML, queries, normalisation, and the errors a user sees."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from causaldiffae.data import pendulum
+from causaldiffae.graph import CausalGraph, Variable
+
+# File order deliberately differs from a topological order: 'c' is listed first but depends on 'b'.
+DIAMOND = {
+    "variables": [
+        {"name": "d", "units": "m", "normalization": {"mean": 2.0, "std": 4.0}},
+        {"name": "b", "normalization": {"min": -3.0, "max": 5.0}},
+        {"name": "a", "description": "root", "range": [0, 10]},
+        "c",
+    ],
+    "edges": [["a", "b"], ["a", "c"], ["b", "d"], ["c", "d"]],
+}
+
+
+@pytest.fixture
+def diamond() -> CausalGraph:
+    return CausalGraph.from_dict(DIAMOND)
+
+
+def test_variables_keep_file_order(diamond):
+    assert diamond.variables == ["d", "b", "a", "c"]
+    assert len(diamond) == 4
+    assert diamond.index("a") == 2
+
+
+def test_topological_order_respects_edges_and_breaks_ties_by_file_order(diamond):
+    order = diamond.topological_order()
+    assert order == ["a", "b", "c", "d"]
+    for parent, child in diamond.edges:
+        assert order.index(parent) < order.index(child)
+
+
+def test_topological_order_of_independent_variables_is_file_order():
+    graph = CausalGraph.from_dict({"variables": ["z", "y", "x"]})
+    assert graph.topological_order() == ["z", "y", "x"]
+
+
+def test_parents_children_descendants(diamond):
+    assert diamond.parents("d") == ["b", "c"]
+    assert diamond.parents("a") == []
+    assert diamond.children("a") == ["b", "c"]
+    assert diamond.descendants("a") == ["b", "c", "d"]
+    assert diamond.descendants("b") == ["d"]
+    assert diamond.descendants("d") == []
+    assert diamond.affected(["b"]) == {"b", "d"}
+
+
+def test_queries_on_unknown_variable_name_it(diamond):
+    with pytest.raises(ValueError, match="'nope'") as err:
+        diamond.parents("nope")
+    assert "['d', 'b', 'a', 'c']" in str(err.value)
+
+
+def test_adjacency_rows_are_parents(diamond):
+    names = diamond.variables
+    matrix = diamond.adjacency()
+    expected = [[0] * 4 for _ in names]
+    for parent, child in DIAMOND["edges"]:
+        expected[names.index(parent)][names.index(child)] = 1
+    assert matrix == expected
+    # a -> b: row a, column b; never the transpose
+    assert matrix[names.index("a")][names.index("b")] == 1
+    assert matrix[names.index("b")][names.index("a")] == 0
+
+
+def test_pendulum_graph_adjacency():
+    graph = CausalGraph.from_dict(pendulum.GRAPH)
+    assert graph.variables == list(pendulum.VARIABLES)
+    assert graph.adjacency() == [[0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 0, 0], [0, 0, 0, 0]]
+
+
+def test_to_dict_round_trip(diamond):
+    data = diamond.to_dict()
+    again = CausalGraph.from_dict(data)
+    assert again == diamond
+    assert again.to_dict() == data
+    # survives YAML too (what graph.yaml and config.yaml hold)
+    assert CausalGraph.from_dict(yaml.safe_load(yaml.safe_dump(data))) == diamond
+    assert data["variables"][2] == {"name": "a", "description": "root", "range": [0.0, 10.0]}
+
+
+def test_from_yaml(tmp_path, diamond):
+    path = tmp_path / "graph.yaml"
+    path.write_text(yaml.safe_dump(DIAMOND))
+    assert CausalGraph.from_yaml(path) == diamond
+
+
+def test_from_yaml_missing_file_names_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        CausalGraph.from_yaml(tmp_path / "missing.yaml")
+
+
+def test_from_yaml_error_names_the_file(tmp_path):
+    path = tmp_path / "cyclic.yaml"
+    path.write_text(yaml.safe_dump({"variables": ["a", "b"], "edges": [["a", "b"], ["b", "a"]]}))
+    with pytest.raises(ValueError, match="cyclic.yaml") as err:
+        CausalGraph.from_yaml(path)
+    assert "cycle" in str(err.value)
+
+
+def test_normalize_mean_std(diamond):
+    var = diamond["d"]
+    assert var.normalize(6.0) == pytest.approx(1.0)
+    assert var.normalize(2.0) == pytest.approx(0.0)
+    assert var.denormalize(-1.0) == pytest.approx(-2.0)
+    assert var.denormalize(var.normalize(3.7)) == pytest.approx(3.7)
+
+
+def test_normalize_min_max_maps_range_to_minus_one_one(diamond):
+    var = diamond["b"]
+    assert var.normalize(-3.0) == pytest.approx(-1.0)
+    assert var.normalize(5.0) == pytest.approx(1.0)
+    assert var.normalize(1.0) == pytest.approx(0.0)
+    assert var.denormalize(0.5) == pytest.approx(3.0)
+
+
+def test_normalize_without_normalization_names_the_variable(diamond):
+    with pytest.raises(ValueError, match="'c'"):
+        diamond["c"].normalize(1.0)
+
+
+def test_with_normalization_only_changes_named_variables(diamond):
+    graph = diamond.with_normalization({"c": {"mean": 1.0, "std": 2.0}})
+    assert graph["c"].normalize(3.0) == pytest.approx(1.0)
+    assert graph["d"] == diamond["d"]
+    assert graph.edges == diamond.edges
+
+
+# -- errors ------------------------------------------------------------------------------------------
+
+
+def _error(data) -> str:
+    with pytest.raises(ValueError) as err:
+        CausalGraph.from_dict(data)
+    return str(err.value)
+
+
+def test_unknown_variable_in_edge_is_named():
+    msg = _error({"variables": ["a", "b"], "edges": [["a", "ghost"]]})
+    assert "'ghost'" in msg
+
+
+def test_duplicate_variable_is_named():
+    msg = _error({"variables": ["a", "twin", "twin"]})
+    assert "duplicate" in msg and "'twin'" in msg
+
+
+def test_self_loop_is_named():
+    msg = _error({"variables": ["a", "loopy"], "edges": [["loopy", "loopy"]]})
+    assert "self-loop" in msg and "'loopy'" in msg
+
+
+def test_cycle_message_lists_the_cycle():
+    msg = _error({"variables": ["a", "b", "c"], "edges": [["a", "b"], ["b", "c"], ["c", "a"]]})
+    assert "cycle" in msg
+    assert "a -> b -> c -> a" in msg
+
+
+def test_cycle_message_lists_only_the_cycle_not_its_descendants():
+    # x is a root, y -> z -> y is the cycle, w hangs below it; only y and z form the cycle
+    msg = _error({"variables": ["w", "x", "y", "z"],
+                  "edges": [["x", "y"], ["y", "z"], ["z", "y"], ["z", "w"]]})
+    cycle = msg.split("cycle:")[1].strip()
+    names = [s.strip() for s in cycle.split("->")]
+    assert names[0] == names[-1]
+    assert set(names) == {"y", "z"}
+
+
+@pytest.mark.parametrize("data", [{}, {"variables": []}, {"variables": [], "edges": []}])
+def test_empty_graph(data):
+    assert "empty" in _error(data)
+
+
+@pytest.mark.parametrize(
+    "norm, words",
+    [
+        ({"mean": 1.0}, ["mean/std"]),
+        ({"mean": 1.0, "scale": 2.0}, ["scale"]),
+        ({"min": 0.0, "max": 1.0, "mean": 0.5}, ["mean"]),
+        ({"mean": 0.0, "std": 0.0}, ["std"]),
+        ({"min": 2.0, "max": 1.0}, ["min < max"]),
+        ({"mean": "x", "std": 1.0}, ["number"]),
+    ],
+)
+def test_bad_normalization_names_variable(norm, words):
+    msg = _error({"variables": [{"name": "speed", "normalization": norm}]})
+    assert "'speed'" in msg
+    for word in words:
+        assert word in msg
+
+
+def test_unknown_key_in_variable_is_named():
+    msg = _error({"variables": [{"name": "speed", "unit": "m/s"}]})
+    assert "'speed'" in msg and "unit" in msg
+
+
+def test_unknown_top_level_key_is_named():
+    msg = _error({"variables": ["a"], "edge": [["a", "a"]]})
+    assert "edge" in msg
+
+
+def test_duplicate_edge_is_rejected():
+    assert "twice" in _error({"variables": ["a", "b"], "edges": [["a", "b"], ["a", "b"]]})
+
+
+def test_bad_range_is_rejected():
+    assert "'a'" in _error({"variables": [{"name": "a", "range": [3, 1]}]})
+
+
+def test_variable_needs_a_name():
+    with pytest.raises(ValueError):
+        Variable("  ")
