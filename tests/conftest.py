@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from causaldiffae.data import pendulum
 from causaldiffae.data.base import write_dataset
@@ -14,6 +15,10 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 TINY_CONFIG = CONFIGS / "tiny.yaml"
 TINY_SIZE = 16
+
+# The models here are tiny: one intra-op thread is as fast as two on an idle machine, and with two threads
+# OpenMP spin-waiting makes every op 10x slower as soon as another process uses a core.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -26,6 +31,7 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory):
     patch = pytest.MonkeyPatch()
     patch.setenv("CAUSALDIFFAE_CACHE", str(cache))
     patch.setenv("MPLCONFIGDIR", str(cache / "matplotlib"))
+    patch.setenv("OMP_NUM_THREADS", "1")  # for the CLI subprocesses
     yield cache
     patch.undo()
 

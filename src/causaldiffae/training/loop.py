@@ -98,14 +98,16 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
             write_grids(ema, grid_set, run / "samples", step, tc.grid_steps, tc.seed)
         if accelerator.is_main_process and tc.checkpoint_every and step % tc.checkpoint_every == 0:
             checkpoint.save(run, step, accelerator.unwrap_model(model), ema, optimizer, tc.keep_checkpoints)
+            ema.save_pretrained(run)  # the run folder loads with from_pretrained while it trains
     bar.close()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        raw = accelerator.unwrap_model(model)
-        if checkpoint.latest(run) is None or checkpoint.latest(run).name != f"step-{step:08d}":
-            checkpoint.save(run, step, raw, ema, optimizer, tc.keep_checkpoints)
-        ema.save_pretrained(run)
-        write_grids(ema, grid_set, run / "samples", step, tc.grid_steps, tc.seed)
+        done = checkpoint.latest(run)
+        if done is None or done.name != f"step-{step:08d}":
+            checkpoint.save(run, step, accelerator.unwrap_model(model), ema, optimizer, tc.keep_checkpoints)
+            ema.save_pretrained(run)
+        if not (run / "samples" / f"step-{step:08d}-samples.png").exists():
+            write_grids(ema, grid_set, run / "samples", step, tc.grid_steps, tc.seed)
     accelerator.end_training()
     return run
 
