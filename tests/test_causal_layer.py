@@ -1,4 +1,4 @@
-"""CausalLayer: the latent SCM z = f(z_pa) + u, and do() that changes only the intervened block's descendants."""
+"""CausalLayer: the latent SCM z = f(z_pa) + u; do() changes only the intervened block's descendants."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from conftest import TINY_CONFIG
 
 
 def _exit_code(argv: list[str]) -> int:
-    """main() returns the code for handled errors and argparse raises SystemExit for --help and usage errors."""
+    """main() returns the code of a handled error; argparse raises SystemExit for --help and usage errors."""
     try:
         return main(argv)
     except SystemExit as exc:
@@ -114,7 +114,8 @@ def test_cyclic_graph(capsys, tmp_path, tiny_dataset):
     graph = tmp_path / "cyclic.yaml"
     graph.write_text(yaml.safe_dump({
         "variables": ["angle", "light", "shadow_length", "shadow_position"],
-        "edges": [["angle", "shadow_length"], ["shadow_length", "shadow_position"], ["shadow_position", "angle"]],
+        "edges": [["angle", "shadow_length"], ["shadow_length", "shadow_position"],
+                  ["shadow_position", "angle"]],
     }))
     assert main(_train_args(tmp_path / "run", tiny_dataset, f"graph={graph}")) == 2
     line = _one_line_error(capsys)
@@ -143,9 +144,6 @@ def test_missing_dataset_folder(capsys, tmp_path):
     assert "nodata" in _one_line_error(capsys)
 
 
-@pytest.mark.xfail(strict=True, reason="cli.main prints str(err) as is: PyYAML's parse errors span several "
-                   "lines (config.load_run_config and graph.CausalGraph.from_yaml embed them), so the promised "
-                   "one-line error becomes 7 lines")
 def test_invalid_yaml_config_is_one_line(capsys, tmp_path):
     path = tmp_path / "broken.yaml"
     path.write_text("train:\n  lr: [1, 2\n")
@@ -186,8 +184,6 @@ def test_resume_from_corrupt_checkpoint(capsys, tmp_path, cli_run, tiny_dataset)
     assert "corrupt" in line and checkpoints[-1].name in line
 
 
-@pytest.mark.xfail(strict=True, reason="training/checkpoint.py load() promises 'errors name the bad file' but "
-                   "wraps all four reads in one try and names only the checkpoint folder")
 def test_corrupt_checkpoint_error_names_the_file(capsys, tmp_path, cli_run, tiny_dataset):
     run = tmp_path / "run"
     shutil.copytree(cli_run, run)
@@ -221,17 +217,16 @@ def test_data_pendulum_writes_the_full_dataset_reproducibly(tmp_path, capsys):
         assert img.size == (8, 8)
 
 
-def test_data_pendulum_bad_size_leaves_nothing(capsys, tmp_path):
+def test_pendulum_generate_bad_size_leaves_nothing(tmp_path):
+    from causaldiffae.data import pendulum
+
     out = tmp_path / "p"
-    assert main(["data", "pendulum", "--out", str(out), "--size", "7"]) == 2
-    assert "causaldiffae: error: size must be an int >= 8" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="size"):
+        pendulum.generate(out, 7, progress=False)
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []  # no temporary folder left behind either
 
 
-@pytest.mark.xfail(strict=True, reason="cli.py: --size uses _positive_int (accepts 1..7) while pendulum.render "
-                   "needs >= 8; the error only comes from the first render, after the tqdm bar has started, so "
-                   "stderr holds the bar with the error glued to it on the same line")
 def test_data_pendulum_small_size_is_a_one_line_error(capsys, tmp_path):
     assert _exit_code(["data", "pendulum", "--out", str(tmp_path / "p"), "--size", "7"]) == 2
     err = capsys.readouterr().err

@@ -128,7 +128,8 @@ def test_normalize_labels_keeps_nan(model):
 
 
 @pytest.mark.parametrize(
-    "value", [math.nan, float("inf"), True, "30", [1.0, 2.0], [1.0, 2.0, 3.0, 4.0], [1.0, math.nan, 2.0], None]
+    "value",
+    [math.nan, float("inf"), True, "30", [1.0, 2.0], [1.0, 2.0, 3.0, 4.0], [1.0, math.nan, 2.0], None],
 )
 def test_intervene_rejects_bad_values(model, latents, value):
     with pytest.raises(ValueError, match="angle"):
@@ -240,8 +241,6 @@ def test_model_config_rejects_invalid_values(key, value):
         _config(**{key: value})
 
 
-@pytest.mark.xfail(strict=True, reason="model.py ModelConfig.__post_init__ files the beta_start < beta_end check "
-                   "under 'beta_end' only, so a bad beta_start is reported as 'beta_end=0.02'")
 def test_bad_beta_start_is_named():
     with pytest.raises(ValueError, match="beta_start"):
         _config(beta_start=0.5)

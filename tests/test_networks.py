@@ -1,4 +1,4 @@
-"""Encoder and UNet: shapes at the image sizes users train on, and that the UNet actually uses its condition."""
+"""Encoder and UNet: shapes at the image sizes users train on; the UNet actually uses its condition."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The training loop end to end on the tiny config and the 48-image dataset: outputs, resume, normalisation."""
+"""The training loop end to end on the tiny config and 48 images: outputs, resume, normalisation."""
 
 from __future__ import annotations
 
@@ -84,7 +84,8 @@ def test_weights_change_during_training(run_a, data_overrides):
     torch.manual_seed(load_run_config(TINY_CONFIG).train.seed)
     init = CausalDiffAE(load_config(run_a)).state_dict()
     assert step6.keys() == init.keys()
-    for key in ["encoder.head.weight", "unet.head.2.weight", "causal_layer.mechanisms.shadow_length.0.weight"]:
+    keys = ["encoder.head.weight", "unet.head.2.weight", "causal_layer.mechanisms.shadow_length.0.weight"]
+    for key in keys:
         assert not torch.equal(step6[key], init[key]), key
         assert not torch.equal(step6[key], step3[key]), key
     changed = [k for k in init if not torch.equal(step6[k], init[k])]
@@ -187,11 +188,6 @@ def test_resume_drops_metrics_logged_after_the_checkpoint(run_a, tmp_path, data_
         assert float(rb["loss"]) == pytest.approx(float(ra["loss"]), rel=1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason="data/base.py _decode_all: np.stack of arr.transpose(2, 0, 1) gives a "
-                   "channels-last strided images tensor on the first (decoding) load but a contiguous one from the "
-                   ".npy cache; model.py loss() draws noise with torch.randn_like(x0), which follows the memory "
-                   "layout, so the same seed gives other noise and the first run's losses differ from a rerun's "
-                   "or a resumed run's")
 def test_first_and_second_run_agree(tmp_path, tiny_dataset):
     root = tmp_path / "fresh"
     shutil.copytree(tiny_dataset, root, ignore=shutil.ignore_patterns("cache"))  # no decoded cache yet
@@ -235,7 +231,8 @@ def test_graph_with_other_variables_is_rejected(tmp_path, data_overrides):
     path = tmp_path / "graph.yaml"
     path.write_text(yaml.safe_dump({"variables": ["light", "angle", "shadow_length", "shadow_position"]}))
     with pytest.raises(ValueError, match="order"):
-        train(load_run_config(TINY_CONFIG, [*data_overrides, f"graph={path}"]), tmp_path / "run", progress=False)
+        config = load_run_config(TINY_CONFIG, [*data_overrides, f"graph={path}"])
+        train(config, tmp_path / "run", progress=False)
 
 
 def test_wrong_image_size_is_reported_before_training(tmp_path, data_overrides):
@@ -245,9 +242,6 @@ def test_wrong_image_size_is_reported_before_training(tmp_path, data_overrides):
     assert not (out / "checkpoints").exists()
 
 
-@pytest.mark.xfail(strict=True, raises=IndexError,
-                   reason="training/loop.py train(): _grid_split(dataset).subset(range(tc.grid_images)) indexes "
-                   "past the end when the test split has fewer images than train.grid_images (IndexError)")
 def test_small_test_split_still_trains(tmp_path, tiny_dataset):
     root = tmp_path / "few-test"
     shutil.copytree(tiny_dataset, root, ignore=shutil.ignore_patterns("cache"))
@@ -262,9 +256,6 @@ def test_small_test_split_still_trains(tmp_path, tiny_dataset):
     assert (out / "model.safetensors").is_file()
 
 
-@pytest.mark.xfail(strict=True,
-                   reason="train.grid_steps > model.num_timesteps is only detected by ddim.timesteps inside "
-                   "write_grids after the whole run (training/loop.py), and the error does not name grid_steps")
 def test_too_many_grid_steps_is_reported_before_training(tmp_path, data_overrides):
     out = tmp_path / "run"
     with pytest.raises(ValueError, match="grid_steps"):

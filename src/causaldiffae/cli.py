@@ -7,11 +7,17 @@ A user error (bad file, bad key, bad value) prints one line and exits with code 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from . import __version__
+from .atomic import write_text
+
+DEFAULT_DEPTH = 1.0
 
 
 def _data_pendulum(args: argparse.Namespace) -> None:
@@ -29,11 +35,185 @@ def _train(args: argparse.Namespace) -> None:
     print(f"trained model in {run} (load it with CausalDiffAE.from_pretrained({str(run)!r}))")
 
 
+def _load_model(run: str) -> Any:
+    import torch
+
+    from .model import CausalDiffAE
+
+    return CausalDiffAE.from_pretrained(run, device="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def parse_do(items: Sequence[str], graph: Any) -> tuple[dict[str, float], tuple[str, list[float]] | None]:
+    """``name=value`` pairs and at most one ``name=start:stop:count`` sweep -> (fixed values, sweep)."""
+    fixed: dict[str, float] = {}
+    swept: tuple[str, list[float]] | None = None
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep:
+            raise ValueError(f"--do expects name=value or name=start:stop:count, got {item!r}")
+        var = graph[name.strip()]  # raises listing the valid variables
+        try:
+            parts = [float(p) for p in text.split(":")]
+        except ValueError:
+            raise ValueError(f"--do {var.name}: {text!r} is not a number or start:stop:count") from None
+        if len(parts) == 3:
+            if swept is not None:
+                raise ValueError("only one --do may sweep a range (start:stop:count)")
+            count = int(parts[2])
+            if count < 1 or count != parts[2]:
+                raise ValueError(f"--do {var.name}: count must be a positive integer, got {text!r}")
+            swept = (var.name, [parts[0] + (parts[1] - parts[0]) * i / max(count - 1, 1) for i in range(count)])
+        elif len(parts) == 1:
+            fixed[var.name] = parts[0]
+        else:
+            raise ValueError(f"--do {var.name}: {text!r} is not a number or start:stop:count")
+    for name, value in [*fixed.items(), *((swept[0], v) for v in (swept[1] if swept else []))]:
+        rng = graph[name].range
+        if rng is not None and not rng[0] <= value <= rng[1]:
+            print(f"causaldiffae: warning: {name}={value:g} is outside the training range [{rng[0]:g}, "
+                  f"{rng[1]:g}]: an extrapolation", file=sys.stderr)
+    return fixed, swept
+
+
+def parse_index(text: str, n: int) -> list[int]:
+    """``3``, ``0:8`` or ``0,5,7`` -> indices into a split of n rows."""
+    try:
+        if ":" in text:
+            start, stop = (int(p) if p else None for p in text.split(":", 1))
+            idx = list(range(n))[slice(start, stop)]
+        else:
+            idx = [int(p) for p in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--index expects N, START:STOP or N,M,..., got {text!r}") from None
+    bad = [i for i in idx if not 0 <= i < n]
+    if bad or not idx:
+        raise ValueError(f"--index {text} selects no rows or rows outside the split's {n} images: {bad}")
+    return idx
+
+
+def _inputs(args: argparse.Namespace, model: Any) -> tuple[Any, list[dict[str, float]] | None, list[str]]:
+    """The factual images (B, C, H, W) in [0, 1], their labels when they come from a dataset, and names."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    if args.image:
+        shape = (model.config.channels, model.config.image_size, model.config.image_size)
+        images = []
+        for path in args.image:
+            try:
+                with Image.open(path) as img:
+                    arr = np.asarray(img.convert("L" if shape[0] == 1 else "RGB"), dtype=np.float32) / 255
+                    channels = len(img.getbands())
+            except FileNotFoundError:
+                raise FileNotFoundError(f"image not found: {path}") from None
+            except OSError as err:
+                raise ValueError(f"image {path} is unreadable: {err}") from None
+            arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+            if arr.shape != shape or channels not in (shape[0], shape[0] + 1):
+                raise ValueError(f"image {path} has {channels} channel(s) and size {img.size[0]}x{img.size[1]}; "
+                                 f"the model expects {shape[0]} channel(s) of {shape[1]}x{shape[2]}")
+            images.append(torch.from_numpy(arr))
+        return torch.stack(images), None, [str(p) for p in args.image]
+    data = _dataset(args, model).split(args.split)
+    idx = parse_index(args.index, len(data))
+    labels = [dict(zip(model.graph.variables, row.tolist(), strict=True)) for row in data.labels[idx]]
+    return data.batch(idx)["image"], labels, [data.files[i] for i in idx]
+
+
+def _dataset(args: argparse.Namespace, model: Any) -> Any:
+    from .data import load_dataset, open_dataset
+    from .training import load_run_config
+
+    size = model.config.image_size
+    if args.data:
+        return load_dataset(args.data, size, resize=True)
+    run_config = Path(args.run) / "config.yaml"
+    if not run_config.is_file():
+        raise ValueError(f"{args.run} has no config.yaml naming its dataset: pass --data DIR or --image FILE")
+    data = load_run_config(run_config).data
+    return open_dataset(data.name, data.root, size, data.resize)
+
+
+def _counterfactual(args: argparse.Namespace) -> None:
+    import torch
+
+    from .counterfactual import sweep
+    from .images import save_grid
+
+    model = _load_model(args.run)
+    fixed, swept = parse_do(args.do, model.graph)
+    weights = _floats(args.guidance, "--guidance")
+    if swept and len(weights) > 1:
+        raise ValueError("sweep either one --do range or --guidance, not both")
+    x, labels, names = _inputs(args, model)
+    if swept:
+        columns = [({**fixed, swept[0]: v}, weights[0]) for v in swept[1]]
+        headers = [f"{swept[0]}={v:.3g}" for v in swept[1]]
+    else:
+        columns = [(fixed, w) for w in weights]
+        headers = [f"w={w:g}" for w in weights] if len(weights) > 1 else ["counterfactual"]
+    generator = torch.Generator().manual_seed(args.seed)
+    result = sweep(model, x, columns, args.steps, args.abduction, args.depth, reconstruct=True, generator=generator)
+    images = result.images if len(columns) > 1 else result.images[None]  # (k, B, C, H, W)
+    labels_cf = result.labels_cf if len(columns) > 1 else result.labels_cf[None]
+    out = Path(args.out)
+    if len(columns) == 1:
+        save_grid(out, [x, result.reconstruction, images[0]], ["factual", "recon", "counterfactual"], scale=2)
+    else:
+        rows = [torch.cat([x[b : b + 1], result.reconstruction[b : b + 1], images[:, b].cpu()]) for b in range(len(x))]
+        save_grid(out, rows, [f"image {b}" for b in range(len(x))], ["factual", "recon", *headers], scale=2)
+    variables = model.graph.variables
+    report = {
+        "images": names, "factual_labels": labels, "settings": {k: getattr(args, k) for k in
+                                                                ("steps", "depth", "abduction", "seed")},
+        "model_factual_estimate": [dict(zip(variables, r.tolist(), strict=True)) for r in result.labels],
+        "columns": [{"do": do, "guidance": w,
+                     "model_counterfactual_estimate": [dict(zip(variables, r.tolist(), strict=True))
+                                                       for r in labels_cf[i]]}
+                    for i, (do, w) in enumerate(columns)],
+    }
+    write_text(out.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out} and {out.with_suffix('.json')}")
+
+
+def _sample(args: argparse.Namespace) -> None:
+    import torch
+
+    from .counterfactual import sample
+    from .images import save_grid
+
+    model = _load_model(args.run)
+    fixed, swept = parse_do(args.do, model.graph)
+    if swept:
+        raise ValueError("causaldiffae sample takes fixed values (name=value), not ranges")
+    generator = torch.Generator().manual_seed(args.seed)
+    images = sample(model, fixed, args.n, args.steps, _floats(args.guidance, "--guidance")[0], generator)
+    save_grid(args.out, [images], scale=2)
+    print(f"wrote {args.n} samples to {args.out}")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    out = run_demo(args.out, args.model, args.train_minutes, args.steps, args.depth)
+    print(f"wrote {out / 'report.md'} with its grids")
+
+
+def _floats(text: str, flag: str) -> list[float]:
+    try:
+        return [float(p) for p in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{flag} expects numbers separated by commas, got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .training.config import help_text
 
-    parser = argparse.ArgumentParser(prog="causaldiffae", description="Causal diffusion autoencoders: train "
-                                     "on images with a causal graph over their attributes and generate counterfactuals.")
+    parser = argparse.ArgumentParser(
+        prog="causaldiffae",
+        description="Causal diffusion autoencoders: train on images with a causal graph over their attributes and "
+                    "generate counterfactuals.")
     parser.add_argument("--version", action="version", version=f"causaldiffae {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -45,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
                                description="Render the Pendulum dataset (after CausalVAE): angle, light -> "
                                            "shadow_length, shadow_position. Same arguments, same bytes.")
     pend.add_argument("--out", required=True, help="folder to write (replaced atomically if it exists)")
-    pend.add_argument("--size", type=_positive_int, default=96, help="image size in pixels (default 96)")
+    pend.add_argument("--size", type=_image_size, default=96, help="image size in pixels, at least 8 (default 96)")
     pend.set_defaults(func=_data_pendulum)
 
     tr = commands.add_parser("train", help="train a CausalDiffAE from a YAML config",
@@ -59,7 +239,62 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override a config key, e.g. --set train.max_steps=200 (repeatable)")
     tr.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     tr.set_defaults(func=_train)
+
+    cf = commands.add_parser("counterfactual", help="what would these images look like under do(...)?",
+                             description="Abduct (encoder + DDIM inversion), act (do), predict (DDIM decoding). "
+                                         "Writes OUT.png (rows factual, reconstruction, counterfactual; or one "
+                                         "column per swept value) and OUT.json (labels and the model's estimates).")
+    cf.add_argument("run", help="a training run folder or any folder CausalDiffAE.from_pretrained loads")
+    cf.add_argument("--do", action="append", default=[], metavar="NAME=VALUE",
+                    help="intervention in label units (repeatable); NAME=START:STOP:COUNT sweeps a range")
+    cf.add_argument("--image", nargs="+", help="image files of the model's size and channels (instead of --split)")
+    cf.add_argument("--split", default="test", choices=["train", "val", "test"], help="dataset split (default test)")
+    cf.add_argument("--index", default="0:8", help="rows of the split: N, START:STOP or N,M,... (default 0:8)")
+    cf.add_argument("--data", help="dataset folder (default: the one named in RUN/config.yaml)")
+    cf.add_argument("--out", required=True, help="output PNG; the JSON goes beside it")
+    _add_sampling_flags(cf, depth=True)
+    cf.add_argument("--abduction", choices=["ddim", "noise"], default="ddim",
+                    help="x_T by DDIM inversion, or the reference's fresh noise (for comparison)")
+    cf.set_defaults(func=_counterfactual)
+
+    sm = commands.add_parser("sample", help="generate new images with given variable values",
+                             description="Sample new images: roots not set are drawn from their range, the "
+                                         "rest follow the learned mechanisms; x_T ~ N(0, I).")
+    sm.add_argument("run", help="a training run folder or any folder CausalDiffAE.from_pretrained loads")
+    sm.add_argument("--do", action="append", default=[], metavar="NAME=VALUE", help="variable values (repeatable)")
+    sm.add_argument("--n", type=_positive_int, default=8, help="number of images (default 8)")
+    sm.add_argument("--out", required=True, help="output PNG grid")
+    _add_sampling_flags(sm, depth=False)
+    sm.set_defaults(func=_sample)
+
+    dm = commands.add_parser("demo", help="counterfactual traversals of the shipped Pendulum model with a report",
+                             description="Generate the Pendulum test images, load the shipped model and write a "
+                                         "traversal grid per variable (beside the true counterfactuals), a "
+                                         "reconstruction grid and report.md into OUT.")
+    dm.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    dm.add_argument("--model", help="a model folder to use instead of the shipped one")
+    dm.add_argument("--train-minutes", type=float, help="train from scratch for this long instead")
+    dm.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps (default 50)")
+    dm.add_argument("--depth", type=float, default=DEFAULT_DEPTH, help=f"inversion depth (default {DEFAULT_DEPTH})")
+    dm.set_defaults(func=_demo)
     return parser
+
+
+def _add_sampling_flags(parser: argparse.ArgumentParser, depth: bool) -> None:
+    parser.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps (default 50)")
+    parser.add_argument("--guidance", default="1.0",
+                        help="guidance weight w (1 = plain conditional); a comma list sweeps it, e.g. 0,1,2,3")
+    parser.add_argument("--seed", type=int, default=0, help="seed of any random draw (default 0)")
+    if depth:
+        parser.add_argument("--depth", type=float, default=DEFAULT_DEPTH,
+                            help=f"inversion depth in (0, 1]; 1.0 inverts all the way to x_T (default {DEFAULT_DEPTH})")
+
+
+def _image_size(text: str) -> int:
+    value = _positive_int(text)
+    if value < 8:
+        raise argparse.ArgumentTypeError(f"must be at least 8 pixels, got {text}")
+    return value
 
 
 def _positive_int(text: str) -> int:

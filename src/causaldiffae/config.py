@@ -6,10 +6,14 @@ Dataclasses are the source of truth; each field carries its help in ``metadata["
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, TypeVar
+
+import yaml
 
 T = TypeVar("T")
 
@@ -64,6 +68,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         return None
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
     if hint in (int, bool, str) and type(value) is hint:
         return value
     if origin in (list, tuple) and isinstance(value, (list, tuple)):
@@ -72,6 +78,23 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if origin is dict and isinstance(value, Mapping):
         return dict(value)
     raise ValueError(f"{where} = {value!r} has the wrong type; expected {_name(hint)}")
+
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def load_yaml(path: str | Path, what: str) -> Any:
+    """``yaml.safe_load`` of a file; a missing file or a syntax error raises with one line naming the place."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or "invalid syntax"
+        raise ValueError(f"{what} {path} is not valid YAML{where}: {problem}") from None
 
 
 def _name(hint: Any) -> str:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from .config import load_yaml
 
 _VARIABLE_KEYS = {"name", "units", "description", "normalization", "range"}
 
@@ -154,13 +154,7 @@ class CausalGraph:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> CausalGraph:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"graph file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise ValueError(f"graph file {path} is not valid YAML: {err}") from None
+        data = load_yaml(path, "graph file")
         try:
             return cls.from_dict(data or {})
         except ValueError as err:

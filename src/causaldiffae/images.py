@@ -18,30 +18,34 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return arr.transpose(0, 2, 3, 1)
 
 
-def grid(rows: Sequence[torch.Tensor], row_labels: Sequence[str] = (), pad: int = 2, scale: int = 1) -> Image.Image:
-    """Rows of images (each (B, C, H, W) in [0, 1], same B) -> one RGB grid, with labels left of the rows."""
+def grid(rows: Sequence[torch.Tensor], row_labels: Sequence[str] = (), col_labels: Sequence[str] = (),
+         pad: int = 2, scale: int = 1) -> Image.Image:
+    """Rows of images (each (B, C, H, W) in [0, 1], same B) -> one RGB grid, labels left of rows and above
+    columns."""
     arrays = [to_uint8(r) for r in rows]
-    b, h, w, c = arrays[0].shape
-    label_w = 8 + 6 * max((len(s) for s in row_labels), default=0) if row_labels else 0
-    height = len(arrays) * (h * scale + pad) + pad
-    width = label_w + b * (w * scale + pad) + pad
-    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    _, h, w, c = arrays[0].shape
+    h, w = h * scale, w * scale
+    left = 8 + 6 * max((len(s) for s in row_labels), default=0) if row_labels else 0
+    top = 14 if col_labels else 0
+    columns = max(a.shape[0] for a in arrays)
+    canvas = Image.new("RGB", (left + columns * (w + pad) + pad, top + len(arrays) * (h + pad) + pad), "white")
     draw = ImageDraw.Draw(canvas)
+    for j, text in enumerate(col_labels):
+        draw.text((left + pad + j * (w + pad), 2), text, fill=(0, 0, 0))
     for r, arr in enumerate(arrays):
-        top = pad + r * (h * scale + pad)
+        y = top + pad + r * (h + pad)
         if r < len(row_labels):
-            draw.text((4, top + h * scale // 2 - 5), row_labels[r], fill=(0, 0, 0))
+            draw.text((4, y + h // 2 - 5), row_labels[r], fill=(0, 0, 0))
         for i in range(arr.shape[0]):
             tile = Image.fromarray(arr[i, :, :, 0] if c == 1 else arr[i]).convert("RGB")
-            if scale != 1:
-                tile = tile.resize((w * scale, h * scale), Image.Resampling.NEAREST)
-            canvas.paste(tile, (label_w + pad + i * (w * scale + pad), top))
+            canvas.paste(tile.resize((w, h), Image.Resampling.NEAREST), (left + pad + i * (w + pad), y))
     return canvas
 
 
-def save_grid(path: str | Path, rows: Sequence[torch.Tensor], row_labels: Sequence[str] = (), scale: int = 1) -> Path:
+def save_grid(path: str | Path, rows: Sequence[torch.Tensor], row_labels: Sequence[str] = (),
+              col_labels: Sequence[str] = (), scale: int = 1) -> Path:
     """Write a grid PNG atomically."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        grid(rows, row_labels, scale=scale).save(tmp, format="PNG")
+        grid(rows, row_labels, col_labels, scale=scale).save(tmp, format="PNG")
     return path

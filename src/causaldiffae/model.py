@@ -10,7 +10,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 from safetensors import SafetensorError
@@ -58,7 +58,8 @@ class ModelConfig:
             "unet_channels": self.unet_channels >= 1, "num_res_blocks": self.num_res_blocks >= 1,
             "num_timesteps": self.num_timesteps >= 2, "prior_std": self.prior_std > 0,
             "kl_weight": self.kl_weight >= 0, "p_uncond": 0 <= self.p_uncond <= 1,
-            "dropout": 0 <= self.dropout < 1, "beta_end": 0 < self.beta_start < self.beta_end < 1,
+            "dropout": 0 <= self.dropout < 1, "beta_start": 0 < self.beta_start < min(1.0, self.beta_end),
+            "beta_end": self.beta_start < self.beta_end < 1,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -164,7 +165,7 @@ class CausalDiffAE(nn.Module):
             drop = torch.rand(b, device=dev) < self.config.p_uncond
             cond = torch.where(drop[:, None], self.condition(None, b), cond)
         t = torch.randint(0, self.config.num_timesteps, (b,), device=dev)
-        noise = torch.randn_like(x0)
+        noise = torch.randn(x0.shape, device=dev, dtype=x0.dtype)  # not _like: independent of memory layout
         mse = (self.eps(self.schedule.add_noise(x0, noise, t), t, cond) - noise).pow(2).mean()
         total = mse + gamma * (self.config.kl_weight * kl + label)
         return {"loss": total, "mse": mse, "kl": kl, "label": label}

@@ -83,7 +83,8 @@ class UNet(nn.Module):
             if level < len(widths) - 1:
                 self.down.append(nn.ModuleList([nn.Conv2d(ch, ch, 3, stride=2, padding=1)]))
                 skips.append(ch)
-        self.mid = nn.ModuleList([ResBlock(ch, ch, emb_dim, dropout), Attention(ch), ResBlock(ch, ch, emb_dim, dropout)])
+        self.mid = nn.ModuleList([ResBlock(ch, ch, emb_dim, dropout), Attention(ch),
+                                  ResBlock(ch, ch, emb_dim, dropout)])
         self.up = nn.ModuleList()
         for level, width in reversed(list(enumerate(widths))):
             for i in range(num_res_blocks + 1):

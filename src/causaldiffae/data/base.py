@@ -63,7 +63,8 @@ class ImageDataset:
         return ImageDataset(self.root, self.graph, [self.files[i] for i in index], [self.splits[i] for i in index],
                             self.images[index], self.labels[index])
 
-    def batch(self, indices: torch.Tensor | Sequence[int], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    def batch(self, indices: torch.Tensor | Sequence[int],
+              device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
         """{"image": float (B, C, H, W) in [0, 1], "labels": (B, n) raw units} on ``device``."""
         index = torch.as_tensor(indices, dtype=torch.long)
         return {"image": self.images[index].to(device).float() / 255, "labels": self.labels[index].to(device)}
@@ -151,7 +152,7 @@ def _decode_all(root: Path, files: list[str], image_size: int | None, resize: bo
             img = img.resize(target, Image.Resampling.LANCZOS)
         arr = np.asarray(img, dtype=np.uint8)
         arrays.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
-    return np.stack(arrays)
+    return np.ascontiguousarray(np.stack(arrays))
 
 
 def write_dataset(out: str | Path, graph: CausalGraph, rows: Iterable[Mapping[str, Any]],

@@ -56,11 +56,10 @@ def load(path: Path, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Op
     """Restore model, EMA and optimiser in place from a checkpoint folder; errors name the bad file."""
     try:
         meta = json.loads((path / STATE_NAME).read_text())
-        model_state = load_file(str(path / "model.safetensors"))
-        ema_state = load_file(str(path / "ema.safetensors"))
-        opt_tensors = load_file(str(path / "optimizer.safetensors"))
-    except (OSError, json.JSONDecodeError, SafetensorError, ValueError) as err:
-        raise ValueError(f"corrupt checkpoint {path}: {err}") from None
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"corrupt checkpoint file {path / STATE_NAME}: {err}") from None
+    model_state, ema_state, opt_tensors = (_read(path / name) for name in
+                                           ("model.safetensors", "ema.safetensors", "optimizer.safetensors"))
     load_state(model, model_state, path / "model.safetensors")
     load_state(ema, ema_state, path / "ema.safetensors")
     try:
@@ -68,6 +67,13 @@ def load(path: Path, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Op
     except (KeyError, ValueError, RuntimeError) as err:
         raise ValueError(f"checkpoint {path} has an optimiser state that does not fit this model: {err}") from None
     return TrainingState(step=int(meta["step"]))
+
+
+def _read(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(file))
+    except (OSError, SafetensorError, ValueError) as err:
+        raise ValueError(f"corrupt checkpoint file {file}: {err}") from None
 
 
 def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

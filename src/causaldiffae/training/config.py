@@ -117,13 +117,7 @@ def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunCo
     """Read a run YAML (or start from defaults when ``path`` is None), apply overrides, validate everything."""
     data: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ValueError(f"config {path} is not valid YAML: {err}") from None
+        data = cfg.load_yaml(path, "config file") or {}
         if not isinstance(data, dict):
             raise ValueError(f"config {path} must be a mapping with sections graph, data, model, train")
     data = copy.deepcopy(data)

@@ -43,7 +43,12 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
         dataset = open_dataset(config.data.name, config.data.root, config.data.image_size, config.data.resize)
     graph = resolve_graph(config.graph, dataset)
     model_config = config.model_config(graph.to_dict(), dataset.image_size, dataset.channels)
-    train_set, grid_set = dataset.split("train"), _grid_split(dataset).subset(range(tc.grid_images))
+    try:  # fail now, not after training
+        ddim.timesteps(model_config.num_timesteps, tc.grid_steps)
+    except ValueError as err:
+        raise ValueError(f"train.grid_steps={tc.grid_steps} does not fit model.num_timesteps: {err}") from None
+    train_set, shown = dataset.split("train"), _grid_split(dataset)
+    grid_set = shown.subset(range(min(tc.grid_images, len(shown))))
 
     torch.manual_seed(tc.seed)
     model = CausalDiffAE(model_config)
