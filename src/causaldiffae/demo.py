@@ -13,7 +13,7 @@ import torch
 
 from .atomic import write_text
 from .counterfactual import sweep
-from .data import open_dataset, pendulum
+from .data import pendulum
 from .images import save_grid
 from .model import CausalDiffAE
 from .training import load_run_config, train
@@ -42,12 +42,16 @@ def run_demo(out: str | Path, model_dir: str | Path | None = None, train_minutes
                                                            "train.max_steps=1000000"])
         model_dir = train(config, out / "run", resume=(out / "run" / "checkpoints").is_dir())
     model = CausalDiffAE.from_pretrained(model_dir or SHIPPED)
-    test = open_dataset("pendulum", None, model.config.image_size).split("test")
-    pick = torch.linspace(0, len(test) - 1, n_images).round().long()
-    x = test.batch(pick)["image"]
-    factual = [dict(zip(model.graph.variables, row.tolist(), strict=True)) for row in test.labels[pick]]
+    if tuple(model.graph.variables) != pendulum.VARIABLES:
+        raise ValueError(f"the demo needs a Pendulum model (variables {list(pendulum.VARIABLES)}), "
+                         f"got {model.graph.variables}")
+    size = model.config.image_size
+    test = [r for r in pendulum.samples() if r["split"] == "test"]
+    factual = [{v: test[i][v] for v in pendulum.VARIABLES}
+               for i in torch.linspace(0, len(test) - 1, n_images).round().long().tolist()]
+    x = torch.stack([_tensor(pendulum.render(f["angle"], f["light"], size)) for f in factual])
 
-    sections, size = [], model.config.image_size
+    sections = []
     for var in model.graph.nodes:
         lo, hi = var.range
         values = np.linspace(lo, hi, n_values).tolist()
