@@ -58,8 +58,8 @@ class ImageDataset:
             raise ValueError(f"dataset {self.root} has no images in split {name!r}")
         return self.subset(idx)
 
-    def subset(self, indices: Sequence[int]) -> ImageDataset:
-        index = torch.as_tensor(list(indices), dtype=torch.long)
+    def subset(self, indices: Sequence[int] | torch.Tensor) -> ImageDataset:
+        index = torch.as_tensor(indices, dtype=torch.long)
         return ImageDataset(self.root, self.graph, [self.files[i] for i in index], [self.splits[i] for i in index],
                             self.images[index], self.labels[index])
 

@@ -48,7 +48,7 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
     except ValueError as err:
         raise ValueError(f"train.grid_steps={tc.grid_steps} does not fit model.num_timesteps: {err}") from None
     train_set, shown = dataset.split("train"), _grid_split(dataset)
-    grid_set = shown.subset(range(min(tc.grid_images, len(shown))))
+    grid_set = shown.subset(torch.linspace(0, len(shown) - 1, min(tc.grid_images, len(shown))).round().long())
 
     torch.manual_seed(tc.seed)
     model = CausalDiffAE(model_config)
