@@ -1,8 +1,10 @@
 """causaldiffae: Causal Diffusion Autoencoders for counterfactual image generation (Komanduri et al. 2024)."""
 
 from .causal_layer import CausalLayer
+from .counterfactual import counterfactual, sample
 from .graph import CausalGraph, Variable
 from .model import CausalDiffAE, Latents, ModelConfig
 
 __version__ = "0.1.0"
-__all__ = ["CausalDiffAE", "CausalGraph", "CausalLayer", "Latents", "ModelConfig", "Variable", "__version__"]
+__all__ = ["CausalDiffAE", "CausalGraph", "CausalLayer", "Latents", "ModelConfig", "Variable", "__version__",
+           "counterfactual", "sample"]
