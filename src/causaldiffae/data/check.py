@@ -1,0 +1,37 @@
+"""``causaldiffae data check DIR``: validate a dataset folder and summarise it before training on it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .base import SPLITS, load_dataset
+
+
+def summarize(root: str | Path, resize_to: int | None = None) -> str:
+    """Load every image and label of ``root`` (raising a clear error on the first problem) and describe it:
+    variables and edges, label coverage per variable and split, value ranges, image size and channels."""
+    data = load_dataset(root, resize_to, resize=resize_to is not None)
+    graph = data.graph
+    lines = [f"dataset {Path(root)}: {len(data)} images of {data.image_size}x{data.image_size}, "
+             f"{data.channels} channel(s)"]
+    present = [s for s in SPLITS if s in data.splits]
+    lines.append("splits: " + ", ".join(f"{s} {data.splits.count(s)}" for s in present))
+    lines.append(f"graph: {len(graph)} variables, edges: "
+                 + (", ".join(f"{a} -> {b}" for a, b in graph.edges) or "none"))
+    width = max(len(v) for v in graph.variables)
+    header = f"  {'variable':<{width}}  " + "  ".join(f"{s + ' labels':>16}" for s in present)
+    lines += ["label coverage and range:", header + f"  {'min':>10}  {'max':>10}  normalization"]
+    for i, var in enumerate(graph.nodes):
+        column = data.labels[:, i]
+        known = column[~torch.isnan(column)]
+        cover = []
+        for s in present:
+            rows = torch.tensor([sp == s for sp in data.splits])
+            n, k = int(rows.sum()), int((~torch.isnan(column[rows])).sum())
+            cover.append(f"{k:>6}/{n:<5}{100 * k / n:>3.0f}%")
+        lo, hi = (f"{known.min().item():>10.4g}", f"{known.max().item():>10.4g}") if len(known) else ("-", "-")
+        norm = var.normalization or "from the training split at train time"
+        lines.append(f"  {var.name:<{width}}  " + "  ".join(cover) + f"  {lo:>10}  {hi:>10}  {norm}")
+    return "\n".join(lines)
