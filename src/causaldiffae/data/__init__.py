@@ -6,11 +6,11 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from . import pendulum
+from . import morphomnist, pendulum
 from .base import ImageDataset, load_dataset, write_dataset
 
 #: Built-in datasets: name -> generator(out, size) that writes the dataset layout.
-GENERATORS: dict[str, Callable[..., Path]] = {"pendulum": pendulum.generate}
+GENERATORS: dict[str, Callable[..., Path]] = {"pendulum": pendulum.generate, "morphomnist": morphomnist.generate}
 
 
 def cache_dir() -> Path:
@@ -27,12 +27,12 @@ def dataset_root(name: str, root: str | Path | None, image_size: int) -> Path:
 
 
 def open_dataset(name: str, root: str | Path | None, image_size: int, resize: bool = False,
-                 progress: bool = True) -> ImageDataset:
+                 progress: bool = True, class_column: str | None = None) -> ImageDataset:
     """Load a dataset; a built-in one whose folder does not exist yet is generated there first."""
     folder = dataset_root(name, root, image_size)
     if name in GENERATORS and not (folder / "labels.csv").exists():
         GENERATORS[name](folder, image_size, progress=progress)
-    return load_dataset(folder, image_size, resize)
+    return load_dataset(folder, image_size, resize, class_column=class_column)
 
 
 __all__ = ["GENERATORS", "ImageDataset", "cache_dir", "dataset_root", "load_dataset", "open_dataset",

@@ -37,6 +37,8 @@ class ImageDataset:
     splits: list[str]
     images: torch.Tensor
     labels: torch.Tensor
+    classes: torch.Tensor | None = None
+    """(N,) integer classes of an extra condition (``data.class_column``), when asked for."""
 
     def __len__(self) -> int:
         return len(self.files)
@@ -61,24 +63,28 @@ class ImageDataset:
     def subset(self, indices: Sequence[int] | torch.Tensor) -> ImageDataset:
         index = torch.as_tensor(indices, dtype=torch.long)
         return ImageDataset(self.root, self.graph, [self.files[i] for i in index], [self.splits[i] for i in index],
-                            self.images[index], self.labels[index])
+                            self.images[index], self.labels[index],
+                            None if self.classes is None else self.classes[index])
 
     def batch(self, indices: torch.Tensor | Sequence[int],
               device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-        """{"image": float (B, C, H, W) in [0, 1], "labels": (B, n) raw units} on ``device``."""
+        """{"image": float (B, C, H, W) in [0, 1], "labels": (B, n) raw units[, "class": (B,)]} on ``device``."""
         index = torch.as_tensor(indices, dtype=torch.long)
-        return {"image": self.images[index].to(device).float() / 255, "labels": self.labels[index].to(device)}
+        batch = {"image": self.images[index].to(device).float() / 255, "labels": self.labels[index].to(device)}
+        if self.classes is not None:
+            batch["class"] = self.classes[index].to(device)
+        return batch
 
 
-def read_labels(root: Path, graph: CausalGraph) -> tuple[list[str], list[str], np.ndarray]:
-    """Parse ``labels.csv``: files, splits, and labels (N, n_vars) float64 with NaN for empty cells."""
+def read_labels(root: Path, graph: CausalGraph, extra: Sequence[str] = ()) -> tuple[list[str], list[str], np.ndarray]:
+    """Parse ``labels.csv``: files, splits, and labels (N, n_vars + len(extra)) float64, NaN for empty cells."""
     path = root / "labels.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: a dataset folder needs graph.yaml, labels.csv and images/")
     with path.open(newline="") as fh:
         reader = csv.DictReader(fh)
         columns = reader.fieldnames or []
-        missing = [c for c in ["file", "split", *graph.variables] if c not in columns]
+        missing = [c for c in ["file", "split", *graph.variables, *extra] if c not in columns]
         if missing:
             raise ValueError(f"{path}: no column for {', '.join(missing)} (columns are {', '.join(columns)})")
         files, splits, rows = [], [], []
@@ -87,10 +93,10 @@ def read_labels(root: Path, graph: CausalGraph) -> tuple[list[str], list[str], n
                 raise ValueError(f"{path} line {line}: split {row['split']!r} is not one of {', '.join(SPLITS)}")
             files.append(row["file"])
             splits.append(row["split"])
-            rows.append([_label(row[v], v, path, line) for v in graph.variables])
+            rows.append([_label(row[v], v, path, line) for v in [*graph.variables, *extra]])
     if not files:
         raise ValueError(f"{path} has no rows")
-    return files, splits, np.asarray(rows, dtype=np.float64).reshape(len(files), len(graph))
+    return files, splits, np.asarray(rows, dtype=np.float64).reshape(len(files), len(graph) + len(extra))
 
 
 def _label(cell: str | None, name: str, path: Path, line: int) -> float:
@@ -108,13 +114,15 @@ def _label(cell: str | None, name: str, path: Path, line: int) -> float:
 
 
 def load_dataset(root: str | Path, image_size: int | None = None, resize: bool = False,
-                 graph: CausalGraph | None = None) -> ImageDataset:
-    """Read a dataset folder; ``image_size`` checks (or with ``resize`` sets) the square image size."""
+                 graph: CausalGraph | None = None, class_column: str | None = None) -> ImageDataset:
+    """Read a dataset folder; ``image_size`` checks (or with ``resize`` sets) the square image size;
+    ``class_column`` names a labels.csv column of integer classes (an extra condition, never missing)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset folder not found: {root}")
     graph = graph or CausalGraph.from_yaml(root / "graph.yaml")
-    files, splits, labels = read_labels(root, graph)
+    files, splits, table = read_labels(root, graph, [class_column] if class_column else [])
+    labels, classes = table[:, : len(graph)], _classes(table[:, len(graph)], class_column) if class_column else None
     csv_hash = hashlib.sha1((root / "labels.csv").read_bytes()).hexdigest()[:12]
     cache = root / "cache" / f"images-{image_size or 'native'}-{int(resize)}-{csv_hash}.npy"
     if cache.is_file():
@@ -126,7 +134,16 @@ def load_dataset(root: str | Path, image_size: int | None = None, resize: bool =
                 np.save(fh, images, allow_pickle=False)
         except OSError:
             pass  # a read-only dataset folder still loads, only slower next time
-    return ImageDataset(root, graph, files, splits, torch.from_numpy(images), torch.from_numpy(labels).float())
+    return ImageDataset(root, graph, files, splits, torch.from_numpy(images), torch.from_numpy(labels).float(),
+                        None if classes is None else torch.from_numpy(classes))
+
+
+def _classes(column: np.ndarray, name: str) -> np.ndarray:
+    bad = np.flatnonzero(np.isnan(column) | (column < 0) | (column != np.round(column)))
+    if len(bad):
+        raise ValueError(f"class column {name!r} needs a non-negative integer in every row; row {bad[0] + 1} "
+                         f"has {column[bad[0]]!r}")
+    return column.astype(np.int64)
 
 
 def _decode_all(root: Path, files: list[str], image_size: int | None, resize: bool) -> np.ndarray:
@@ -156,18 +173,24 @@ def _decode_all(root: Path, files: list[str], image_size: int | None, resize: bo
 
 
 def write_dataset(out: str | Path, graph: CausalGraph, rows: Iterable[Mapping[str, Any]],
-                  images: Iterable[np.ndarray]) -> Path:
+                  images: Iterable[np.ndarray], extra_columns: Sequence[str] = ()) -> Path:
     """Write a dataset folder atomically; ``rows`` carry file, split and every variable, ``images`` uint8
-    (H, W) or (H, W, C) arrays in the same order. Float labels are written exactly (repr)."""
+    (H, W) or (H, W, C) arrays in the same order. Float labels are written exactly (repr).
+
+    ``extra_columns`` are numeric columns of ``rows`` that are not graph variables (e.g. a class label); they
+    follow the variables in labels.csv and are written the same way."""
     out = Path(out)
+    columns = [*graph.variables, *extra_columns]
+    if len(set(columns) | {"file", "split"}) != len(columns) + 2:
+        raise ValueError(f"extra columns {list(extra_columns)} repeat file, split or a graph variable")
     with atomic_dir(out) as tmp:
         (tmp / "images").mkdir()
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["file", "split", *graph.variables])
+        writer.writerow(["file", "split", *columns])
         for row, image in zip(rows, images, strict=True):
             Image.fromarray(image).save(tmp / "images" / row["file"], format="PNG")
-            writer.writerow([row["file"], row["split"], *(_cell(row.get(v)) for v in graph.variables)])
+            writer.writerow([row["file"], row["split"], *(_cell(row.get(v)) for v in columns)])
         (tmp / "labels.csv").write_text(buffer.getvalue())
         (tmp / "graph.yaml").write_text(yaml.safe_dump(graph.to_dict(), sort_keys=False))
     return out

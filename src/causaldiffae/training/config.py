@@ -24,6 +24,8 @@ class DataConfig:
                                        "cache folder $CAUSALDIFFAE_CACHE or ~/.cache/causaldiffae)")
     image_size: int = cfg.param(64, "square image size in pixels")
     resize: bool = cfg.param(False, "resize images of another size instead of refusing them")
+    class_column: str | None = cfg.param(None, "labels.csv column of integer classes fed to the UNet as an extra "
+                                               "condition (needs model.num_classes), e.g. digit; null = none")
 
     def __post_init__(self) -> None:
         if self.image_size < 8:

@@ -40,9 +40,11 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
         raise ValueError(f"{run} already holds checkpoints; pass --resume to continue it or choose a new --out")
     accelerator = Accelerator(mixed_precision=tc.mixed_precision, cpu=tc.cpu)
     with accelerator.main_process_first():
-        dataset = open_dataset(config.data.name, config.data.root, config.data.image_size, config.data.resize)
+        dataset = open_dataset(config.data.name, config.data.root, config.data.image_size, config.data.resize,
+                               class_column=config.data.class_column)
     graph = resolve_graph(config.graph, dataset)
     model_config = config.model_config(graph.to_dict(), dataset.image_size, dataset.channels)
+    _check_classes(dataset, model_config.num_classes, config.data.class_column)
     try:  # fail now, not after training
         ddim.timesteps(model_config.num_timesteps, tc.grid_steps)
     except ValueError as err:
@@ -145,7 +147,7 @@ def write_grids(model: CausalDiffAE, images: ImageDataset, folder: Path, step: i
     """Reconstruction grid (originals over DDIM invert -> decode) and sample grid (their z with fresh x_T)."""
     batch = images.batch(range(len(images)), next(model.parameters()).device)
     x0 = batch["image"]
-    cond = model.condition(model.encode(x0).z, x0.shape[0])
+    cond = model.condition(model.encode(x0).z, x0.shape[0], batch.get("class"))
 
     def denoiser(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return model.eps(x_t, t, cond)
@@ -156,6 +158,16 @@ def write_grids(model: CausalDiffAE, images: ImageDataset, folder: Path, step: i
     samples = (ddim.sample(denoiser, noise, model.schedule, steps) + 1) / 2
     save_grid(folder / f"step-{step:08d}-reconstruction.png", [x0, recon], ["data", "recon"], scale=2)
     save_grid(folder / f"step-{step:08d}-samples.png", [x0, samples], ["data", "sample"], scale=2)
+
+
+def _check_classes(dataset: ImageDataset, num_classes: int, column: str | None) -> None:
+    """data.class_column and model.num_classes go together, and every class must be below num_classes."""
+    if (column is None) != (num_classes == 0):
+        raise ValueError("data.class_column and model.num_classes go together: set both (e.g. digit and 10) "
+                         f"or neither; got {column!r} and {num_classes}")
+    if dataset.classes is not None and int(dataset.classes.max()) >= num_classes:
+        raise ValueError(f"class column {column!r} holds {int(dataset.classes.max())}, but model.num_classes is "
+                         f"{num_classes}")
 
 
 def _grid_split(dataset: ImageDataset) -> ImageDataset:
