@@ -77,3 +77,18 @@ def test_check_summarizes_coverage_and_ranges(tiny_dataset, tmp_path):
     lines[1:3] = [",".join(cell if i != 2 else "" for i, cell in enumerate(line.split(","))) for line in lines[1:3]]
     (root / "labels.csv").write_text("\n".join(lines) + "\n")
     assert "6/8" in summarize(root) and "75%" in summarize(root)
+
+
+def test_cli_data_circuit_and_check(tmp_path, capsys):
+    from causaldiffae.cli import main
+
+    _release(tmp_path / "train.npz", 5)
+    assert main(["data", "circuit", str(tmp_path / "train.npz"), "--out", str(tmp_path / "c"), "--size", "8"]) == 0
+    capsys.readouterr()
+    assert main(["data", "check", str(tmp_path / "c")]) == 0
+    assert "5 images of 8x8" in capsys.readouterr().out
+    (tmp_path / "c" / "images" / "train-000002.png").unlink()
+    for cache in (tmp_path / "c" / "cache").glob("*.npy"):
+        cache.unlink()
+    assert main(["data", "check", str(tmp_path / "c")]) == 2
+    assert "train-000002.png" in capsys.readouterr().err

@@ -42,6 +42,19 @@ def _data_morphomnist(args: argparse.Namespace) -> None:
           f"test, {args.size}x{args.size}) to {out}")
 
 
+def _data_circuit(args: argparse.Namespace) -> None:
+    from .data import circuit
+
+    out = circuit.convert(args.npz, args.out, args.size, args.test_fraction, args.seed)
+    print(f"wrote CausalCircuit ({args.size}x{args.size}) to {out}")
+
+
+def _data_check(args: argparse.Namespace) -> None:
+    from .data.check import summarize
+
+    print(summarize(args.dir, args.size))
+
+
 def _train(args: argparse.Namespace) -> None:
     from .training import load_run_config, train
 
@@ -262,6 +275,25 @@ def build_parser() -> argparse.ArgumentParser:
     pend.add_argument("--out", required=True, help="folder to write (replaced atomically if it exists)")
     pend.add_argument("--size", type=_image_size, default=96, help="image size in pixels, at least 8 (default 96)")
     pend.set_defaults(func=_data_pendulum)
+
+    circ = datasets.add_parser("circuit", help="convert Qualcomm's CausalCircuit .npz files (arm -> lights)",
+                               description="Convert CausalCircuit release files (imgs JPEG bytes, original_latents) "
+                                           "to the dataset layout, keeping the pre-intervention image. Files named "
+                                           "*train*/*val*/*test* keep that split; others are split at random.")
+    circ.add_argument("npz", nargs="+", help="release .npz files")
+    circ.add_argument("--out", required=True, help="folder to write")
+    circ.add_argument("--size", type=_image_size, default=128, help="image size in pixels (default 128)")
+    circ.add_argument("--test-fraction", type=float, default=0.2, help="test share of unnamed files (default 0.2)")
+    circ.add_argument("--seed", type=int, default=0, help="seed of that split (default 0)")
+    circ.set_defaults(func=_data_circuit)
+
+    check = datasets.add_parser("check", help="validate your own dataset folder and summarise it",
+                                description="Read every image and label of DIR (graph.yaml, labels.csv, images/) "
+                                            "and print variables, label coverage per split, ranges, image size. "
+                                            "The first problem found is an error that names it.")
+    check.add_argument("dir", help="dataset folder")
+    check.add_argument("--size", type=_image_size, help="resize images to this size (as data.resize would)")
+    check.set_defaults(func=_data_check)
     morpho = datasets.add_parser("morphomnist", help="MNIST digits with thickness -> intensity (Morpho-MNIST)",
                                  description="Render Morpho-MNIST digits whose thickness and intensity follow "
                                              "DeepSCM's model: thickness -> intensity. Default source: the 5,000 "
