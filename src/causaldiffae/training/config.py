@@ -19,7 +19,8 @@ DERIVED_MODEL_KEYS = ("graph", "image_size", "channels")
 
 @dataclass
 class DataConfig:
-    name: Literal["pendulum", "folder"] = cfg.param("pendulum", "dataset: pendulum (generated) or folder (yours)")
+    name: Literal["pendulum", "morphomnist", "folder"] = cfg.param(
+        "pendulum", "dataset: pendulum or morphomnist (generated on first use) or folder (yours)")
     root: str | None = cfg.param(None, "dataset folder; a built-in dataset is generated there (default: the "
                                        "cache folder $CAUSALDIFFAE_CACHE or ~/.cache/causaldiffae)")
     image_size: int = cfg.param(64, "square image size in pixels")
