@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from causaldiffae.data import morphomnist
+from causaldiffae.data import morphometry, morphomnist
 
 THICKNESS_TOL = 0.3
 INTENSITY_TOL = 2.0
@@ -33,7 +33,7 @@ ACCEPTANCE = 0.9
 
 def remeasure(path: str) -> tuple[float, float]:
     image = np.asarray(Image.open(path))
-    return morphomnist.measure(image).thickness, morphomnist.foreground_median(image)
+    return morphometry.measure(image).thickness, morphometry.foreground_median(image)
 
 
 def main() -> None:

@@ -16,15 +16,8 @@ from PIL import Image
 from causaldiffae.cli import main
 from causaldiffae.data import GENERATORS, load_dataset, morphomnist
 from causaldiffae.data.idx import read_idx
-from causaldiffae.data.morphomnist import (
-    foreground_median,
-    measure,
-    render,
-    sample_scm,
-    set_intensity,
-    set_thickness,
-    true_counterfactual,
-)
+from causaldiffae.data.morphometry import foreground_median, measure, render, set_intensity, set_thickness
+from causaldiffae.data.morphomnist import sample_scm, true_counterfactual
 
 S = 16  # drawing supersampling, as in measure
 
