@@ -16,8 +16,7 @@ from typing import Any
 
 from . import __version__
 from .atomic import write_text
-
-DEFAULT_DEPTH = 1.0
+from .counterfactual import DEFAULT_DEPTH
 
 
 def _data_pendulum(args: argparse.Namespace) -> None:
@@ -353,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--model", help="a model folder to use instead of the shipped one")
     dm.add_argument("--train-minutes", type=float, help="train from scratch for this long instead")
     dm.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps (default 50)")
-    dm.add_argument("--depth", type=float, default=DEFAULT_DEPTH, help=f"inversion depth (default {DEFAULT_DEPTH})")
+    dm.add_argument("--depth", type=_depth, default=DEFAULT_DEPTH, help=f"inversion depth (default {DEFAULT_DEPTH})")
     dm.set_defaults(func=_demo)
     return parser
 
@@ -365,8 +364,15 @@ def _add_sampling_flags(parser: argparse.ArgumentParser, depth: bool) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of any random draw (default 0)")
     parser.add_argument("--class", dest="cls", type=int, help="class for a model with a class condition (e.g. digit)")
     if depth:
-        parser.add_argument("--depth", type=float, default=DEFAULT_DEPTH,
+        parser.add_argument("--depth", type=_depth, default=DEFAULT_DEPTH,
                             help=f"inversion depth in (0, 1]; 1.0 inverts all the way to x_T (default {DEFAULT_DEPTH})")
+
+
+def _depth(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1], got {text}")
+    return value
 
 
 def _image_size(text: str) -> int:

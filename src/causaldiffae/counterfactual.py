@@ -21,6 +21,8 @@ from .diffusion import ddim
 from .model import CausalDiffAE, Latents, Value
 
 Abduction = Literal["ddim", "noise"]
+#: Inversion depth used when none is given, chosen by benchmarks/counterfactual_quality.py on the shipped model.
+DEFAULT_DEPTH = 1.0
 
 
 @dataclass
@@ -54,7 +56,7 @@ def guided_denoiser(model: CausalDiffAE, cond: torch.Tensor, guidance: float) ->
 
 
 @torch.inference_mode()
-def abduct_noise(model: CausalDiffAE, x: torch.Tensor, z: torch.Tensor, steps: int = 50, depth: float = 1.0,
+def abduct_noise(model: CausalDiffAE, x: torch.Tensor, z: torch.Tensor, steps: int = 50, depth: float = DEFAULT_DEPTH,
                  abduction: Abduction = "ddim", generator: torch.Generator | None = None,
                  classes: torch.Tensor | None = None) -> torch.Tensor:
     """x_T of images x in [0, 1] given their factual latents z: DDIM inversion, or fresh noise at the top."""
@@ -71,7 +73,7 @@ def abduct_noise(model: CausalDiffAE, x: torch.Tensor, z: torch.Tensor, steps: i
 
 @torch.inference_mode()
 def decode(model: CausalDiffAE, x_T: torch.Tensor, z: torch.Tensor, steps: int = 50, guidance: float = 1.0,
-           depth: float = 1.0, classes: torch.Tensor | None = None) -> torch.Tensor:
+           depth: float = DEFAULT_DEPTH, classes: torch.Tensor | None = None) -> torch.Tensor:
     """DDIM decoding of x_T with latents z (B, n, d) and guidance weight w -> images in [0, 1]."""
     cond = model.condition(z, x_T.shape[0], classes)
     x0 = ddim.sample(guided_denoiser(model, cond, guidance), x_T, model.schedule, steps, depth)
@@ -80,7 +82,7 @@ def decode(model: CausalDiffAE, x_T: torch.Tensor, z: torch.Tensor, steps: int =
 
 @torch.inference_mode()
 def counterfactual(model: CausalDiffAE, x: torch.Tensor, do: Mapping[str, Value], steps: int = 50,
-                   guidance: float = 1.0, abduction: Abduction = "ddim", depth: float = 1.0,
+                   guidance: float = 1.0, abduction: Abduction = "ddim", depth: float = DEFAULT_DEPTH,
                    reconstruct: bool = False, generator: torch.Generator | None = None,
                    return_details: bool = False, classes: torch.Tensor | None = None) -> torch.Tensor | Counterfactual:
     """Counterfactual images of ``x`` (B, C, H, W) in [0, 1] under ``do`` = {name: value in label units}.
@@ -97,7 +99,7 @@ def counterfactual(model: CausalDiffAE, x: torch.Tensor, do: Mapping[str, Value]
 
 @torch.inference_mode()
 def sweep(model: CausalDiffAE, x: torch.Tensor, columns: Sequence[tuple[Mapping[str, Value], float]],
-          steps: int = 50, abduction: Abduction = "ddim", depth: float = 1.0, reconstruct: bool = False,
+          steps: int = 50, abduction: Abduction = "ddim", depth: float = DEFAULT_DEPTH, reconstruct: bool = False,
           generator: torch.Generator | None = None, classes: torch.Tensor | None = None) -> Counterfactual:
     """Several (do, guidance) queries of the same images with one abduction: a traversal or guidance sweep.
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .atomic import write_text
-from .counterfactual import sweep
+from .counterfactual import DEFAULT_DEPTH, sweep
 from .data import pendulum
 from .images import save_grid
 from .model import CausalDiffAE
@@ -33,7 +33,7 @@ WHAT_TO_LOOK_AT = {
 
 
 def run_demo(out: str | Path, model_dir: str | Path | None = None, train_minutes: float | None = None,
-             steps: int = 50, depth: float = 1.0, n_images: int = 4, n_values: int = 7) -> Path:
+             steps: int = 50, depth: float = DEFAULT_DEPTH, n_images: int = 4, n_values: int = 7) -> Path:
     """Write the demo grids and report into ``out``; ``train_minutes`` trains from scratch first."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
