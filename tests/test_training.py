@@ -262,3 +262,23 @@ def test_too_many_grid_steps_is_reported_before_training(tmp_path, data_override
         config = load_run_config(TINY_CONFIG, [*data_overrides, "train.grid_steps=200", "train.max_steps=2"])
         train(config, out, progress=False)
     assert not (out / "checkpoints").exists()
+
+
+def test_two_processes_train_one_run(tmp_path, data_overrides):
+    """Data-parallel training on two CPU processes (torchrun + accelerate's MULTI_CPU): one metrics log,
+    one set of checkpoints, every parameter synchronised (DDP refuses parameters that get no gradient)."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            "-m", "causaldiffae.cli", "train", str(TINY_CONFIG), "--out", str(out)]
+    for item in [*data_overrides, "train.max_steps=4", "train.log_every=2", "train.checkpoint_every=2"]:
+        argv += ["--set", item]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("trained model in") == 1
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["2", "4"]
+    assert CausalDiffAE.from_pretrained(out).config.image_size == 16

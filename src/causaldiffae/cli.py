@@ -59,7 +59,8 @@ def _train(args: argparse.Namespace) -> None:
 
     config = load_run_config(args.config, args.set)
     run = train(config, args.out, resume=args.resume)
-    print(f"trained model in {run} (load it with CausalDiffAE.from_pretrained({str(run)!r}))")
+    if os.environ.get("RANK", "0") == "0":  # once, also under torchrun / accelerate launch
+        print(f"trained model in {run} (load it with CausalDiffAE.from_pretrained({str(run)!r}))")
 
 
 def _load_model(run: str) -> Any:

@@ -173,10 +173,10 @@ class CausalDiffAE(nn.Module):
         sq = (lat.z - torch.nan_to_num(ynorm)[..., None]).pow(2).sum(dim=-1)  # (B, n)
         label = (sq * present).sum(dim=1).mean() / (2 * self.config.prior_std**2)
 
-        cond = self.condition(lat.z, b, batch.get("class"))
-        if self.config.p_uncond > 0:
-            drop = torch.rand(b, device=dev) < self.config.p_uncond
-            cond = torch.where(drop[:, None], self.condition(None, b), cond)
+        # always through torch.where, also for p_uncond = 0: the null condition then stays in the graph (with a zero
+        # gradient), which multi-process training (DDP) needs from every parameter
+        drop = torch.rand(b, device=dev) < self.config.p_uncond
+        cond = torch.where(drop[:, None], self.condition(None, b), self.condition(lat.z, b, batch.get("class")))
         t = torch.randint(0, self.config.num_timesteps, (b,), device=dev)
         noise = torch.randn(x0.shape, device=dev, dtype=x0.dtype)  # not _like: independent of memory layout
         mse = (self.eps(self.schedule.add_noise(x0, noise, t), t, cond) - noise).pow(2).mean()

@@ -38,7 +38,8 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
     previous = checkpoint.latest(run)
     if previous is not None and not resume:
         raise ValueError(f"{run} already holds checkpoints; pass --resume to continue it or choose a new --out")
-    accelerator = Accelerator(mixed_precision=tc.mixed_precision, cpu=tc.cpu)
+    # cpu=True also on machines without a GPU: that is how accelerate runs several CPU processes (torchrun)
+    accelerator = Accelerator(mixed_precision=tc.mixed_precision, cpu=tc.cpu or not torch.cuda.is_available())
     with accelerator.main_process_first():
         dataset = open_dataset(config.data.name, config.data.root, config.data.image_size, config.data.resize,
                                class_column=config.data.class_column)
