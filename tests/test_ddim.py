@@ -96,12 +96,13 @@ def test_timesteps_bad_arguments(args: tuple, match: str) -> None:
 # --- single updates ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("clip", [False, True])
 @pytest.mark.parametrize("t", [980, 500, 20, 0])
-def test_step_matches_diffusers(schedule: NoiseSchedule, t: int) -> None:
+def test_step_matches_diffusers(schedule: NoiseSchedule, t: int, clip: bool) -> None:
     diffusers = pytest.importorskip("diffusers")
     steps = 50
     reference = diffusers.DDIMScheduler(
-        num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02, clip_sample=False
+        num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02, clip_sample=clip
     )
     reference.set_timesteps(steps)
     ts = ddim.timesteps(1000, steps)
@@ -115,7 +116,7 @@ def test_step_matches_diffusers(schedule: NoiseSchedule, t: int) -> None:
     eps = eps_true + 0.1 * torch.randn(2, 3, 8, 8, generator=gen)  # an imperfect prediction
 
     expected = reference.step(eps, t, x_t).prev_sample
-    ours = ddim.step(schedule, eps, t, t_prev, x_t)
+    ours = ddim.step(schedule, eps, t, t_prev, x_t, clip=clip)
     # diffusers keeps alphas_cumprod in float32, we in float64: agreement to float32 round-off
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
 

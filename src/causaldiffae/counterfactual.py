@@ -73,10 +73,11 @@ def abduct_noise(model: CausalDiffAE, x: torch.Tensor, z: torch.Tensor, steps: i
 
 @torch.inference_mode()
 def decode(model: CausalDiffAE, x_T: torch.Tensor, z: torch.Tensor, steps: int = 50, guidance: float = 1.0,
-           depth: float = DEFAULT_DEPTH, classes: torch.Tensor | None = None) -> torch.Tensor:
-    """DDIM decoding of x_T with latents z (B, n, d) and guidance weight w -> images in [0, 1]."""
+           depth: float = DEFAULT_DEPTH, classes: torch.Tensor | None = None, clip: bool = False) -> torch.Tensor:
+    """DDIM decoding of x_T with latents z (B, n, d) and guidance weight w -> images in [0, 1]; ``clip`` the
+    predicted x0 only when x_T is fresh noise, not an inversion."""
     cond = model.condition(z, x_T.shape[0], classes)
-    x0 = ddim.sample(guided_denoiser(model, cond, guidance), x_T, model.schedule, steps, depth)
+    x0 = ddim.sample(guided_denoiser(model, cond, guidance), x_T, model.schedule, steps, depth, clip=clip)
     return ((x0 + 1) / 2).clamp(0, 1)
 
 
@@ -153,5 +154,5 @@ def sample(model: CausalDiffAE, do: Mapping[str, Value], n: int, steps: int = 50
     z = model.intervene(Latents(zeros, zeros, zeros, zeros), values)  # every block is a root or descendant
     x_T = torch.randn((n, model.config.channels, model.config.image_size, model.config.image_size),
                       generator=generator).to(device)
-    return decode(model, x_T, z, steps, guidance, classes=classes)
+    return decode(model, x_T, z, steps, guidance, classes=classes, clip=True)
 

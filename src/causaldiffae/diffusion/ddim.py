@@ -66,7 +66,7 @@ def _alpha_bar(schedule: NoiseSchedule, t: int) -> float:
     return 1.0 if t == -1 else float(schedule.alphas_cumprod[t])
 
 
-def _transfer(schedule: NoiseSchedule, eps: Tensor, t_from: int, t_to: int, x: Tensor) -> Tensor:
+def _transfer(schedule: NoiseSchedule, eps: Tensor, t_from: int, t_to: int, x: Tensor, clip: bool = False) -> Tensor:
     """Move x from noise level t_from to t_to along the eta = 0 DDIM update (Song et al. 2021, eq. 12)."""
     if eps.shape != x.shape:
         raise ValueError(f"eps and x_t must have the same shape, got {tuple(eps.shape)} and {tuple(x.shape)}")
@@ -74,22 +74,27 @@ def _transfer(schedule: NoiseSchedule, eps: Tensor, t_from: int, t_to: int, x: T
     ab_from = _alpha_bar(schedule, t_from)
     ab_to = _alpha_bar(schedule, t_to)
     # 2. "Predicted x_0" of eq. 12: undo the forward marginal x_t = sqrt(ab) x_0 + sqrt(1 - ab) eps.
-    #    Never clipped, so that the map stays invertible.
+    #    Unclipped by default, so that the map stays invertible; generation from pure noise may clip it to
+    #    [-1, 1] (diffusers' clip_sample), re-deriving eps from the clipped prediction.
     x0_pred = (x - math.sqrt(1.0 - ab_from) * eps) / math.sqrt(ab_from)
+    if clip:
+        x0_pred = x0_pred.clamp(-1.0, 1.0)
+        eps = (x - math.sqrt(ab_from) * x0_pred) / math.sqrt(1.0 - ab_from)
     # 3. "Direction pointing to x_t" of eq. 12, with sigma_t = 0 (eta = 0).
     direction = math.sqrt(1.0 - ab_to) * eps
     # 4. Re-noise the prediction to the target level; eq. 12 without its random-noise term.
     return math.sqrt(ab_to) * x0_pred + direction
 
 
-def step(schedule: NoiseSchedule, eps: Tensor, t: int, t_prev: int, x_t: Tensor) -> Tensor:
+def step(schedule: NoiseSchedule, eps: Tensor, t: int, t_prev: int, x_t: Tensor, clip: bool = False) -> Tensor:
     """One DDIM denoising update x_t -> x_{t_prev} (t_prev < t; t_prev = -1 gives the clean image).
 
     eps: the noise predicted at (x_t, t), shaped like x_t (B, ...). Returns x_{t_prev}, shaped like x_t.
+    ``clip`` clamps the predicted x0 to [-1, 1]: for sampling from pure noise only, never after an inversion.
     """
     if not t_prev < t:
         raise ValueError(f"step goes towards less noise and needs t_prev < t, got t={t}, t_prev={t_prev}")
-    return _transfer(schedule, eps, t, t_prev, x_t)
+    return _transfer(schedule, eps, t, t_prev, x_t, clip)
 
 
 def invert_step(schedule: NoiseSchedule, eps: Tensor, t: int, t_next: int, x_t: Tensor) -> Tensor:
@@ -122,11 +127,13 @@ def sample(
     steps: int = 50,
     depth: float = 1.0,
     progress: bool = False,
+    clip: bool = False,
 ) -> Tensor:
     """Decode x_{tau_K} (B, ...) down to the clean image x_0 (B, ...) in `steps` DDIM steps.
 
     The denoiser is evaluated at each tau_K, ..., tau_1 on the current point; the last step goes from tau_1
-    to alpha_bar = 1. Use the same (steps, depth) as the `invert` call that produced x_T.
+    to alpha_bar = 1. Use the same (steps, depth) as the `invert` call that produced x_T. ``clip`` clamps
+    each predicted x0 to [-1, 1], which steadies generation from pure noise (leave it off after inversion).
     """
     trajectory = timesteps(schedule.num_timesteps, steps, depth)
     targets = [-1] + trajectory[:-1]  # targets[i] is the level below trajectory[i]
@@ -134,7 +141,7 @@ def sample(
     for i in _progress(list(range(steps - 1, -1, -1)), progress, "DDIM sample"):
         t, t_prev = trajectory[i], targets[i]
         eps = denoiser(x, _batch_t(t, x))
-        x = step(schedule, eps, t, t_prev, x)
+        x = step(schedule, eps, t, t_prev, x, clip)
     return x
 
 
