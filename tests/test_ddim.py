@@ -115,7 +115,8 @@ def test_step_matches_diffusers(schedule: NoiseSchedule, t: int, clip: bool) -> 
     x_t = schedule.add_noise(x0, eps_true, torch.full((2,), t))
     eps = eps_true + 0.1 * torch.randn(2, 3, 8, 8, generator=gen)  # an imperfect prediction
 
-    expected = reference.step(eps, t, x_t).prev_sample
+    # with clipping we re-derive eps from the clipped x0 (GLIDE's choice): diffusers' use_clipped_model_output
+    expected = reference.step(eps, t, x_t, use_clipped_model_output=clip).prev_sample
     ours = ddim.step(schedule, eps, t, t_prev, x_t, clip=clip)
     # diffusers keeps alphas_cumprod in float32, we in float64: agreement to float32 round-off
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
