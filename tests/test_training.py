@@ -282,3 +282,29 @@ def test_two_processes_train_one_run(tmp_path, data_overrides):
     rows = (out / "metrics.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["2", "4"]
     assert CausalDiffAE.from_pretrained(out).config.image_size == 16
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, data_overrides):
+    """A first SIGTERM/SIGINT finishes the step, writes checkpoint, model and grids, and exits 0."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "causaldiffae.cli", "train", str(TINY_CONFIG), "--out", str(out)]
+    for item in [*data_overrides, "train.max_steps=100000", "train.log_every=1", "train.checkpoint_every=0"]:
+        argv += ["--set", item]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while not (out / "metrics.csv").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    assert "saving a checkpoint" in err
+    ckpt = sorted((out / "checkpoints").glob("step-*"))
+    assert len(ckpt) == 1 and int(ckpt[0].name.split("-")[1]) > 0
+    assert CausalDiffAE.from_pretrained(out) is not None

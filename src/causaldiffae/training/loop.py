@@ -11,6 +11,9 @@ import copy
 import csv
 import io
 import math
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -72,8 +75,9 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
     bar = tqdm(total=tc.max_steps * images_per_step, initial=step * images_per_step, unit="img",
                disable=not (progress and accelerator.is_local_main_process), dynamic_ncols=True)
     start, last_log, last_step = time.monotonic(), time.monotonic(), step
+    stop = _GracefulStop(enabled=world == 1)
     while step < tc.max_steps:
-        if tc.max_minutes is not None and time.monotonic() - start > 60 * tc.max_minutes:
+        if stop.requested or (tc.max_minutes is not None and time.monotonic() - start > 60 * tc.max_minutes):
             break
         torch.manual_seed(_step_seed(tc.seed, step, rank))
         indices = _batch_indices(len(train_set), tc.batch_size, world, rank, step, tc.seed)
@@ -108,6 +112,7 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
             checkpoint.save(run, step, accelerator.unwrap_model(model), ema, optimizer, tc.keep_checkpoints)
             ema.save_pretrained(run)  # the run folder loads with from_pretrained while it trains
     bar.close()
+    stop.restore()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         done = checkpoint.latest(run)
@@ -118,6 +123,31 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
             write_grids(ema, grid_set, run / "samples", step, tc.grid_steps, tc.seed)
     accelerator.end_training()
     return run
+
+
+class _GracefulStop:
+    """The first SIGINT/SIGTERM ends training after the current step, which then saves its checkpoint, model
+    and grids as a finished run does; a second one interrupts at once. One process only: several processes
+    would stop at different steps and wait for each other, so they keep the default (resume from the last
+    checkpoint)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.requested = False
+        self._previous: dict[int, object] = {}
+        if enabled and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.restore()
+        self.requested = True
+        print(f"\ncausaldiffae: {signal.Signals(signum).name}: saving a checkpoint after this step "
+              "(again to stop at once)", file=sys.stderr)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+        self._previous = {}
 
 
 def resolve_graph(spec: str | dict | None, dataset: ImageDataset) -> CausalGraph:
