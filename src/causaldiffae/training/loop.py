@@ -28,7 +28,7 @@ from ..data.base import ImageDataset
 from ..diffusion import ddim
 from ..graph import CausalGraph
 from ..images import save_grid
-from ..model import CausalDiffAE
+from ..model import CausalDiffAE, ModelConfig
 from . import checkpoint
 from .config import RunConfig
 
@@ -44,17 +44,7 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
     # cpu=True also on machines without a GPU: that is how accelerate runs several CPU processes (torchrun)
     accelerator = Accelerator(mixed_precision=tc.mixed_precision, cpu=tc.cpu or not torch.cuda.is_available())
     with accelerator.main_process_first():
-        dataset = open_dataset(config.data.name, config.data.root, config.data.image_size, config.data.resize,
-                               class_column=config.data.class_column)
-    graph = resolve_graph(config.graph, dataset)
-    model_config = config.model_config(graph.to_dict(), dataset.image_size, dataset.channels)
-    _check_classes(dataset, model_config.num_classes, config.data.class_column)
-    try:  # fail now, not after training
-        ddim.timesteps(model_config.num_timesteps, tc.grid_steps)
-    except ValueError as err:
-        raise ValueError(f"train.grid_steps={tc.grid_steps} does not fit model.num_timesteps: {err}") from None
-    train_set, shown = dataset.split("train"), _grid_split(dataset)
-    grid_set = shown.subset(torch.linspace(0, len(shown) - 1, min(tc.grid_images, len(shown))).round().long())
+        graph, model_config, train_set, grid_set = _prepare_data(config)
 
     torch.manual_seed(tc.seed)
     model = CausalDiffAE(model_config)
@@ -148,6 +138,23 @@ class _GracefulStop:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)  # type: ignore[arg-type]
         self._previous = {}
+
+
+def _prepare_data(config: RunConfig) -> tuple[CausalGraph, ModelConfig, ImageDataset, ImageDataset]:
+    """Open (or generate) the dataset and check everything that could fail later: the run's graph, model
+    config, training split and grid images."""
+    data, tc = config.data, config.train
+    dataset = open_dataset(data.name, data.root, data.image_size, data.resize, class_column=data.class_column)
+    graph = resolve_graph(config.graph, dataset)
+    model_config = config.model_config(graph.to_dict(), dataset.image_size, dataset.channels)
+    _check_classes(dataset, model_config.num_classes, data.class_column)
+    try:
+        ddim.timesteps(model_config.num_timesteps, tc.grid_steps)
+    except ValueError as err:
+        raise ValueError(f"train.grid_steps={tc.grid_steps} does not fit model.num_timesteps: {err}") from None
+    shown = _grid_split(dataset)
+    grid_set = shown.subset(torch.linspace(0, len(shown) - 1, min(tc.grid_images, len(shown))).round().long())
+    return graph, model_config, dataset.split("train"), grid_set
 
 
 def resolve_graph(spec: str | dict | None, dataset: ImageDataset) -> CausalGraph:
