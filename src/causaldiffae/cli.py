@@ -206,10 +206,10 @@ def _counterfactual(args: argparse.Namespace) -> None:
     labels_cf = result.labels_cf if len(columns) > 1 else result.labels_cf[None]
     out = Path(args.out)
     if len(columns) == 1:
-        save_grid(out, [x, result.reconstruction, images[0]], ["factual", "recon", "counterfactual"], scale=2)
+        save_grid(out, [x, result.reconstruction, images[0]], ["factual", "recon", "counterfactual"])
     else:
         rows = [torch.cat([x[b : b + 1], result.reconstruction[b : b + 1], images[:, b].cpu()]) for b in range(len(x))]
-        save_grid(out, rows, [f"image {b}" for b in range(len(x))], ["factual", "recon", *headers], scale=2)
+        save_grid(out, rows, [f"image {b}" for b in range(len(x))], ["factual", "recon", *headers])
     variables = model.graph.variables
     report = {
         "images": names, "factual_labels": labels, "settings": {k: getattr(args, k) for k in
@@ -237,7 +237,7 @@ def _sample(args: argparse.Namespace) -> None:
     generator = torch.Generator().manual_seed(args.seed)
     images = sample(model, fixed, args.n, args.steps, _floats(args.guidance, "--guidance")[0], generator,
                     _classes(args, model, args.n))
-    save_grid(args.out, [images], scale=2)
+    save_grid(args.out, [images])
     print(f"wrote {args.n} samples to {args.out}")
 
 

@@ -63,7 +63,7 @@ def run_demo(out: str | Path, model_dir: str | Path | None = None, train_minutes
             rows += [torch.cat([x[b : b + 1], result.images[:, b]]), torch.cat([x[b : b + 1], truth[b]])]
             labels += [f"model {b}", f"truth {b}"]
         name = f"traversal-{var.name}.png"
-        save_grid(out / name, rows, labels, ["factual", *(f"{v:.3g}" for v in values)], scale=2)
+        save_grid(out / name, rows, labels, ["factual", *(f"{v:.3g}" for v in values)])
         model_err = (result.images.permute(1, 0, 2, 3, 4) - truth).abs().mean().item()
         noop_err = (x[:, None] - truth).abs().mean().item()
         sections.append(f"## do({var.name})\n\n![{var.name}]({name})\n\n{WHAT_TO_LOOK_AT.get(var.name, '')} "
@@ -71,7 +71,7 @@ def run_demo(out: str | Path, model_dir: str | Path | None = None, train_minutes
                         f"the factual image. Mean absolute pixel error to the truth: model {model_err:.4f}, "
                         f"factual image as the answer {noop_err:.4f} (on [0, 1]).\n")
     recon = sweep(model, x, [({}, 1.0)], steps, depth=depth).images
-    save_grid(out / "reconstruction.png", [x, recon], ["data", "recon"], scale=2)
+    save_grid(out / "reconstruction.png", [x, recon], ["data", "recon"])
     recon_err = (recon - x).abs().mean().item()
     report = (f"# causaldiffae demo\n\nModel: `{model_dir or 'shipped Pendulum model'}`; {steps} DDIM steps, "
               f"inversion depth {depth}, guidance 1.0, {n_images} test images, {n_values} values per variable "

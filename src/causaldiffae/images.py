@@ -19,11 +19,12 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 def grid(rows: Sequence[torch.Tensor], row_labels: Sequence[str] = (), col_labels: Sequence[str] = (),
-         pad: int = 2, scale: int = 1) -> Image.Image:
+         pad: int = 2, scale: int | None = None) -> Image.Image:
     """Rows of images (each (B, C, H, W) in [0, 1], same B) -> one RGB grid, labels left of rows and above
-    columns."""
+    columns; small images are enlarged (nearest neighbour) to about 96 px unless ``scale`` is given."""
     arrays = [to_uint8(r) for r in rows]
     _, h, w, c = arrays[0].shape
+    scale = scale or max(1, 96 // max(h, w))
     h, w = h * scale, w * scale
     left = 8 + 6 * max((len(s) for s in row_labels), default=0) if row_labels else 0
     top = 14 if col_labels else 0
@@ -43,7 +44,7 @@ def grid(rows: Sequence[torch.Tensor], row_labels: Sequence[str] = (), col_label
 
 
 def save_grid(path: str | Path, rows: Sequence[torch.Tensor], row_labels: Sequence[str] = (),
-              col_labels: Sequence[str] = (), scale: int = 1) -> Path:
+              col_labels: Sequence[str] = (), scale: int | None = None) -> Path:
     """Write a grid PNG atomically."""
     path = Path(path)
     with atomic_path(path) as tmp:

@@ -194,8 +194,8 @@ def write_grids(model: CausalDiffAE, images: ImageDataset, folder: Path, step: i
     recon = (ddim.sample(denoiser, x_T, model.schedule, steps) + 1) / 2
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(x0)
     samples = (ddim.sample(denoiser, noise, model.schedule, steps, clip=True) + 1).clamp(0, 2) / 2
-    save_grid(folder / f"step-{step:08d}-reconstruction.png", [x0, recon], ["data", "recon"], scale=2)
-    save_grid(folder / f"step-{step:08d}-samples.png", [x0, samples], ["data", "sample"], scale=2)
+    save_grid(folder / f"step-{step:08d}-reconstruction.png", [x0, recon], ["data", "recon"])
+    save_grid(folder / f"step-{step:08d}-samples.png", [x0, samples], ["data", "sample"])
 
 
 def _check_classes(dataset: ImageDataset, num_classes: int, column: str | None) -> None:
