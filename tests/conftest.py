@@ -57,3 +57,13 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory, tiny_rows: list[dict]
 def data_overrides(tiny_dataset: Path) -> list[str]:
     """--set overrides that point a run at the tiny dataset instead of the full generated one."""
     return ["data.name=folder", f"data.root={tiny_dataset}"]
+
+
+def exit_code(argv: list[str]) -> int:
+    """cli.main() returns the code of a handled error; argparse raises SystemExit for --help and usage errors."""
+    from causaldiffae.cli import main
+
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)

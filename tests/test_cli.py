@@ -13,15 +13,7 @@ import yaml
 
 from causaldiffae import CausalDiffAE, __version__
 from causaldiffae.cli import main
-from conftest import TINY_CONFIG
-
-
-def _exit_code(argv: list[str]) -> int:
-    """main() returns the code of a handled error; argparse raises SystemExit for --help and usage errors."""
-    try:
-        return main(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
+from conftest import TINY_CONFIG, exit_code
 
 
 def _one_line_error(capsys) -> str:
@@ -58,14 +50,14 @@ def cli_run(tmp_path_factory, tiny_dataset) -> Path:
     (["data", "pendulum", "--help"], ["--out", "--size", "Pendulum"]),
 ])
 def test_help_exits_zero(capsys, argv, words):
-    assert _exit_code(argv) == 0
+    assert exit_code(argv) == 0
     out = capsys.readouterr().out
     for word in words:
         assert word in out, word
 
 
 def test_version(capsys):
-    assert _exit_code(["--version"]) == 0
+    assert exit_code(["--version"]) == 0
     assert __version__ in capsys.readouterr().out
 
 
@@ -87,7 +79,7 @@ def test_module_entry_point_user_error_exits_two(tmp_path):
 @pytest.mark.parametrize("argv", [[], ["train"], ["data"], ["frobnicate"], ["data", "pendulum", "--size", "0",
                                                                              "--out", "x"]])
 def test_usage_errors_exit_two(capsys, argv):
-    assert _exit_code(argv) == 2
+    assert exit_code(argv) == 2
     assert "usage:" in capsys.readouterr().err
 
 
@@ -228,7 +220,7 @@ def test_pendulum_generate_bad_size_leaves_nothing(tmp_path):
 
 
 def test_data_pendulum_small_size_is_a_one_line_error(capsys, tmp_path):
-    assert _exit_code(["data", "pendulum", "--out", str(tmp_path / "p"), "--size", "7"]) == 2
+    assert exit_code(["data", "pendulum", "--out", str(tmp_path / "p"), "--size", "7"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(("causaldiffae: error:", "usage:")), err
     assert "%|" not in err

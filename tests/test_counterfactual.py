@@ -14,7 +14,7 @@ from causaldiffae.cli import main
 from causaldiffae.counterfactual import counterfactual, guided_denoiser, sample, sweep
 from causaldiffae.data import pendulum
 from causaldiffae.demo import run_demo
-from conftest import TINY_CONFIG, TINY_SIZE
+from conftest import TINY_CONFIG, TINY_SIZE, exit_code
 
 TINY = dict(latent_dim=4, encoder_channels=8, mechanism_hidden=16, unet_channels=8, channel_mult=(1, 2),
             attention_levels=(1,), num_timesteps=100)
@@ -133,13 +133,6 @@ def run(tmp_path_factory, tiny_dataset) -> Path:
     return out
 
 
-def _exit_code(argv: list[str]) -> int:
-    try:
-        return main(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-
-
 def test_cli_counterfactual_writes_grid_and_json(run, tmp_path):
     out = tmp_path / "cf.png"
     assert main(["counterfactual", str(run), "--do", "angle=20", "--index", "0:3", "--steps", "3",
@@ -169,18 +162,18 @@ def test_cli_sweeps_add_one_column_per_value(run, tmp_path):
 
 def test_cli_errors_name_the_problem(run, tmp_path, capsys):
     out = str(tmp_path / "x.png")
-    assert _exit_code(["counterfactual", str(run), "--do", "nope=1", "--out", out]) == 2
+    assert exit_code(["counterfactual", str(run), "--do", "nope=1", "--out", out]) == 2
     err = capsys.readouterr().err
     assert "nope" in err and "angle" in err and "Traceback" not in err
-    assert _exit_code(["counterfactual", str(run), "--do", "angle=abc", "--out", out]) == 2
+    assert exit_code(["counterfactual", str(run), "--do", "angle=abc", "--out", out]) == 2
     assert "not a number" in capsys.readouterr().err
     big = tmp_path / "big.png"
     Image.new("RGB", (32, 32)).save(big)
-    assert _exit_code(["counterfactual", str(run), "--image", str(big), "--out", out]) == 2
+    assert exit_code(["counterfactual", str(run), "--image", str(big), "--out", out]) == 2
     assert "16x16" in capsys.readouterr().err
     grey = tmp_path / "grey.png"
     Image.new("L", (16, 16)).save(grey)
-    assert _exit_code(["counterfactual", str(run), "--image", str(grey), "--out", out]) == 2
+    assert exit_code(["counterfactual", str(run), "--image", str(grey), "--out", out]) == 2
     assert "3 channel" in capsys.readouterr().err
 
 
