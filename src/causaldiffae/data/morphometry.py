@@ -14,7 +14,7 @@ with background beyond its frame.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
@@ -51,9 +51,6 @@ class Morphometrics:
     slant: float
     width: float
     height: float
-
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
 
 
 class _Shape:
