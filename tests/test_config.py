@@ -9,7 +9,7 @@ from causaldiffae.training import RunConfig, load_run_config
 from causaldiffae.training.config import help_text
 from conftest import CONFIGS, TINY_CONFIG
 
-CONFIG_FILES = sorted(CONFIGS.glob("*.yaml"))
+CONFIG_FILES = sorted(CONFIGS.rglob("*.yaml"))
 
 
 def test_configs_folder_is_not_empty():
@@ -23,7 +23,7 @@ def test_every_shipped_config_loads(path):
     # the model section must build a valid ModelConfig once the graph and data are known
     model_config = config.model_config({"variables": ["a"]}, config.data.image_size, 3)
     assert model_config.image_size == config.data.image_size
-    if isinstance(config.graph, str):
+    if isinstance(config.graph, str) and path.parent == CONFIGS:
         candidates = [CONFIGS.parent / config.graph, path.parent / config.graph]
         assert any(c.is_file() for c in candidates), config.graph
 
@@ -195,3 +195,27 @@ def test_help_text_lists_every_section():
                 "train.max_steps", "train.lr", "train.checkpoint_every"]:
         assert key in text, key
     assert "model.image_size" not in text and "model.graph " not in text
+
+
+@pytest.mark.parametrize("name,changed", [
+    ("pendulum-no-dropout", {"p_uncond": 0.0}),
+    ("pendulum-diffae-aligned", {"mechanisms": False}),
+    ("pendulum-diffae-unaligned", {"mechanisms": False, "label_weight": 0.0}),
+    ("pendulum-label-ddim", {"condition_on": "labels", "latent_dim": 1}),
+])
+def test_baselines_change_only_what_they_name(name, changed):
+    """A baseline config extends the main one: same data, training and every other model key."""
+    base = load_run_config(CONFIGS / "pendulum.yaml").to_dict()
+    baseline = load_run_config(CONFIGS / "baselines" / f"{name}.yaml").to_dict()
+    assert baseline["train"] == base["train"] and baseline["data"] == base["data"]
+    assert {k: v for k, v in baseline["model"].items() if base["model"].get(k) != v} == changed
+
+
+def test_extends_merges_and_rejects_loops(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\ntrain:\n  lr: 0.5\n")
+    (tmp_path / "b.yaml").write_text("train:\n  lr: 0.1\n  batch_size: 7\n")
+    config = load_run_config(tmp_path / "a.yaml")
+    assert (config.train.lr, config.train.batch_size) == (0.5, 7)
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ValueError, match="loops back"):
+        load_run_config(tmp_path / "a.yaml")

@@ -87,23 +87,26 @@ def decode(model: CausalDiffAE, x_T: torch.Tensor, z: torch.Tensor, steps: int =
 def counterfactual(model: CausalDiffAE, x: torch.Tensor, do: Mapping[str, Value], steps: int = 50,
                    guidance: float = 1.0, abduction: Abduction = "ddim", depth: float = DEFAULT_DEPTH,
                    reconstruct: bool = False, generator: torch.Generator | None = None,
-                   return_details: bool = False, classes: torch.Tensor | None = None) -> torch.Tensor | Counterfactual:
+                   return_details: bool = False, classes: torch.Tensor | None = None,
+                   labels: torch.Tensor | None = None) -> torch.Tensor | Counterfactual:
     """Counterfactual images of ``x`` (B, C, H, W) in [0, 1] under ``do`` = {name: value in label units}.
 
     A value is a scalar or one value per image; several variables at once are one joint intervention;
     ``do={}`` reconstructs. ``depth`` in (0, 1] inverts only part of the way (1.0 = all the way to x_T).
     ``reconstruct`` also decodes the factual latents in the same batch. Returns the images, or a
     ``Counterfactual`` with x_T, z, z_cf and the model's label estimates when ``return_details``.
-    ``classes`` (B,) is the extra class condition of a model trained with one (``num_classes > 0``).
+    ``classes`` (B,) is the extra class condition of a model trained with one (``num_classes > 0``);
+    ``labels`` (B, n) the factual labels that the label-conditional baseline needs in place of an encoder.
     """
-    result = sweep(model, x, [(do, guidance)], steps, abduction, depth, reconstruct, generator, classes)
+    result = sweep(model, x, [(do, guidance)], steps, abduction, depth, reconstruct, generator, classes, labels)
     return result if return_details else result.images
 
 
 @torch.inference_mode()
 def sweep(model: CausalDiffAE, x: torch.Tensor, columns: Sequence[tuple[Mapping[str, Value], float]],
           steps: int = 50, abduction: Abduction = "ddim", depth: float = DEFAULT_DEPTH, reconstruct: bool = False,
-          generator: torch.Generator | None = None, classes: torch.Tensor | None = None) -> Counterfactual:
+          generator: torch.Generator | None = None, classes: torch.Tensor | None = None,
+          labels: torch.Tensor | None = None) -> Counterfactual:
     """Several (do, guidance) queries of the same images with one abduction: a traversal or guidance sweep.
 
     Returns a ``Counterfactual`` whose ``images``, ``z_cf`` and ``labels_cf`` carry a leading column axis
@@ -113,7 +116,7 @@ def sweep(model: CausalDiffAE, x: torch.Tensor, columns: Sequence[tuple[Mapping[
     model.check_images(x)
     if x.min() < 0 or x.max() > 1:
         raise ValueError(f"images must lie in [0, 1], got values in [{x.min().item():.3g}, {x.max().item():.3g}]")
-    lat = model.encode(x)
+    lat = model.encode(x, labels=labels)
     x_T = abduct_noise(model, x, lat.z, steps, depth, abduction, generator, classes)
     z_cfs = torch.stack([model.intervene(lat, do) if do else lat.z for do, _ in columns])  # (k, B, n, d)
     queries = [(z_cfs[i], w) for i, (_, w) in enumerate(columns)]

@@ -51,6 +51,12 @@ class ModelConfig:
     prior_std: float = cfg.param(1.0, "s, std of the label prior p(z_i | y_i) = N(ynorm_i 1_d, s^2 I)")
     kl_weight: float = cfg.param(1.0, "weight of KL(q(u|x) || N(0, I)) relative to the label term")
     p_uncond: float = cfg.param(0.0, "probability that the UNet sees the null condition (classifier-free)")
+    label_weight: float = cfg.param(1.0, "weight of the label prior term; 0 = the unaligned DiffAE baseline (KL only)")
+    mechanisms: bool = cfg.param(True, "learn the causal layer's mechanisms; false = the DiffAE baseline: z = u and "
+                                       "do() changes only the intervened blocks")
+    condition_on: Literal["latents", "labels"] = cfg.param(
+        "latents", "latents: CausalDiffAE; labels: the label-conditional DDIM baseline, whose UNet sees the "
+                   "normalised labels (no encoder; counterfactuals need the factual labels)")
     num_classes: int = cfg.param(0, "classes of an extra categorical UNet condition (e.g. the MorphoMNIST "
                                     "digit, with data.class_column); 0 = none")
 
@@ -59,8 +65,8 @@ class ModelConfig:
             "latent_dim": self.latent_dim >= 1, "encoder_channels": self.encoder_channels >= 1,
             "unet_channels": self.unet_channels >= 1, "num_res_blocks": self.num_res_blocks >= 1,
             "num_timesteps": self.num_timesteps >= 2, "prior_std": self.prior_std > 0,
-            "kl_weight": self.kl_weight >= 0, "p_uncond": 0 <= self.p_uncond <= 1,
-            "dropout": 0 <= self.dropout < 1, "num_classes": self.num_classes >= 0,
+            "kl_weight": self.kl_weight >= 0, "label_weight": self.label_weight >= 0,
+            "p_uncond": 0 <= self.p_uncond <= 1, "dropout": 0 <= self.dropout < 1, "num_classes": self.num_classes >= 0,
             "beta_start": 0 < self.beta_start < min(1.0, self.beta_end),
             "beta_end": self.beta_start < self.beta_end < 1,
         }
@@ -92,8 +98,13 @@ class CausalDiffAE(nn.Module):
         self.config = config
         self.graph = CausalGraph.from_dict(config.graph)
         n, d = len(self.graph), config.latent_dim
-        self.encoder = Encoder(config.image_size, config.channels, n, d, config.encoder_channels)
-        self.causal_layer = CausalLayer(self.graph, d, config.mechanism_hidden)
+        # the baselines (method.md section 5): no encoder for the label-conditional DDIM, no mechanisms for it and
+        # for DiffAE (their latent SCM has no edges, so do() reaches only the intervened blocks)
+        self.encoder = Encoder(config.image_size, config.channels, n, d, config.encoder_channels) \
+            if config.condition_on == "latents" else None
+        learned = config.mechanisms and config.condition_on == "latents"
+        latent_graph = self.graph if learned else CausalGraph.from_dict({**self.graph.to_dict(), "edges": []})
+        self.causal_layer = CausalLayer(latent_graph, d, config.mechanism_hidden)
         self.unet = UNet(config.channels, n * d + config.num_classes, config.unet_channels, config.channel_mult,
                          config.num_res_blocks, config.attention_levels, config.dropout)
         # learned null condition (of z and class together) for condition dropout and guidance
@@ -101,15 +112,35 @@ class CausalDiffAE(nn.Module):
         self.schedule = NoiseSchedule(config.num_timesteps, config.beta_schedule, config.beta_start, config.beta_end)
 
     # -- abduction and action ----------------------------------------------------------------------
-    def encode(self, x: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None) -> Latents:
-        """x (B, C, H, W) in [0, 1] -> Latents. ``u = mu`` unless ``sample`` (u = mu + sigma * noise)."""
+    def encode(self, x: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None,
+               labels: torch.Tensor | None = None) -> Latents:
+        """x (B, C, H, W) in [0, 1] -> Latents. ``u = mu`` unless ``sample`` (u = mu + sigma * noise).
+
+        The label-conditional baseline reads no image: its latents are the factual ``labels`` (B, n), normalised
+        and broadcast over each block; the other models ignore ``labels``.
+        """
         self.check_images(x)
+        if self.encoder is None:
+            return self.label_latents(labels, x)
         mu, logvar = self.encoder(x * 2 - 1)  # (B, n, d) each
         u = mu
         if sample:
             noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
             u = mu + torch.exp(0.5 * logvar) * noise
         return Latents(mu, logvar, u, self.causal_layer(u))
+
+    def label_latents(self, labels: torch.Tensor | None, like: torch.Tensor, missing_ok: bool = False) -> Latents:
+        """Latents of the label-conditional DDIM: z = u = normalised labels broadcast over the block (B, n, d)."""
+        if labels is None:
+            raise ValueError("this label-conditional model reads no image: pass the factual labels (B, n_vars)")
+        ynorm = self.normalize_labels(torch.as_tensor(labels).to(like))
+        if ynorm.shape != (like.shape[0], len(self.graph)):
+            raise ValueError(f"labels must have shape ({like.shape[0]}, {len(self.graph)}), got {tuple(ynorm.shape)}")
+        if not missing_ok and torch.isnan(ynorm).any():
+            raise ValueError("the label-conditional model needs every factual label; the labels hold NaN")
+        z = torch.nan_to_num(ynorm)[..., None].expand(-1, -1, self.config.latent_dim)
+        zeros = torch.zeros_like(z)
+        return Latents(z, zeros, z, z)
 
     def intervene(self, latents: Latents, do: Mapping[str, Value]) -> torch.Tensor:
         """do(name = value in label units) -> counterfactual z (B, n, d); descendants are recomputed
@@ -156,7 +187,7 @@ class CausalDiffAE(nn.Module):
         return self.loss(batch, gamma)
 
     def loss(self, batch: Mapping[str, torch.Tensor], gamma: float = 1.0) -> dict[str, torch.Tensor]:
-        """Terms of L = mse + gamma * (kl_weight * KL + label) for a batch {"image": [0, 1], "labels": raw}.
+        """L = mse + gamma * (kl_weight * KL + label_weight * label) for a batch {"image": [0, 1], "labels": raw}.
 
         KL and label terms are summed over latent dimensions and averaged over the batch; a missing label
         (NaN) contributes nothing. The prior terms use every image, also those whose condition was dropped,
@@ -165,13 +196,16 @@ class CausalDiffAE(nn.Module):
         """
         x0 = batch["image"] * 2 - 1
         b, dev = x0.shape[0], x0.device
-        lat = self.encode(batch["image"], sample=True)
-        kl = 0.5 * (lat.mu.pow(2) + lat.logvar.exp() - 1 - lat.logvar).sum(dim=(1, 2)).mean()
-
-        ynorm = self.normalize_labels(batch["labels"].to(lat.z))  # (B, n)
-        present = ~torch.isnan(ynorm)
-        sq = (lat.z - torch.nan_to_num(ynorm)[..., None]).pow(2).sum(dim=-1)  # (B, n)
-        label = (sq * present).sum(dim=1).mean() / (2 * self.config.prior_std**2)
+        if self.encoder is None:  # label-conditional DDIM: a missing label conditions on the mean (0)
+            lat = self.label_latents(batch["labels"], x0, missing_ok=True)
+            kl = label = torch.zeros((), device=dev)
+        else:
+            lat = self.encode(batch["image"], sample=True)
+            kl = 0.5 * (lat.mu.pow(2) + lat.logvar.exp() - 1 - lat.logvar).sum(dim=(1, 2)).mean()
+            ynorm = self.normalize_labels(batch["labels"].to(lat.z))  # (B, n)
+            present = ~torch.isnan(ynorm)
+            sq = (lat.z - torch.nan_to_num(ynorm)[..., None]).pow(2).sum(dim=-1)  # (B, n)
+            label = (sq * present).sum(dim=1).mean() / (2 * self.config.prior_std**2)
 
         # always through torch.where, also for p_uncond = 0: the null condition then stays in the graph (with a zero
         # gradient), which multi-process training (DDP) needs from every parameter
@@ -180,7 +214,7 @@ class CausalDiffAE(nn.Module):
         t = torch.randint(0, self.config.num_timesteps, (b,), device=dev)
         noise = torch.randn(x0.shape, device=dev, dtype=x0.dtype)  # not _like: independent of memory layout
         mse = (self.eps(self.schedule.add_noise(x0, noise, t), t, cond) - noise).pow(2).mean()
-        total = mse + gamma * (self.config.kl_weight * kl + label)
+        total = mse + gamma * (self.config.kl_weight * kl + self.config.label_weight * label)
         return {"loss": total, "mse": mse, "kl": kl, "label": label}
 
     def check_images(self, x: torch.Tensor) -> None:

@@ -38,6 +38,11 @@ def latest(run: Path) -> Path | None:
     return done[-1] if done else None
 
 
+def step_of(path: Path) -> int:
+    """The training step of a checkpoint folder ``step-XXXXXXXX``."""
+    return int(path.name.removeprefix("step-"))
+
+
 def save(run: Path, step: int, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer, keep: int) -> Path:
     """Write checkpoint ``step`` atomically and delete all but the ``keep`` newest."""
     target = checkpoint_dir(run) / f"step-{step:08d}"

@@ -118,20 +118,38 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
 
 def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:  # type: ignore[assignment]
     """Read a run YAML (or start from defaults when ``path`` is None), apply overrides, validate everything."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        data = cfg.load_yaml(path, "config file") or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"config {path} must be a mapping with sections graph, data, model, train")
-    data = copy.deepcopy(data)
+    data = _read_with_base(Path(path), ()) if path is not None else {}
     for assignment in overrides:
         apply_override(data, assignment)
     return cfg.from_dict(RunConfig, data, "config")
 
 
+def _read_with_base(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    """A run YAML merged over the file its ``extends:`` names (relative to it), so baselines state only what differs."""
+    data = cfg.load_yaml(path, "config file") or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config {path} must be a mapping with sections graph, data, model, train")
+    data = copy.deepcopy(data)
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    base_path = (path.parent / str(base)).resolve()
+    if base_path in seen or base_path == path.resolve():
+        raise ValueError(f"config {path}: 'extends' loops back to {base_path}")
+    return _merge(_read_with_base(base_path, (*seen, path.resolve())), data)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def help_text() -> str:
     """Every config key with its default and meaning: the epilog of ``causaldiffae train --help``."""
-    lines = ["config keys (set in the YAML or with --set section.key=value):",
+    lines = ["config keys (set in the YAML or with --set section.key=value; 'extends: base.yaml' merges the file "
+             "over another):",
              "  graph (null): path of a graph YAML, an inline graph, or null for the dataset's graph.yaml"]
     lines += cfg.describe(DataConfig, "data")
     lines += cfg.describe(ModelConfig, "model")

@@ -185,7 +185,7 @@ def write_grids(model: CausalDiffAE, images: ImageDataset, folder: Path, step: i
     """Reconstruction grid (originals over DDIM invert -> decode) and sample grid (their z with fresh x_T)."""
     batch = images.batch(range(len(images)), next(model.parameters()).device)
     x0 = batch["image"]
-    cond = model.condition(model.encode(x0).z, x0.shape[0], batch.get("class"))
+    cond = model.condition(model.encode(x0, labels=batch["labels"]).z, x0.shape[0], batch.get("class"))
 
     def denoiser(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return model.eps(x_t, t, cond)

@@ -1,0 +1,1 @@
+"""Counterfactual evaluation metrics (spec/evaluation.md)."""

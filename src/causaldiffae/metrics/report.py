@@ -1,0 +1,144 @@
+"""An evaluation's outputs: ``metrics.json`` (every number, mean and spread over seeds), ``report.md`` (the
+tables) and ``guidance-sweep.png``; written atomically into one folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..atomic import atomic_path, write_text
+from .suite import summarize
+
+
+def metrics_document(results: dict, meta: dict) -> dict:
+    """results of ``suite.evaluate`` + run facts -> the metrics.json payload (with the summary over seeds)."""
+    return {**meta, **{k: v for k, v in results.items() if k != "seeds"}, "summary": summarize(results["seeds"]),
+            "seeds": results["seeds"]}
+
+
+def write_report(document: dict, out: str | Path) -> Path:
+    """Write metrics.json, report.md and guidance-sweep.png into ``out``; returns the report's path."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "metrics.json", json.dumps(document, indent=1) + "\n")
+    summary = document["summary"]
+    if "guidance_sweep" in summary:
+        _plot_sweep(summary["guidance_sweep"], out / "guidance-sweep.png", document.get("run", ""))
+    write_text(out / "report.md", markdown(document))
+    return out / "report.md"
+
+
+def fmt(entry: Any, digits: int = 4) -> str:
+    """{"mean", "std"} -> 'mean ± std' (std only when several seeds); numbers as is; missing -> 'n/a'."""
+    if isinstance(entry, dict) and "mean" in entry:
+        mean, std, n = entry["mean"], entry["std"], len(entry.get("values", [0, 0]))
+        return f"{mean:.{digits}g} ± {std:.2g}" if n > 1 else f"{mean:.{digits}g}"
+    if isinstance(entry, float):
+        return f"{entry:.{digits}g}"
+    return "n/a" if entry is None else str(entry)
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
+
+
+def markdown(doc: dict) -> str:
+    """The human-readable report of one evaluation."""
+    s, summary = doc["settings"], doc["summary"]
+    variables = doc["variables"]
+    parts = [f"# Evaluation of `{doc.get('run', '?')}`\n",
+             f"Data `{doc.get('data', '?')}`, test split; {s['n']} interventions per seed, seeds {s['seeds']}; "
+             f"{s['steps']} DDIM steps, depth {s['depth']}, guidance {s['guidance']}, abduction {s['abduction']}. "
+             f"Values are mean ± std over seeds. Pixel errors on the 0-255 scale. "
+             f"Wall time {doc.get('seconds', 0):.0f} s on {doc.get('device', '?')}.\n",
+             "## Anti-causal predictors (held-out test error)\n",
+             table(["variable", "MAE", "MAE (normalised)"],
+                   [[v, fmt(e.get("mae")), fmt(e.get("mae_normalized"))] for v, e in doc["predictors"].items()
+                    if isinstance(e, dict)])]
+    eff, floor = summary["effectiveness"], summary["noop_floor"]
+    rows = []
+    for key, per in eff.items():
+        rows.append([key] + [fmt(per[v]["mae_normalized"]) if v in per else "–" for v in variables])
+        if key in floor:
+            rows.append([f"{key}: no-op floor"] + [fmt(floor[key][v]["mae_normalized"]) if v in floor[key] else "–"
+                                                   for v in variables])
+    parts += ["## Effectiveness (normalised MAE of the predicted attribute to its intended value)\n",
+              "The no-op floor scores the factual image as the counterfactual. `–`: the intended value is unknown "
+              "(a descendant without a known SCM).\n", table(["intervention", *variables], rows)]
+    parts += ["### Effectiveness in raw units\n",
+              table(["intervention", *variables], [[key] + [fmt(per[v]["mae"]) if v in per else "–" for v in variables]
+                                                   for key, per in eff.items()])]
+    if "truth" in summary:
+        truth = summary["truth"]
+        parts += ["## Error to the true counterfactual (rendered by the known SCM)\n",
+                  table(["intervention", "L1", "MSE", "factual L1", "factual MSE", "closer than factual"],
+                        [[k, fmt(t["l1"]), fmt(t["mse"]), fmt(t.get("factual_l1")), fmt(t.get("factual_mse")),
+                          fmt(t.get("closer_than_factual"))] for k, t in truth.items()])]
+        morpho = {k: t["morphometry"] for k, t in truth.items() if "morphometry" in t}
+        if morpho:
+            parts += ["### Morphometry of the counterfactuals (MAE to the intended value)\n",
+                      table(["intervention", *variables],
+                            [[k] + [fmt(m[v]["mae"]) if v in m else "–" for v in variables]
+                             for k, m in morpho.items()])]
+    comp = summary.get("composition", {})
+    parts += ["## Composition and reversibility (L1 to the factual image)\n",
+              table(["null intervention, all images", "1 cycle (subset)", f"{s['cycles']} cycles (subset)",
+                     "reversibility"],
+                    [[fmt(summary["composition_null_l1"]), fmt(comp.get("l1_1")),
+                      fmt(comp.get(f"l1_{s['cycles']}")), fmt(summary["reversibility_l1"])]])]
+    parts += ["## Minimality\n", "Change of the non-descendants' predictions (normalised) and CLD (Melistas et al. "
+              "2024; lower is better) on the predictors' features.\n",
+              table(["intervention", "non-descendant change", "CLD", "p1", "p2"],
+                    [[k, fmt(m["non_descendant_change"]), fmt(m["cld"]), fmt(m["cld_p1"]), fmt(m["cld_p2"])]
+                     for k, m in summary["minimality"].items()])]
+    r = summary["realism"]
+    parts += ["## Realism (on the predictors' features, against the whole test split)\n",
+              table(["", "FID", "KID"], [["counterfactuals", fmt(r["fid"]), fmt(r["kid"])],
+                                         ["factual images (same count)", fmt(r["fid_factual"]),
+                                          fmt(r["kid_factual"])]])]
+    if "dci" in summary:
+        d = summary["dci"]
+        parts += ["## Disentanglement (DCI, gradient-boosted trees, causal latents z)\n",
+                  table(["", "disentanglement", "completeness", "informativeness"],
+                        [["per latent dimension", fmt(d["disentanglement"]), fmt(d["completeness"]),
+                          fmt(d["informativeness"])],
+                         ["per variable block", fmt(d.get("block_disentanglement")),
+                          fmt(d.get("block_completeness")), ""]])]
+    else:
+        parts += ["## Disentanglement\n", "n/a: this model has no encoder.\n"]
+    dag_rows = []
+    for key, per in summary["dag_consistency"].items():
+        for v, e in per.items():
+            dag_rows.append([key, v, "yes" if e["allowed"] else "no", fmt(e["moved"]), fmt(e["true_change"])])
+    parts += ["## DAG consistency\n", "How much each variable's prediction moved (normalised units) under each "
+              "intervention, whether the graph lets it move, and how much it truly changes.\n",
+              table(["intervention", "variable", "may move", "moved", "true change"], dag_rows)]
+    if "guidance_sweep" in summary:
+        parts += ["## Guidance sweep\n", "![guidance sweep](guidance-sweep.png)\n",
+                  table(["w", "effectiveness (normalised MAE, intervened variable)", "composition L1"],
+                        [[k, fmt(e["effectiveness"]), fmt(e["composition_l1"])]
+                         for k, e in summary["guidance_sweep"].items()])]
+    return "\n".join(parts)
+
+
+def _plot_sweep(sweep: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    xs = [e["composition_l1"]["mean"] for e in sweep.values()]
+    ys = [e["effectiveness"]["mean"] for e in sweep.values()]
+    ax.plot(xs, ys, "o-")
+    for label, x, y in zip(sweep, xs, ys, strict=True):
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("composition: null-intervention L1 (0-255)")
+    ax.set_ylabel("effectiveness: normalised MAE")
+    ax.set_title(f"guidance sweep {title}", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)

@@ -1,0 +1,187 @@
+"""``causaldiffae reproduce DATASET``: train every compared model with fixed configs and seeds (or reuse finished
+runs), evaluate each under the same harness, and write the comparison table (method.md section 5).
+
+Everything lands in one folder: ``predictors/``, one run folder per model with its ``eval/`` report, and
+``results.md`` / ``results.json``. A finished run (its exported model at the step budget) and a finished
+evaluation (its metrics.json with the same settings) are reused, so an interrupted reproduce picks up where it
+stopped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .atomic import write_text
+from .data import open_dataset
+from .data.base import ImageDataset
+from .evaluation import evaluate_run
+from .metrics.predictors import save_predictors, train_predictors
+from .metrics.report import fmt, table
+from .metrics.suite import Settings
+from .training import checkpoint, load_run_config, train
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One compared model: a run config (relative to the configs folder) and how its counterfactuals abduct."""
+
+    name: str
+    config: str
+    abduction: str = "ddim"
+    reuse: str | None = None
+    """Evaluate another entry's run instead of training one (an inference-time ablation)."""
+
+
+def _plan(dataset: str) -> list[Entry]:
+    return [Entry("causaldiffae", f"{dataset}.yaml"),
+            Entry("causaldiffae-no-dropout", f"baselines/{dataset}-no-dropout.yaml"),
+            Entry("diffae-aligned", f"baselines/{dataset}-diffae-aligned.yaml"),
+            Entry("diffae-unaligned", f"baselines/{dataset}-diffae-unaligned.yaml"),
+            Entry("label-ddim", f"baselines/{dataset}-label-ddim.yaml"),
+            Entry("causaldiffae-noise-abduction", f"{dataset}.yaml", abduction="noise", reuse="causaldiffae")]
+
+
+PLANS = {name: _plan(name) for name in ("pendulum", "morphomnist")}
+
+
+def reproduce(dataset: str, out: str | Path, steps: int, settings: Settings, configs: str | Path = "configs",
+              use: Mapping[str, str] | None = None, progress: bool = True) -> Path:
+    """Run the whole comparison for ``dataset`` into ``out``; returns the path of results.md.
+
+    ``steps`` is every trained model's budget (train.max_steps); ``use`` maps an entry name to an existing model
+    folder to evaluate instead of training it (e.g. the shipped model).
+    """
+    if dataset not in PLANS:
+        raise ValueError(f"reproduce knows {', '.join(PLANS)}, not {dataset!r}")
+    out, configs, use = Path(out), Path(configs), dict(use or {})
+    plan = PLANS[dataset]
+    unknown = sorted(set(use) - {e.name for e in plan})
+    if unknown:
+        raise ValueError(f"--use names unknown entries {unknown}; entries are {[e.name for e in plan]}")
+    base = load_run_config(_config_path(configs, plan[0].config))
+    data = open_dataset(base.data.name, base.data.root, base.data.image_size, base.data.resize, progress,
+                        base.data.class_column)
+    predictors = out / "predictors"
+    if not (predictors / "predictors.json").is_file():
+        save_predictors(train_predictors(data, progress=progress), predictors)
+    rows = {}
+    for entry in plan:
+        run = Path(use.get(entry.reuse or entry.name) or out / (entry.reuse or entry.name))
+        if (entry.reuse or entry.name) not in use:
+            _train(_config_path(configs, entry.config), run, steps, progress)
+        rows[entry.name] = _evaluate(run, data, predictors, out / entry.name / "eval",
+                                     Settings(**{**asdict(settings), "abduction": entry.abduction}), progress)
+    return write_comparison(dataset, rows, out, steps, use)
+
+
+def _config_path(configs: Path, name: str) -> Path:
+    path = configs / name
+    if not path.is_file():
+        raise FileNotFoundError(f"config {path} not found: run from the repository root or pass --configs DIR")
+    return path
+
+
+def _train(config_path: Path, run: Path, steps: int, progress: bool) -> None:
+    """Train to ``steps`` unless the run already got there; a partial run resumes from its checkpoint."""
+    previous = checkpoint.latest(run)
+    if previous is not None and checkpoint.step_of(previous) >= steps and (run / "model.safetensors").is_file():
+        return
+    config = load_run_config(config_path, [f"train.max_steps={steps}"])
+    train(config, run, resume=previous is not None, progress=progress)
+
+
+def _evaluate(run: Path, data: ImageDataset, predictors: Path, out: Path, settings: Settings,
+              progress: bool) -> dict:
+    done = out / "metrics.json"
+    if done.is_file():
+        document = json.loads(done.read_text())
+        if document.get("settings") == json.loads(json.dumps(asdict(settings))) and document.get("run") == str(run):
+            return document
+    evaluate_run(run, data, predictors, out, settings, progress=progress)
+    return json.loads(done.read_text())
+
+
+#: The comparison's columns: (header, path into the summary, lower is better); "*" averages over interventions.
+COLUMNS = [
+    ("effectiveness (norm. MAE, intervened var.)", ("effectiveness", "*", "@")),
+    ("effectiveness (norm. MAE, all vars)", ("effectiveness", "*", "**")),
+    ("true-cf L1", ("truth", "*", "l1")),
+    ("composition L1 (1)", ("composition", "l1_1")),
+    ("composition L1 (10)", ("composition", "l1_10")),
+    ("reversibility L1", ("reversibility_l1",)),
+    ("non-desc. change", ("minimality", "*", "non_descendant_change")),
+    ("CLD", ("minimality", "*", "cld")),
+    ("FID", ("realism", "fid")),
+    ("KID", ("realism", "kid")),
+]
+
+
+def column_value(summary: dict, path: tuple[str, ...]) -> float | None:
+    """One comparison number from a summary: '*' averages over the single-variable interventions do(X); after it
+    '@' takes the intervened variable's normalised MAE and '**' the mean over every variable's."""
+    if "*" not in path:
+        return _mean(_get(summary, path))
+    star = path.index("*")
+    node, rest = _get(summary, path[:star]), path[star + 1:]
+    if not isinstance(node, dict):
+        return None
+    values = []
+    for key, sub in node.items():
+        if not key.startswith("do("):
+            continue
+        if rest == ("@",):
+            values.append(_mean(_get(sub, (key[3:-1], "mae_normalized"))))
+        elif rest == ("**",):
+            per = [_mean(e.get("mae_normalized")) for e in sub.values()]
+            values.append(sum(per) / len(per) if per and None not in per else None)
+        else:
+            values.append(_mean(_get(sub, rest)))
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
+
+
+def _get(node: object, path: tuple[str, ...]) -> object:
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _mean(entry: object) -> float | None:
+    return float(entry["mean"]) if isinstance(entry, dict) and "mean" in entry else None
+
+
+def write_comparison(dataset: str, rows: Mapping[str, dict], out: Path, steps: int, use: Mapping[str, str]) -> Path:
+    """results.md (the table, each model's budget, where a baseline beats CausalDiffAE) and results.json."""
+    values = {name: {header: column_value(doc["summary"], path) for header, path in COLUMNS}
+              for name, doc in rows.items()}
+    dci = {name: doc["summary"].get("dci", {}) for name, doc in rows.items()}
+    headers = [h for h, _ in COLUMNS]
+    lines = [[name] + [fmt(v[h]) if v[h] is not None else "n/a" for h in headers]
+             + [fmt(dci[name].get("disentanglement")), fmt(dci[name].get("completeness"))]
+             for name, v in values.items()]
+    ours = values.get("causaldiffae", {})
+    beaten = [f"{name} beats causaldiffae on {h} ({v[h]:.4g} vs {ours[h]:.4g})" for name, v in values.items()
+              if name != "causaldiffae" for h in headers
+              if v[h] is not None and ours.get(h) is not None and v[h] < ours[h]]
+    first = next(iter(rows.values()))
+    s = first["settings"]
+    text = [f"# Comparison on {dataset}\n",
+            f"Test split, {s['n']} interventions per seed, seeds {s['seeds']}, {s['steps']} DDIM steps, depth "
+            f"{s['depth']}, guidance {s['guidance']}. Lower is better in every column but DCI. Every trained model "
+            f"had the same budget: {steps} steps of its config's batch size"
+            + (f"; these came from elsewhere: {dict(use)}" if use else "") + ".\n",
+            table(["model", *headers, "DCI D", "DCI C"], lines),
+            "\n## Where a baseline beats CausalDiffAE\n",
+            "\n".join(f"- {b}" for b in beaten) if beaten else "Nowhere in these columns.",
+            "\n## Predictors (held-out MAE, normalised)\n",
+            ", ".join(f"{k}: {e['mae_normalized']:.4g}" for k, e in first["predictors"].items() if isinstance(e, dict)
+                      and "mae_normalized" in e) + "\n"]
+    write_text(out / "results.json", json.dumps({"dataset": dataset, "steps": steps, "values": values, "dci": dci,
+                                                 "beaten": beaten}, indent=1) + "\n")
+    write_text(out / "results.md", "\n".join(text))
+    return out / "results.md"

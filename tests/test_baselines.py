@@ -1,0 +1,99 @@
+"""The baselines under the same model class: DiffAE (no mechanisms, aligned or not) and the label-conditional DDIM."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from causaldiffae import CausalDiffAE, ModelConfig
+from causaldiffae.counterfactual import counterfactual
+from causaldiffae.data import pendulum
+
+TINY = dict(latent_dim=4, encoder_channels=8, mechanism_hidden=16, unet_channels=8, channel_mult=(1, 2),
+            attention_levels=(1,), num_timesteps=100)
+ANGLE, LIGHT, LENGTH, POSITION = range(4)
+
+
+def _model(**overrides) -> CausalDiffAE:
+    torch.manual_seed(0)
+    return CausalDiffAE(ModelConfig(graph=pendulum.GRAPH, image_size=16, channels=3, **{**TINY, **overrides})).eval()
+
+
+def _batch(n: int = 4) -> dict[str, torch.Tensor]:
+    rows = pendulum.samples()[:n]
+    labels = torch.tensor([[r[v] for v in pendulum.VARIABLES] for r in rows], dtype=torch.float32)
+    return {"image": torch.rand(n, 3, 16, 16, generator=torch.Generator().manual_seed(1)), "labels": labels}
+
+
+def test_diffae_intervention_reaches_only_the_intervened_block():
+    model = _model(mechanisms=False)
+    assert len(model.causal_layer.mechanisms) == 0
+    lat = model.encode(_batch()["image"])
+    assert torch.equal(lat.z, lat.u)  # no causal layer: z = u
+    z_cf = model.intervene(lat, {"angle": 10.0})
+    assert not torch.equal(z_cf[:, ANGLE], lat.z[:, ANGLE])
+    for block in (LIGHT, LENGTH, POSITION):  # the descendants of angle stay: the model knows no mechanism
+        assert torch.equal(z_cf[:, block], lat.z[:, block])
+
+
+def test_causaldiffae_intervention_moves_descendants():
+    model = _model()
+    lat = model.encode(_batch()["image"])
+    z_cf = model.intervene(lat, {"angle": 10.0})
+    assert not torch.equal(z_cf[:, LENGTH], lat.z[:, LENGTH])
+
+
+def test_unaligned_diffae_has_no_label_term_in_its_loss():
+    batch = _batch()
+    torch.manual_seed(3)
+    aligned = _model(mechanisms=False).loss(batch)
+    torch.manual_seed(3)
+    unaligned = _model(mechanisms=False, label_weight=0.0).loss(batch)
+    assert aligned["label"] > 0 and torch.isclose(aligned["label"], unaligned["label"])
+    assert torch.isclose(unaligned["loss"], unaligned["mse"] + unaligned["kl"] * 1.0)
+    assert torch.isclose(aligned["loss"], aligned["mse"] + aligned["kl"] + aligned["label"])
+
+
+def test_label_ddim_has_no_encoder_and_conditions_on_the_labels():
+    model = _model(condition_on="labels", latent_dim=1)
+    assert model.encoder is None and not any(k.startswith("encoder.") for k in model.state_dict())
+    batch = _batch()
+    lat = model.encode(batch["image"], labels=batch["labels"])
+    assert torch.allclose(model.read_labels(lat.z), batch["labels"], atol=1e-4)
+    z_cf = model.intervene(lat, {"angle": 10.0})
+    assert torch.allclose(model.read_labels(z_cf)[:, ANGLE], torch.full((4,), 10.0), atol=1e-4)
+    assert torch.equal(z_cf[:, LENGTH], lat.z[:, LENGTH])  # no mechanisms: the shadow keeps its factual label
+    terms = model.loss(batch)
+    assert terms["kl"] == 0 and terms["label"] == 0 and torch.isfinite(terms["mse"])
+
+
+def test_label_ddim_needs_complete_labels_for_a_counterfactual():
+    model = _model(condition_on="labels", latent_dim=1)
+    batch = _batch(2)
+    with pytest.raises(ValueError, match="pass the factual labels"):
+        counterfactual(model, batch["image"], {"angle": 0.0}, steps=2)
+    labels = batch["labels"].clone()
+    labels[0, LIGHT] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        counterfactual(model, batch["image"], {"angle": 0.0}, steps=2, labels=labels)
+    out = counterfactual(model, batch["image"], {"angle": 0.0}, steps=2, labels=batch["labels"])
+    assert out.shape == batch["image"].shape
+
+
+def test_label_ddim_trains_with_missing_labels():
+    model = _model(condition_on="labels", latent_dim=1).train()
+    batch = _batch()
+    batch["labels"][1, ANGLE] = float("nan")
+    terms = model.loss(batch)
+    terms["loss"].backward()
+    assert torch.isfinite(terms["loss"])
+
+
+@pytest.mark.parametrize("overrides", [dict(mechanisms=False), dict(condition_on="labels", latent_dim=1)])
+def test_baselines_round_trip(tmp_path, overrides):
+    model = _model(**overrides)
+    model.save_pretrained(tmp_path)
+    loaded = CausalDiffAE.from_pretrained(tmp_path)
+    assert loaded.config == model.config
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key])
