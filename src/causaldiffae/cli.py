@@ -200,8 +200,9 @@ def _counterfactual(args: argparse.Namespace) -> None:
         columns = [(fixed, w) for w in weights]
         headers = [f"w={w:g}" for w in weights] if len(weights) > 1 else ["counterfactual"]
     generator = torch.Generator().manual_seed(args.seed)
+    factual = None if labels is None else torch.tensor([[row[v] for v in model.graph.variables] for row in labels])
     result = sweep(model, x, columns, args.steps, args.abduction, args.depth, reconstruct=True, generator=generator,
-                   classes=classes)
+                   classes=classes, labels=factual)
     images = result.images if len(columns) > 1 else result.images[None]  # (k, B, C, H, W)
     labels_cf = result.labels_cf if len(columns) > 1 else result.labels_cf[None]
     out = Path(args.out)
@@ -246,6 +247,69 @@ def _demo(args: argparse.Namespace) -> None:
 
     out = run_demo(args.out, args.model, args.train_minutes, args.steps, args.depth)
     print(f"wrote {out / 'report.md'} with its grids")
+
+
+# -- predictors train (the evaluation suite's attribute predictors, metrics/predictors.py) -------------------
+PREDICTOR_SIZES = {"pendulum": 32, "morphomnist": 28}
+
+
+def _predictors_train(args: argparse.Namespace) -> None:
+    from .data import GENERATORS, load_dataset, open_dataset
+    from .metrics.predictors import save_predictors, train_predictors
+
+    if Path(args.data).is_dir():
+        data = load_dataset(args.data, args.size, resize=args.size is not None, class_column=args.class_column)
+    elif args.data in GENERATORS:
+        data = open_dataset(args.data, None, args.size or PREDICTOR_SIZES.get(args.data, 32),
+                            class_column=args.class_column)
+    else:
+        raise ValueError(f"{args.data} is neither a dataset folder nor a built-in dataset ({', '.join(GENERATORS)})")
+    predictors = train_predictors(data, args.class_column, args.steps, args.batch_size, seed=args.seed)
+    out = save_predictors(predictors, args.out)
+    print(f"trained on {data.splits.count('train'):,} {data.image_size}x{data.image_size} images in "
+          f"{predictors.training_settings['seconds']:g} s; held-out error ({predictors.held_out_split or 'none'}):")
+    for name, err in predictors.held_out.items():
+        if "accuracy" in err:
+            print(f"  {name}: accuracy {err['accuracy']:.4f} over {err['n']} images")
+        elif err["mae"] is not None:
+            units = predictors.graph[name].units
+            print(f"  {name}: MAE {err['mae']:.4g}{' ' + units if units else ''} ({err['mae_normalized']:.4f} "
+                  f"normalised) over {err['n']} images")
+    print(f"saved {out / 'predictors.safetensors'} and {out / 'predictors.json'}")
+# -- end of predictors train ---------------------------------------------------------------------------------
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from .metrics.suite import Settings, parse_seeds
+
+    return Settings(n=args.n, seeds=parse_seeds(args.seeds), steps=args.steps, guidance=args.guidance,
+                    depth=args.depth, abduction=args.abduction, batch_size=args.batch_size, subset=args.subset)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from .evaluation import evaluate_run
+    from .model import load_config
+
+    dataset = _dataset(args, argparse.Namespace(config=load_config(Path(args.run))))
+    report = evaluate_run(args.run, dataset, args.predictors, args.out, _settings(args),
+                          device="cpu" if args.cpu else None)
+    print(f"wrote {report}, {report.parent / 'metrics.json'} and the plots in {report.parent}")
+
+
+def _reproduce(args: argparse.Namespace) -> None:
+    from .reproduce import reproduce
+
+    use = dict(_pair(item, "--use") for item in args.use)
+    table = reproduce(args.dataset, args.out, args.train_steps, _settings(args), args.configs, use,
+                      args.predictors, args.jobs)
+    print(f"wrote {table}")
+
+
+def _pair(text: str, flag: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key or not value:
+        raise ValueError(f"{flag} expects NAME=PATH, got {text!r}")
+    return key, value
 
 
 def _floats(text: str, flag: str) -> list[float]:
@@ -355,7 +419,77 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps (default 50)")
     dm.add_argument("--depth", type=_depth, default=DEFAULT_DEPTH, help=f"inversion depth (default {DEFAULT_DEPTH})")
     dm.set_defaults(func=_demo)
+
+    # -- predictors train (see _predictors_train) --
+    from .metrics.predictors import DEFAULT_STEPS as DEFAULT_PREDICTOR_STEPS
+
+    preds = commands.add_parser("predictors", help="attribute predictors for evaluating counterfactuals",
+                                description="Small CNNs that read each graph variable off an image; the "
+                                            "evaluation metrics measure generated images with them.")
+    preds_commands = preds.add_subparsers(dest="predictors_command", required=True, metavar="ACTION")
+    pt = preds_commands.add_parser("train", help="train one regressor per variable (and a class classifier)",
+                                   description="Train on the train split (no augmentation), report the held-out "
+                                               "error on the test split and save predictors.safetensors and "
+                                               "predictors.json into OUT.")
+    pt.add_argument("data", metavar="DATA", help="dataset folder (graph.yaml, labels.csv, images/) or a built-in "
+                                                 "name: pendulum or morphomnist (generated on first use)")
+    pt.add_argument("--out", required=True, metavar="P", help="folder to write the predictors to")
+    pt.add_argument("--size", type=_image_size, metavar="N",
+                    help="image size (default: a folder's own, 32 for pendulum, 28 for morphomnist); a folder's "
+                         "images are resized to it")
+    pt.add_argument("--class-column", metavar="NAME",
+                    help="labels.csv column of integer classes to classify too (e.g. digit)")
+    pt.add_argument("--steps", type=_positive_int, default=DEFAULT_PREDICTOR_STEPS, metavar="N",
+                    help=f"training steps (default {DEFAULT_PREDICTOR_STEPS})")
+    pt.add_argument("--batch-size", type=_positive_int, default=64, metavar="N", help="images per step (default 64)")
+    pt.add_argument("--seed", type=int, default=0, help="seed of initialisation and batch order (default 0)")
+    pt.set_defaults(func=_predictors_train)
+
+    ev = commands.add_parser("evaluate", help="the counterfactual metric suite of a model on the test split",
+                             description="Effectiveness, true-counterfactual error, composition, reversibility, "
+                                         "minimality (CLD), realism (FID/KID on the predictors' features), DCI, a "
+                                         "guidance sweep and a DAG-consistency table, mean and spread over seeds. "
+                                         "Writes OUT/metrics.json, OUT/report.md and PNG plots and grids.")
+    ev.add_argument("run", help="any folder CausalDiffAE.from_pretrained loads (a run, the shipped model, ...)")
+    ev.add_argument("--data", help="dataset folder (default: the one named in RUN/config.yaml)")
+    ev.add_argument("--predictors", required=True, help="folder written by `causaldiffae predictors train`")
+    ev.add_argument("--out", required=True, help="report folder")
+    _add_evaluation_flags(ev)
+    ev.add_argument("--cpu", action="store_true", help="stay on the CPU even when a GPU is present")
+    ev.set_defaults(func=_evaluate)
+
+    rp = commands.add_parser("reproduce", help="train and evaluate every compared model, write the table",
+                             description="Train CausalDiffAE and the baselines (configs/DATASET.yaml and "
+                                         "configs/baselines/DATASET-*.yaml) with a fixed step budget, or reuse "
+                                         "finished runs in OUT; evaluate each (plus the noise-abduction "
+                                         "ablation); write OUT/results.md and OUT/results.json.")
+    rp.add_argument("dataset", choices=["pendulum", "morphomnist"])
+    rp.add_argument("--out", required=True, help="folder of the runs, their reports and the table")
+    rp.add_argument("--train-steps", type=_positive_int, default=5000,
+                    help="training steps of every model (default 5000, the shipped Pendulum model's budget)")
+    rp.add_argument("--configs", default="configs", help="the configs folder (default ./configs)")
+    rp.add_argument("--use", action="append", default=[], metavar="NAME=PATH",
+                    help="evaluate this model folder as entry NAME instead of training it, e.g. "
+                         "causaldiffae=src/causaldiffae/pretrained/pendulum (repeatable)")
+    rp.add_argument("--predictors", help="use these predictors (default: train them into OUT/predictors)")
+    rp.add_argument("--jobs", type=_positive_int, default=1,
+                    help="run the trainings, then the evaluations, as this many parallel processes (default 1)")
+    _add_evaluation_flags(rp)
+    rp.set_defaults(func=_reproduce)
     return parser
+
+
+def _add_evaluation_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--n", type=_positive_int, default=1000, help="interventions per seed (default 1000)")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    parser.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps (default 50)")
+    parser.add_argument("--guidance", type=float, default=1.0, help="guidance weight w (default 1.0)")
+    parser.add_argument("--depth", type=_depth, default=DEFAULT_DEPTH,
+                        help=f"inversion depth (default {DEFAULT_DEPTH})")
+    parser.add_argument("--abduction", choices=["ddim", "noise"], default="ddim", help="x_T abduction (default ddim)")
+    parser.add_argument("--batch-size", type=_positive_int, default=100, help="images per batch (default 100)")
+    parser.add_argument("--subset", type=int, default=100,
+                        help="images of the 10-cycle composition and the guidance sweep (default 100)")
 
 
 def _add_sampling_flags(parser: argparse.ArgumentParser, depth: bool) -> None:

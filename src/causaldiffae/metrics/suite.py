@@ -284,7 +284,7 @@ class _Context:
 
     def _dci(self, seed: int) -> dict:
         """DCI of the model's causal latents z against the labels, GBT per factor; per dimension and per block."""
-        train = self.full.split("train") if "train" in self.full.splits else self.test
+        train = self.full.split("train") if self.full.splits.count("train") >= 10 else self.test  # tiny data
         codes_train, labels_train = self._codes(train, seed)
         codes_test, labels_test = self._codes(self.test, seed + 1)
         return dci.dci(codes_train, labels_train, codes_test, labels_test, block_size=self.model.config.latent_dim,

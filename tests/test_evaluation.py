@@ -1,0 +1,236 @@
+"""The evaluation suite on known cases: perfect predictions, a model that returns the factual image, exact
+inverses; the report, the CLI and reproduce on tiny data."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from causaldiffae import CausalDiffAE, ModelConfig
+from causaldiffae.data import load_dataset
+from causaldiffae.metrics.effectiveness import attribute_errors, movement, non_descendant_change
+from causaldiffae.metrics.predictors import Predictors, save_predictors
+from causaldiffae.metrics.report import fmt
+from causaldiffae.metrics.suite import Settings, evaluate, parse_seeds, summarize
+from causaldiffae.metrics.truth import known_labels, true_scm
+from causaldiffae.reproduce import column_value
+from conftest import CONFIGS, TINY_SIZE, exit_code
+
+TINY = dict(latent_dim=4, encoder_channels=8, mechanism_hidden=16, unet_channels=8, channel_mult=(1, 2),
+            attention_levels=(1,), num_timesteps=100)
+SMALL = Settings(n=8, seeds=(0, 1), steps=3, batch_size=4, subset=4, cycles=3, weights=(0.0, 1.0, 2.0),
+                 dci_samples=40, examples=2)
+
+
+@pytest.fixture(scope="module")
+def dataset(tiny_dataset):
+    return load_dataset(tiny_dataset, TINY_SIZE)
+
+
+@pytest.fixture(scope="module")
+def identity_model(dataset) -> CausalDiffAE:
+    """A fresh model: its UNet's zero-initialised head makes eps == 0, so DDIM inversion then decoding returns
+    the factual image exactly (up to rounding): a model whose counterfactual is the factual image."""
+    torch.manual_seed(0)
+    config = ModelConfig(graph=dataset.graph.to_dict(), image_size=TINY_SIZE, channels=3, **TINY)
+    return CausalDiffAE(config).eval()
+
+
+@pytest.fixture(scope="module")
+def judges(dataset) -> Predictors:
+    torch.manual_seed(0)
+    return Predictors(dataset.graph, TINY_SIZE, 3, width=4).eval()
+
+
+@pytest.fixture(scope="module")
+def results(identity_model, dataset, judges) -> dict:
+    return evaluate(identity_model, dataset, judges, SMALL, progress=False)
+
+
+# -- the metric functions ----------------------------------------------------------------------------------
+
+
+def test_perfect_predictions_give_zero_effectiveness(dataset):
+    labels = dataset.labels[:10]
+    intended = known_labels(dataset.graph, labels, {"angle": torch.full((10,), 5.0)})
+    errors = attribute_errors(dataset.graph, torch.nan_to_num(intended, 7.0), intended)
+    assert set(errors) == {"angle", "light"}  # descendants of angle are unknown without the SCM: not scored
+    assert all(e["mae"] == 0 and e["mae_normalized"] == 0 for e in errors.values())
+
+
+def test_known_labels_without_an_scm(dataset):
+    labels = dataset.labels[:3]
+    intended = known_labels(dataset.graph, labels, {"light": torch.tensor([60.0, 70.0, 80.0])})
+    assert torch.equal(intended[:, 0], labels[:, 0])  # angle: not a descendant of light
+    assert intended[:, 1].tolist() == [60.0, 70.0, 80.0]
+    assert torch.isnan(intended[:, 2:]).all()
+
+
+def test_effectiveness_is_in_raw_and_normalised_units(dataset):
+    graph = dataset.graph
+    intended = dataset.labels[:4].clone()
+    predicted = intended.clone()
+    predicted[:, 0] += graph["angle"].scale[1] * 0.5  # half a normalisation unit off
+    errors = attribute_errors(graph, predicted, intended)
+    assert math.isclose(errors["angle"]["mae_normalized"], 0.5, rel_tol=1e-4)
+    assert math.isclose(errors["angle"]["mae"], graph["angle"].scale[1] * 0.5, rel_tol=1e-4)
+
+
+def test_minimality_reads_only_the_non_descendants(dataset):
+    graph = dataset.graph
+    before = dataset.labels[:4]
+    after = before.clone()
+    after[:, 2] += 100  # shadow_length moves: allowed under do(angle)
+    moved = movement(graph, before, after)
+    assert non_descendant_change(graph, ["angle"], moved) == 0  # light did not move
+    after[:, 1] += graph["light"].scale[1]
+    assert math.isclose(non_descendant_change(graph, ["angle"], movement(graph, before, after)), 1.0, rel_tol=1e-4)
+
+
+def test_true_scm_reproduces_the_factual_images(dataset):
+    test = dataset.split("test")
+    scm = true_scm(test)
+    assert scm is not None and scm.kind == "pendulum"
+    images, labels = scm.counterfactual([0, 1, 2], {})
+    assert torch.equal((images * 255).round().to(torch.uint8), test.images[:3])
+    assert torch.allclose(labels, test.labels[:3], atol=1e-4)
+
+
+def test_summarize_gives_mean_and_spread():
+    out = summarize([{"a": 1.0, "b": {"c": 2.0}, "l": [1.0, 3.0], "flag": True},
+                     {"a": 3.0, "b": {"c": 2.0}, "l": [3.0, 5.0], "flag": True}])
+    assert out["a"] == {"mean": 2.0, "std": 1.0, "values": [1.0, 3.0]}
+    assert out["b"]["c"]["std"] == 0 and out["l"]["mean"] == [2.0, 4.0] and out["flag"] is True
+    assert fmt(out["a"]) == "2 ± 1"
+
+
+def test_parse_seeds_names_bad_input():
+    assert parse_seeds("0, 1,2") == (0, 1, 2)
+    with pytest.raises(ValueError, match="comma-separated integers"):
+        parse_seeds("0,x")
+
+
+# -- the suite on a model that returns the factual image -------------------------------------------------
+
+
+def test_identity_model_sits_on_the_noop_floor(results):
+    """A model that returns the factual image reaches exactly the no-op floor, for every intervention."""
+    for seed in results["seeds"]:
+        for key, per_variable in seed["noop_floor"].items():
+            for name, floor in per_variable.items():
+                got = seed["effectiveness"][key][name]["mae_normalized"]
+                assert math.isclose(got, floor["mae_normalized"], rel_tol=1e-3, abs_tol=1e-4), (key, name)
+            truth = seed["truth"][key]
+            assert math.isclose(truth["l1"], truth["factual_l1"], rel_tol=1e-3, abs_tol=1e-3)
+            assert truth["closer_than_factual"] == 0
+
+
+def test_exact_inverse_composes_to_zero(results):
+    for seed in results["seeds"]:
+        assert seed["composition_null_l1"] < 0.01  # 0-255 scale
+        assert seed["composition"]["l1_1"] < 0.01 and seed["composition"]["l1_3"] < 0.05
+        assert seed["reversibility_l1"] < 0.02
+        for point in seed["guidance_sweep"].values():
+            assert point["composition_l1"] < 0.05
+
+
+def test_suite_reports_every_metric(results):
+    seed = results["seeds"][0]
+    assert results["true_scm"] == "pendulum" and results["variables"] == ["angle", "light", "shadow_length",
+                                                                         "shadow_position"]
+    assert set(seed["effectiveness"]) == {"do(angle)", "do(light)", "do(shadow_length)", "do(shadow_position)",
+                                          "multi"}
+    assert set(seed["guidance_sweep"]) == {"w=0", "w=1", "w=2"}
+    assert {"fid", "kid", "fid_factual"} <= set(seed["realism"])
+    assert 0 <= seed["dci"]["disentanglement"] <= 1 and 0 <= seed["dci"]["block_completeness"] <= 1
+    dag = seed["dag_consistency"]["do(angle)"]
+    assert dag["light"]["allowed"] is False and dag["shadow_length"]["allowed"] is True
+    assert dag["light"]["true_change"] == 0
+    assert all(math.isfinite(m["cld"]) for m in seed["minimality"].values())
+
+
+def test_seeds_draw_different_interventions(results):
+    a, b = (s["effectiveness"]["do(angle)"]["angle"]["mae"] for s in results["seeds"])
+    assert a != b
+
+
+def test_suite_rejects_predictors_of_another_graph(identity_model, dataset):
+    other = dataset.graph.to_dict()
+    other["variables"] = other["variables"][:2]
+    other["edges"] = []
+    with pytest.raises(ValueError, match="predictors read"):
+        evaluate(identity_model, dataset, Predictors(other, TINY_SIZE, 3, width=4), SMALL, progress=False)
+
+
+# -- CLI and reproduce ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, identity_model, judges) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("evaluate")
+    identity_model.save_pretrained(root / "model")
+    save_predictors(judges, root / "predictors")
+    return root / "model", root / "predictors"
+
+
+def test_cli_evaluate_writes_the_report(tmp_path, saved, tiny_dataset):
+    model, predictors = saved
+    out = tmp_path / "report"
+    assert exit_code(["evaluate", str(model), "--data", str(tiny_dataset), "--predictors", str(predictors),
+                      "--out", str(out), "--n", "4", "--seeds", "0", "--steps", "2", "--subset", "2",
+                      "--batch-size", "4"]) == 0
+    document = json.loads((out / "metrics.json").read_text())
+    assert document["summary"]["reversibility_l1"]["mean"] < 0.02
+    assert document["settings"]["n"] == 4 and document["device"]
+    report = (out / "report.md").read_text()
+    for heading in ("Effectiveness", "true counterfactual", "Composition", "Minimality", "Realism", "DCI",
+                    "DAG consistency", "Guidance sweep"):
+        assert heading in report, heading
+    assert (out / "guidance-sweep.png").stat().st_size > 0
+    assert (out / "examples-do-angle.png").stat().st_size > 0
+
+
+def test_cli_evaluate_names_bad_input(tmp_path, saved, tiny_dataset, capsys):
+    model, predictors = saved
+    base = ["evaluate", str(model), "--data", str(tiny_dataset), "--out", str(tmp_path / "r")]
+    assert exit_code([*base, "--predictors", str(tmp_path / "none")]) == 2
+    assert exit_code([*base, "--predictors", str(predictors), "--seeds", "a"]) == 2
+    assert "--seeds" in capsys.readouterr().err
+
+
+def test_reproduce_trains_evaluates_and_reuses(tmp_path, tiny_dataset, saved):
+    configs = tmp_path / "configs"
+    (configs / "baselines").mkdir(parents=True)
+    for path in CONFIGS.glob("baselines/pendulum-*.yaml"):
+        (configs / "baselines" / path.name).write_text(path.read_text())
+    (configs / "pendulum.yaml").write_text(f"extends: {CONFIGS / 'tiny.yaml'}\n"
+                                           f"data: {{name: folder, root: {tiny_dataset}}}\n")
+    args = ["reproduce", "pendulum", "--out", str(tmp_path / "out"), "--train-steps", "2", "--configs",
+            str(configs), "--predictors", str(saved[1]), "--n", "4", "--seeds", "0", "--steps", "2",
+            "--subset", "0", "--batch-size", "4"]
+    assert exit_code(args) == 0
+    table = (tmp_path / "out" / "results.md").read_text()
+    for name in ("causaldiffae", "diffae-aligned", "diffae-unaligned", "label-ddim", "causaldiffae-no-dropout",
+                 "causaldiffae-noise-abduction"):
+        assert f"| {name} |" in table, name
+    values = json.loads((tmp_path / "out" / "results.json").read_text())["values"]
+    assert values["label-ddim"]["true-cf L1"] is not None
+    stamp = (tmp_path / "out" / "causaldiffae" / "eval" / "metrics.json").stat().st_mtime_ns
+    assert exit_code(args) == 0  # everything finished is reused, nothing is redone
+    assert (tmp_path / "out" / "causaldiffae" / "eval" / "metrics.json").stat().st_mtime_ns == stamp
+
+
+def test_column_value_averages_single_interventions():
+    entry = {"mean": 1.0}
+    summary = {"effectiveness": {"do(a)": {"a": {"mae_normalized": {"mean": 0.2}}, "b": {"mae_normalized": entry}},
+                                 "do(b)": {"a": {"mae_normalized": entry}, "b": {"mae_normalized": {"mean": 0.4}}},
+                                 "multi": {"a": {"mae_normalized": {"mean": 9.0}}}},
+               "realism": {"fid": {"mean": 3.0}}}
+    assert math.isclose(column_value(summary, ("effectiveness", "*", "@")), 0.3)
+    assert math.isclose(column_value(summary, ("effectiveness", "*", "**")), 0.65)
+    assert column_value(summary, ("realism", "fid")) == 3.0
+    assert column_value(summary, ("truth", "*", "l1")) is None
