@@ -17,7 +17,7 @@ from causaldiffae.metrics.predictors import Predictors, save_predictors
 from causaldiffae.metrics.report import fmt
 from causaldiffae.metrics.suite import Settings, evaluate, parse_seeds, summarize
 from causaldiffae.metrics.truth import known_labels, true_scm
-from causaldiffae.reproduce import column_value
+from causaldiffae.reproduce import column_value, write_comparison
 from conftest import CONFIGS, TINY_SIZE, exit_code
 
 TINY = dict(latent_dim=4, encoder_channels=8, mechanism_hidden=16, unet_channels=8, channel_mult=(1, 2),
@@ -225,12 +225,43 @@ def test_reproduce_trains_evaluates_and_reuses(tmp_path, tiny_dataset, saved):
 
 
 def test_column_value_averages_single_interventions():
-    entry = {"mean": 1.0}
-    summary = {"effectiveness": {"do(a)": {"a": {"mae_normalized": {"mean": 0.2}}, "b": {"mae_normalized": entry}},
-                                 "do(b)": {"a": {"mae_normalized": entry}, "b": {"mae_normalized": {"mean": 0.4}}},
-                                 "multi": {"a": {"mae_normalized": {"mean": 9.0}}}},
-               "realism": {"fid": {"mean": 3.0}}}
-    assert math.isclose(column_value(summary, ("effectiveness", "*", "@")), 0.3)
-    assert math.isclose(column_value(summary, ("effectiveness", "*", "**")), 0.65)
-    assert column_value(summary, ("realism", "fid")) == 3.0
-    assert column_value(summary, ("truth", "*", "l1")) is None
+    seed = {"effectiveness": {"do(a)": {"a": {"mae_normalized": 0.2}, "b": {"mae_normalized": 1.0}},
+                              "do(b)": {"a": {"mae_normalized": 1.0}, "b": {"mae_normalized": 0.4}},
+                              "multi": {"a": {"mae_normalized": 9.0}}},
+            "realism": {"fid": 3.0}}
+    assert math.isclose(column_value(seed, ("effectiveness", "*", "@")), 0.3)
+    assert math.isclose(column_value(seed, ("effectiveness", "*", "**")), 0.65)
+    assert column_value(seed, ("realism", "fid")) == 3.0
+    assert column_value(seed, ("truth", "*", "l1")) is None
+
+
+def test_comparison_calls_a_win_only_beyond_the_spread(tmp_path):
+    def document(fids):
+        seeds = [{"realism": {"fid": f}} for f in fids]
+        return {"settings": {"n": 1, "seeds": [0, 1], "steps": 1, "depth": 1, "guidance": 1}, "predictors": {},
+                "summary": {}, "seeds": seeds}
+
+    rows = {"causaldiffae": document([1.0, 1.2]), "close": document([1.0, 1.1]), "far": document([0.1, 0.1])}
+    write_comparison("toy", rows, tmp_path, "none")
+    beaten = json.loads((tmp_path / "results.json").read_text())["beaten"]
+    assert beaten == ["far beats causaldiffae on FID: 0.1 ± 0 vs 1.1 ± 0.1"]
+
+
+def test_morphomnist_scores_morphometry_against_the_true_counterfactual(tmp_path):
+    """On generated MorphoMNIST the suite knows the SCM: do(thickness) recomputes intensity, renders the truth and
+    measures the counterfactuals' thickness and intensity by morphometry."""
+    from causaldiffae.data import morphomnist
+
+    data = load_dataset(morphomnist.generate(tmp_path / "mm", limit=6, seed=1, progress=False, workers=1), 28)
+    torch.manual_seed(0)
+    model = CausalDiffAE(ModelConfig(graph=data.graph.to_dict(), image_size=28, channels=1, **TINY)).eval()
+    settings = Settings(n=4, seeds=(0,), steps=2, batch_size=4, subset=2, cycles=2, weights=(1.0,),
+                        dci_samples=6, examples=1)
+    result = evaluate(model, data, Predictors(data.graph, 28, 1, width=4).eval(), settings, progress=False)
+    seed = result["seeds"][0]
+    assert result["true_scm"] == "morphomnist"
+    morpho = seed["truth"]["do(thickness)"]["morphometry"]
+    assert set(morpho) == {"thickness", "intensity"}
+    # the model returns the factual image: morphometry reads the factual thickness, off by the intervention
+    assert morpho["thickness"]["mae"] > 0 and math.isfinite(morpho["intensity"]["mae"])
+    assert "intensity" in seed["effectiveness"]["do(thickness)"]  # a descendant with a known SCM is scored

@@ -44,10 +44,13 @@ class Counterfactual:
 
 
 def guided_denoiser(model: CausalDiffAE, cond: torch.Tensor, guidance: float) -> ddim.Denoiser:
-    """eps(x_t, t) for condition vectors ``cond`` (B, n*d) and weight w; w = 1 skips the null branch."""
+    """eps(x_t, t) for condition vectors ``cond`` (B, n*d) and weight w; w = 1 skips the null branch, w = 0 the
+    conditional one."""
     if guidance == 1.0:
         return lambda x_t, t: model.eps(x_t, t, cond)
     null = model.condition(None, cond.shape[0])
+    if guidance == 0.0:  # the unconditional model: the conditional branch would get weight 0
+        return lambda x_t, t: model.eps(x_t, t, null)
 
     def denoiser(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         eps = model.eps(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([null, cond]))

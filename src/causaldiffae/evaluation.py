@@ -35,8 +35,8 @@ def evaluate_run(run: str | Path, dataset: ImageDataset, predictors: str | Path,
     if model.config.num_classes and dataset.classes is None:
         raise ValueError("this model has a class condition: load the dataset with its class column")
 
-    def examples(name: str, rows: list[torch.Tensor], labels: list[str]) -> None:
-        save_grid(out / f"{name}.png", rows, labels)
+    def examples(name: str, rows: list[torch.Tensor], labels: list[str], columns: list[str]) -> None:
+        save_grid(out / f"{name}.png", rows, labels, columns)
 
     start = time.perf_counter()
     results = evaluate(model, dataset, judges, settings, progress, examples)

@@ -10,6 +10,7 @@ stopped.
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ from .data.base import ImageDataset
 from .evaluation import evaluate_run
 from .metrics.predictors import save_predictors, train_predictors
 from .metrics.report import fmt, table
-from .metrics.suite import Settings
+from .metrics.suite import Settings, summarize
 from .training import checkpoint, load_run_config, train
 
 
@@ -90,7 +91,9 @@ def reproduce(dataset: str, out: str | Path, steps: int, settings: Settings, con
         if entry in trained:
             _train(_config_path(configs, entry.config), runs[entry.name], steps, progress)
         rows[entry.name] = _evaluate(runs[entry.name], data, predictors, *evals[entry.name], progress)
-    return write_comparison(dataset, rows, out, steps, use)
+    budget = f"{steps} training steps of each config's batch size" + (f"; models from elsewhere: {dict(use)}"
+                                                                        if use else "")
+    return write_comparison(dataset, rows, out, budget)
 
 
 def _flags(settings: Settings) -> list[str]:
@@ -155,7 +158,8 @@ def _evaluate(run: Path, data: ImageDataset, predictors: Path, out: Path, settin
     return json.loads((out / "metrics.json").read_text())
 
 
-#: The comparison's columns: (header, path into the summary, lower is better); "*" averages over interventions.
+#: The comparison's columns: (header, path into one seed's metrics); lower is better in each. "*" averages over
+#: the single-variable interventions.
 COLUMNS = [
     ("effectiveness (norm. MAE, intervened var.)", ("effectiveness", "*", "@")),
     ("effectiveness (norm. MAE, all vars)", ("effectiveness", "*", "**")),
@@ -170,13 +174,13 @@ COLUMNS = [
 ]
 
 
-def column_value(summary: dict, path: tuple[str, ...]) -> float | None:
-    """One comparison number from a summary: '*' averages over the single-variable interventions do(X); after it
-    '@' takes the intervened variable's normalised MAE and '**' the mean over every variable's."""
+def column_value(metrics: dict, path: tuple[str, ...]) -> float | None:
+    """One comparison number from one seed's metrics: '*' averages over the single-variable interventions do(X);
+    after it '@' takes the intervened variable's normalised MAE and '**' the mean over every variable's."""
     if "*" not in path:
-        return _mean(_get(summary, path))
+        return _number(_get(metrics, path))
     star = path.index("*")
-    node, rest = _get(summary, path[:star]), path[star + 1:]
+    node, rest = _get(metrics, path[:star]), path[star + 1:]
     if not isinstance(node, dict):
         return None
     values = []
@@ -184,14 +188,20 @@ def column_value(summary: dict, path: tuple[str, ...]) -> float | None:
         if not key.startswith("do("):
             continue
         if rest == ("@",):
-            values.append(_mean(_get(sub, (key[3:-1], "mae_normalized"))))
+            values.append(_number(_get(sub, (key[3:-1], "mae_normalized"))))
         elif rest == ("**",):
-            per = [_mean(e.get("mae_normalized")) for e in sub.values()]
-            values.append(sum(per) / len(per) if per and None not in per else None)
+            per = [_number(e.get("mae_normalized")) for e in sub.values()]
+            values.append(sum(per) / len(per) if per and None not in per else None)  # type: ignore[arg-type]
         else:
-            values.append(_mean(_get(sub, rest)))
+            values.append(_number(_get(sub, rest)))
     known = [v for v in values if v is not None]
     return sum(known) / len(known) if known else None
+
+
+def column_summary(document: dict, path: tuple[str, ...]) -> dict | None:
+    """A column's mean and spread over an evaluation's seeds (None where the metric does not apply)."""
+    values = [column_value(seed, path) for seed in document["seeds"]]
+    return None if None in values else summarize(values)  # type: ignore[arg-type]
 
 
 def _get(node: object, path: tuple[str, ...]) -> object:
@@ -202,38 +212,46 @@ def _get(node: object, path: tuple[str, ...]) -> object:
     return node
 
 
-def _mean(entry: object) -> float | None:
-    return float(entry["mean"]) if isinstance(entry, dict) and "mean" in entry else None
+def _number(entry: object) -> float | None:
+    """A finite number, else None (a metric that did not apply, e.g. reversibility with --subset 0)."""
+    ok = isinstance(entry, (int, float)) and not isinstance(entry, bool) and math.isfinite(entry)
+    return float(entry) if ok else None
 
 
-def write_comparison(dataset: str, rows: Mapping[str, dict], out: Path, steps: int, use: Mapping[str, str]) -> Path:
-    """results.md (the table, each model's budget, where a baseline beats CausalDiffAE) and results.json."""
-    values = {name: {header: column_value(doc["summary"], path) for header, path in COLUMNS}
-              for name, doc in rows.items()}
+def write_comparison(dataset: str, rows: Mapping[str, dict], out: Path, budget: str,
+                     reference: str = "causaldiffae") -> Path:
+    """results.md (the table with mean ± std over seeds, the budget, where a model beats ``reference``) and
+    results.json, from evaluation documents (metrics.json) by model name."""
+    values = {name: {header: column_summary(doc, path) for header, path in COLUMNS} for name, doc in rows.items()}
     dci = {name: doc["summary"].get("dci", {}) for name, doc in rows.items()}
     headers = [h for h, _ in COLUMNS]
-    lines = [[name] + [fmt(v[h]) if v[h] is not None else "n/a" for h in headers]
+    lines = [[name] + [fmt(v[h]) for h in headers]
              + [fmt(dci[name].get("disentanglement")), fmt(dci[name].get("completeness"))]
              for name, v in values.items()]
-    ours = values.get("causaldiffae", {})
-    # better by more than 1 %: ties and noise-level differences are not called wins
-    beaten = [f"{name} beats causaldiffae on {h} ({v[h]:.4g} vs {ours[h]:.4g})" for name, v in values.items()
-              if name != "causaldiffae" for h in headers
-              if v[h] is not None and ours.get(h) is not None and v[h] < ours[h] - 0.01 * abs(ours[h])]
+    ours = values.get(reference, {})
+    beaten = [f"{name} beats {reference} on {h}: {fmt(v[h])} vs {fmt(ours[h])}" for name, v in values.items()
+              if name != reference for h in headers if _beats(v[h], ours.get(h))]
     first = next(iter(rows.values()))
     s = first["settings"]
     text = [f"# Comparison on {dataset}\n",
             f"Test split, {s['n']} interventions per seed, seeds {s['seeds']}, {s['steps']} DDIM steps, depth "
-            f"{s['depth']}, guidance {s['guidance']}. Lower is better in every column but DCI. Every trained model "
-            f"had the same budget: {steps} steps of its config's batch size"
-            + (f"; these came from elsewhere: {dict(use)}" if use else "") + ".\n",
+            f"{s['depth']}, guidance {s['guidance']}; mean ± std over seeds. Lower is better in every column but "
+            f"DCI. Budget: {budget}.\n",
             table(["model", *headers, "DCI D", "DCI C"], lines),
-            "\n## Where a baseline beats CausalDiffAE\n",
+            f"\n## Where a model beats {reference}\n",
+            "Lower by more than 1 % and by more than the two spreads together.\n",
             "\n".join(f"- {b}" for b in beaten) if beaten else "Nowhere in these columns.",
             "\n## Predictors (held-out MAE, normalised)\n",
-            ", ".join(f"{k}: {e['mae_normalized']:.4g}" for k, e in first["predictors"].items() if isinstance(e, dict)
-                      and "mae_normalized" in e) + "\n"]
-    write_text(out / "results.json", json.dumps({"dataset": dataset, "steps": steps, "values": values, "dci": dci,
-                                                 "beaten": beaten}, indent=1) + "\n")
+            ", ".join(f"{k}: {e['mae_normalized']:.4g}" for k, e in first["predictors"].items()
+                      if isinstance(e, dict) and e.get("mae_normalized") is not None) + "\n"]
+    write_text(out / "results.json", json.dumps({"dataset": dataset, "budget": budget, "values": values,
+                                                 "dci": dci, "beaten": beaten}, indent=1) + "\n")
     write_text(out / "results.md", "\n".join(text))
     return out / "results.md"
+
+
+def _beats(theirs: dict | None, ours: dict | None) -> bool:
+    if theirs is None or ours is None:
+        return False
+    gap = ours["mean"] - theirs["mean"]
+    return gap > 0.01 * abs(ours["mean"]) and gap > theirs["std"] + ours["std"]
