@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from ..atomic import atomic_path, write_text
 from ..data.base import ImageDataset
 from ..graph import CausalGraph
+from ..model import load_state
 
 FORMAT, VERSION = "causaldiffae-predictors", 1
 CONFIG_NAME, WEIGHTS_NAME = "predictors.json", "predictors.safetensors"
@@ -307,13 +308,7 @@ def load_predictors(directory: str | Path, device: str | torch.device = "cpu") -
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError) as err:
         raise ValueError(f"corrupt predictors weights {weights}: {err}") from None
-    own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
-    if missing or unexpected or shapes:
-        raise ValueError(f"{weights} does not match {path}: missing {missing[:5]}, unexpected {unexpected[:5]}, "
-                         f"wrong shape {shapes[:5]}")
-    model.load_state_dict(state)
+    load_state(model, state, weights)
     return model.to(device).eval()
 
 
