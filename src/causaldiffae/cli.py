@@ -144,7 +144,7 @@ def _inputs(args: argparse.Namespace, model: Any) -> tuple[Any, list[dict[str, f
                                  f"the model expects {shape[0]} channel(s) of {shape[1]}x{shape[2]}")
             images.append(torch.from_numpy(arr))
         return torch.stack(images), None, [str(p) for p in args.image], _classes(args, model, len(images))
-    data = _dataset(args, model).split(args.split)
+    data = _dataset(args, model.config.image_size).split(args.split)
     idx = parse_index(args.index, len(data))
     labels = [dict(zip(model.graph.variables, row.tolist(), strict=True)) for row in data.labels[idx]]
     batch = data.batch(idx)
@@ -166,12 +166,12 @@ def _classes(args: argparse.Namespace, model: Any, n: int) -> Any:
     return torch.full((n,), args.cls, dtype=torch.long)
 
 
-def _dataset(args: argparse.Namespace, model: Any) -> Any:
-    """The dataset the run was trained on (RUN/config.yaml), or --data DIR read the same way."""
+def _dataset(args: argparse.Namespace, size: int) -> Any:
+    """The dataset the run was trained on (RUN/config.yaml), or --data DIR, at the model's image size."""
     from .data import load_dataset, open_dataset
     from .training import load_run_config
 
-    size, run_config = model.config.image_size, Path(args.run) / "config.yaml"
+    run_config = Path(args.run) / "config.yaml"
     data = load_run_config(run_config).data if run_config.is_file() else None
     column = data.class_column if data else None
     if args.data:
@@ -249,7 +249,6 @@ def _demo(args: argparse.Namespace) -> None:
     print(f"wrote {out / 'report.md'} with its grids")
 
 
-# -- predictors train (the evaluation suite's attribute predictors, metrics/predictors.py) -------------------
 PREDICTOR_SIZES = {"pendulum": 32, "morphomnist": 28}
 
 
@@ -276,7 +275,6 @@ def _predictors_train(args: argparse.Namespace) -> None:
             print(f"  {name}: MAE {err['mae']:.4g}{' ' + units if units else ''} ({err['mae_normalized']:.4f} "
                   f"normalised) over {err['n']} images")
     print(f"saved {out / 'predictors.safetensors'} and {out / 'predictors.json'}")
-# -- end of predictors train ---------------------------------------------------------------------------------
 
 
 def _settings(args: argparse.Namespace) -> Any:
@@ -290,7 +288,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     from .evaluation import evaluate_run
     from .model import load_config
 
-    dataset = _dataset(args, argparse.Namespace(config=load_config(Path(args.run))))
+    dataset = _dataset(args, load_config(Path(args.run)).image_size)
     report = evaluate_run(args.run, dataset, args.predictors, args.out, _settings(args),
                           device="cpu" if args.cpu else None)
     print(f"wrote {report}, {report.parent / 'metrics.json'} and the plots in {report.parent}")
@@ -420,7 +418,6 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--depth", type=_depth, default=DEFAULT_DEPTH, help=f"inversion depth (default {DEFAULT_DEPTH})")
     dm.set_defaults(func=_demo)
 
-    # -- predictors train (see _predictors_train) --
     from .metrics.predictors import DEFAULT_STEPS as DEFAULT_PREDICTOR_STEPS
 
     preds = commands.add_parser("predictors", help="attribute predictors for evaluating counterfactuals",

@@ -122,18 +122,17 @@ class _Context:
         results: dict = {"effectiveness": {}, "noop_floor": {}, "minimality": {}, "dag_consistency": {}}
         if self.scm is not None:
             results["truth"] = {}
-        feats_cf = []
-        reversibility = []
+        passes = []
         for name, index in rows.items():
             data = self._main_pass(name, index, g, bar, math.ceil(self.s.subset / len(names)))
-            feats_cf.append(data["features_cf"])
-            reversibility.append(data.get("reversibility", torch.zeros(0)))
+            passes.append(data)
             self._score(results, name, data, index)
             if on_examples is not None:
                 self._examples(name, index[: self.s.examples], g, on_examples)
-        self._finish(results)
+        self._score_multi(results, passes)
+        reversibility = [d.get("reversibility", torch.zeros(0)) for d in passes]
         results["reversibility_l1"] = torch.cat(reversibility).mean().item()  # NaN with subset 0
-        features = torch.cat(feats_cf)
+        features = torch.cat([d["features_cf"] for d in passes])
         reference = self.real_features
         kid, kid_std = realism.kernel_inception_distance(features.numpy(), reference.numpy(), seed=seed)
         factual = reference[picks[: len(features)] % len(reference)]
@@ -205,8 +204,6 @@ class _Context:
         key = f"do({name})"
         graph = self.graph
         results["effectiveness"][key] = attribute_errors(graph, data["predicted_cf"], data["intended"])
-        results["effectiveness"].setdefault(MULTI, [])
-        results["effectiveness"][MULTI].append((data["predicted_multi"], data["intended_multi"]))
         results["noop_floor"][key] = attribute_errors(graph, data["predicted_x0"], data["intended"])
         moved = movement(graph, data["predicted_x0"], data["predicted_cf"])
         truth_moved = movement(graph, self._labels(index), data["intended"])
@@ -221,27 +218,25 @@ class _Context:
         results["minimality"][key] = {"non_descendant_change": non_descendant_change(graph, [name], moved),
                                       "cld": cld["cld"], "cld_p1": cld["p1"], "cld_p2": cld["p2"]}
         if "truth" in data:
-            results["truth"][key] = {"l1": _l1(data["cf"], data["truth"]).mean().item(),
-                                     "mse": _mse(data["cf"], data["truth"]).mean().item(),
-                                     "factual_l1": _l1(data["x"], data["truth"]).mean().item(),
+            l1, factual_l1 = _l1(data["cf"], data["truth"]), _l1(data["x"], data["truth"])
+            results["truth"][key] = {"l1": l1.mean().item(), "mse": _mse(data["cf"], data["truth"]).mean().item(),
+                                     "factual_l1": factual_l1.mean().item(),
                                      "factual_mse": _mse(data["x"], data["truth"]).mean().item(),
-                                     "closer_than_factual": (_l1(data["cf"], data["truth"])
-                                                             < _l1(data["x"], data["truth"])).float().mean().item()}
-            results["truth"].setdefault(MULTI, []).append(
-                (_l1(data["cf_multi"], data["truth_multi"]), _mse(data["cf_multi"], data["truth_multi"])))
+                                     "closer_than_factual": (l1 < factual_l1).float().mean().item()}
             if self.scm is not None and self.scm.kind == "morphomnist":
                 measured = morphometry_labels(data["cf"])
                 results["truth"][key]["morphometry"] = attribute_errors(graph, measured, data["intended"])
 
-    def _finish(self, results: dict) -> None:
-        """Fold the per-variable pieces of the multi-variable interventions and the null ones into numbers."""
-        pairs = results["effectiveness"].pop(MULTI)
-        results["effectiveness"][MULTI] = attribute_errors(self.graph, torch.cat([p for p, _ in pairs]),
-                                                           torch.cat([i for _, i in pairs]))
+    def _score_multi(self, results: dict, passes: list[dict]) -> None:
+        """The multi-variable interventions of every batch, scored together."""
+        def joined(key: str) -> torch.Tensor:
+            return torch.cat([d[key] for d in passes])
+
+        results["effectiveness"][MULTI] = attribute_errors(self.graph, joined("predicted_multi"),
+                                                           joined("intended_multi"))
         if "truth" in results:
-            pieces = results["truth"].pop(MULTI)
-            results["truth"][MULTI] = {"l1": torch.cat([a for a, _ in pieces]).mean().item(),
-                                       "mse": torch.cat([b for _, b in pieces]).mean().item()}
+            cf, truth = joined("cf_multi"), joined("truth_multi")
+            results["truth"][MULTI] = {"l1": _l1(cf, truth).mean().item(), "mse": _mse(cf, truth).mean().item()}
 
     def _composition(self, index: torch.Tensor, bar: tqdm) -> dict:
         """L1 to x0 after each of ``cycles`` null interventions (each re-abducts its input)."""
