@@ -196,7 +196,7 @@ def test_data_pendulum_writes_the_full_dataset_reproducibly(tmp_path, capsys):
         rows = list(csv.DictReader(fh))
     assert len(rows) == 7308
     splits = [r["split"] for r in rows]
-    assert splits.count("train") == 5482 and splits.count("test") == 1826
+    assert (splits.count("train"), splits.count("val"), splits.count("test")) == (4934, 548, 1826)
     assert len(list((first / "images").glob("*.png"))) == 7308
     assert (first / "labels.csv").read_bytes() == (second / "labels.csv").read_bytes()
     assert (first / "graph.yaml").read_bytes() == (second / "graph.yaml").read_bytes()

@@ -100,6 +100,25 @@ def test_true_scm_reproduces_the_factual_images(dataset):
     assert torch.allclose(labels, test.labels[:3], atol=1e-4)
 
 
+def test_random_interventions_render_the_true_scm(dataset):
+    """Each render is the SCM's image of its labels; a shadow label off its physical value means an intervened
+    shadow (the decorrelated images interventional predictors train on); values stay in each range."""
+    from causaldiffae.data import pendulum
+
+    scm = true_scm(dataset.split("train"))
+    images, labels, rows = scm.random_interventions(40, torch.Generator().manual_seed(0))
+    assert images.dtype == torch.uint8 and images.shape == (40, 3, TINY_SIZE, TINY_SIZE) and rows.shape == (40,)
+    for image, label in zip(images[:5], labels[:5].tolist(), strict=True):
+        angle, light, length, position = label
+        drawn = pendulum.render(angle, light, TINY_SIZE, shadow_length=length, shadow_position=position)
+        assert torch.equal(image, torch.from_numpy(drawn).permute(2, 0, 1))
+    physical = torch.tensor([pendulum.shadow(a, li) for a, li in labels[:, :2].tolist()])
+    assert (physical - labels[:, 2:]).abs().max(dim=1).values.gt(1e-3).float().mean() > 0.3
+    for i, name in enumerate(pendulum.VARIABLES):
+        lo, hi = scm.value_range(name)
+        assert labels[:, i].min() >= lo - 1e-4 and labels[:, i].max() <= hi + 1e-4
+
+
 def test_summarize_gives_mean_and_spread():
     out = summarize([{"a": 1.0, "b": {"c": 2.0}, "l": [1.0, 3.0], "flag": True},
                      {"a": 3.0, "b": {"c": 2.0}, "l": [3.0, 5.0], "flag": True}])

@@ -30,10 +30,9 @@ def _centroid_x(image: np.ndarray, colour: np.ndarray, tol: int = 40) -> float:
 def test_samples_counts_split_and_names(rows):
     assert len(rows) == 7308
     splits = [r["split"] for r in rows]
-    assert splits.count("train") == 5482
-    assert splits.count("test") == 1826
-    # counter rule: first test image is the 5th, then every 4th
-    assert splits[:9] == ["train"] * 4 + ["test"] + ["train"] * 3 + ["test"]
+    assert (splits.count("train"), splits.count("val"), splits.count("test")) == (4934, 548, 1826)
+    # counter rule: first test image is the 5th, then every 4th; the 10th reference-train image is val
+    assert splits[:13] == ["train"] * 4 + ["test"] + ["train"] * 3 + ["test"] + ["train"] * 2 + ["val", "test"]
     assert len({r["file"] for r in rows}) == 7308
     assert all(set(r) == {"file", "split", *VARIABLES} for r in rows)
 

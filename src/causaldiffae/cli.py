@@ -331,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
                                description="Generate a built-in dataset in the on-disk layout "
                                            "(graph.yaml, labels.csv, images/).")
     datasets = data.add_subparsers(dest="dataset", required=True, metavar="DATASET")
-    pend = datasets.add_parser("pendulum", help="render the 7,308 Pendulum images (5,482 train / 1,826 test)",
+    pend = datasets.add_parser("pendulum", help="render the 7,308 Pendulum images (4,934 train / 548 val / 1,826 test)",
                                description="Render the Pendulum dataset (after CausalVAE): angle, light -> "
                                            "shadow_length, shadow_position. Same arguments, same bytes.")
     pend.add_argument("--out", required=True, help="folder to write (replaced atomically if it exists)")

@@ -11,6 +11,9 @@ from .base import ImageDataset, load_dataset, write_dataset
 
 #: Built-in datasets: name -> generator(out, size) that writes the dataset layout.
 GENERATORS: dict[str, Callable[..., Path]] = {"pendulum": pendulum.generate, "morphomnist": morphomnist.generate}
+#: Layout versions of the generated folders: a new version (Pendulum's validation split, v2) is generated into a
+#: new cache folder instead of silently reusing an old layout.
+LAYOUTS: dict[str, int] = {"pendulum": 2, "morphomnist": 1}
 
 
 def cache_dir() -> Path:
@@ -23,7 +26,8 @@ def dataset_root(name: str, root: str | Path | None, image_size: int) -> Path:
         return Path(root)
     if name not in GENERATORS:
         raise ValueError(f"data.name {name!r} needs data.root (built-in datasets: {', '.join(GENERATORS)})")
-    return cache_dir() / f"{name}-{image_size}"
+    version = LAYOUTS[name]
+    return cache_dir() / (f"{name}-{image_size}" + (f"-v{version}" if version > 1 else ""))
 
 
 def open_dataset(name: str, root: str | Path | None, image_size: int, resize: bool = False,

@@ -46,6 +46,7 @@ ORANGE = (255, 165, 0)
 ANGLE_INDICES = range(-40, 44)  # angle = i * 9 / 10 degrees
 LIGHT_INDICES = tuple(j for j in range(60, 148) if j != 100)  # 90 degrees (vertical rays) is left out
 TEST_COUNTER = 4
+VAL_EVERY = 10  # every 10th training image of the walk is held out for validation (548 images)
 
 GRAPH: dict = {
     "variables": [
@@ -203,20 +204,25 @@ def render(
 
 
 def samples() -> list[dict]:
-    """All 7,308 rows in generation order with the reference train/test split.
+    """All 7,308 rows in generation order: the reference test split, and a validation split carved from train.
 
-    Split rule, read literally: one counter over the whole (i outer, j inner) walk, starting at 0; an
-    image goes to test when the counter equals 4 (the counter is then reset to 0), otherwise to train,
-    and the counter is incremented after every image. The first test image is therefore the 5th and
-    after that every 4th, giving 5,482 train / 1,826 test.
+    Test rule (the reference's), read literally: one counter over the whole (i outer, j inner) walk, starting
+    at 0; an image goes to test when the counter equals 4 (the counter is then reset to 0), otherwise to train,
+    and the counter is incremented after every image. The first test image is therefore the 5th and after that
+    every 4th: 5,482 reference-train / 1,826 test images. Every ``VAL_EVERY``-th of those reference-train
+    images (the 10th, 20th, ...) becomes validation, where knobs are chosen without touching test:
+    4,934 train / 548 val / 1,826 test.
     """
-    rows, counter = [], 0
+    rows, counter, seen = [], 0, 0
     for i in ANGLE_INDICES:
         for j in LIGHT_INDICES:
             angle, light = i * 9 / 10, j * 9 / 10
             length, position = shadow(angle, light)
             split = "test" if counter == TEST_COUNTER else "train"
             counter = (0 if split == "test" else counter) + 1
+            if split == "train":
+                seen += 1
+                split = "val" if seen % VAL_EVERY == 0 else "train"
             rows.append(
                 {
                     "file": f"a{i:+03d}_l{j:03d}.png",

@@ -44,6 +44,42 @@ class TrueSCM:
         return torch.stack(images), torch.tensor(labels, dtype=torch.float32)
 
 
+    def value_range(self, name: str) -> tuple[float, float]:
+        """Where interventions on ``name`` are drawn: the graph's declared range, else the labels' min and max."""
+        declared = self.dataset.graph[name].range
+        if declared:
+            return float(declared[0]), float(declared[1])
+        column = self.dataset.labels[:, self.variables.index(name)].float()
+        column = column[~torch.isnan(column)]
+        return float(column.min()), float(column.max())
+
+    def random_values(self, name: str, count: int, generator: torch.Generator) -> torch.Tensor:
+        """``count`` values of ``name`` drawn uniformly over its range: interventions away from the data's
+        correlations (a shadow that disagrees with angle and light)."""
+        lo, hi = self.value_range(name)
+        return lo + (hi - lo) * torch.rand(count, generator=generator, dtype=torch.float64).float()
+
+    def random_interventions(self, count: int, generator: torch.Generator
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``count`` true counterfactuals of random rows, each under do() on a random non-empty subset of the
+        variables (each in with probability 1/2) at values uniform over their ranges.
+
+        Returns images uint8 (count, C, H, W), their labels (count, n) and the source rows (count,), whose
+        class (the MorphoMNIST digit) the counterfactual keeps."""
+        rows = torch.randint(len(self.dataset), (count,), generator=generator)
+        images, labels = [], []
+        for row in rows.tolist():
+            chosen = torch.rand(len(self.variables), generator=generator) < 0.5
+            if not chosen.any():
+                chosen[torch.randint(len(self.variables), (1,), generator=generator)] = True
+            picked = [name for name, on in zip(self.variables, chosen.tolist(), strict=True) if on]
+            do = {name: self.random_values(name, 1, generator) for name in picked}
+            image, label = self.counterfactual([row], do)
+            images.append(image)
+            labels.append(label)
+        return (torch.cat(images) * 255).round().to(torch.uint8), torch.cat(labels), rows
+
+
 def true_scm(dataset: ImageDataset) -> TrueSCM | None:
     """The true SCM of a dataset our generators wrote (recognised by its graph), else None."""
     graph = dataset.graph
