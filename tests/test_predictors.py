@@ -56,6 +56,21 @@ def test_training_reports_finite_held_out_errors(trained: Predictors, data: Imag
     assert predicted.shape == (6, len(data.graph)) and torch.isfinite(predicted).all()
 
 
+def test_pendulum_predictors_also_train_on_interventional_renders(trained: Predictors, data: ImageDataset):
+    """By default one true counterfactual per train image joins the training set (the SCM is known); 0 turns
+    it off; a dataset without a known SCM cannot have them."""
+    train = data.splits.count("train")
+    assert trained.training_settings["train_images"] == 2 * train
+    assert trained.training_settings["interventional_images"] == train
+    plain = train_predictors(data, steps=1, batch_size=16, progress=False, width=WIDTH, interventional=0)
+    assert plain.training_settings["interventional_images"] == 0 and plain.training_settings["train_images"] == train
+    unknown = ImageDataset(data.root, CausalGraph.from_dict({"variables": [{"name": "a", "normalization":
+                           {"mean": 0, "std": 1}}], "edges": []}), data.files, data.splits, data.images,
+                           data.labels[:, :1])
+    with pytest.raises(ValueError, match="known SCM"):
+        train_predictors(unknown, steps=1, progress=False, width=WIDTH, interventional=5)
+
+
 def test_training_is_deterministic_for_a_seed(data: ImageDataset, trained: Predictors):
     again = train_predictors(data, steps=5, batch_size=16, progress=False, width=WIDTH)
     x = _images(data)

@@ -263,9 +263,11 @@ def _predictors_train(args: argparse.Namespace) -> None:
                             class_column=args.class_column)
     else:
         raise ValueError(f"{args.data} is neither a dataset folder nor a built-in dataset ({', '.join(GENERATORS)})")
-    predictors = train_predictors(data, args.class_column, args.steps, args.batch_size, seed=args.seed)
+    predictors = train_predictors(data, args.class_column, args.steps, args.batch_size, seed=args.seed,
+                                  interventional=args.interventional)
     out = save_predictors(predictors, args.out)
-    print(f"trained on {data.splits.count('train'):,} {data.image_size}x{data.image_size} images in "
+    print(f"trained on {data.splits.count('train'):,} {data.image_size}x{data.image_size} images and "
+          f"{predictors.training_settings['interventional_images']:,} interventional renders in "
           f"{predictors.training_settings['seconds']:g} s; held-out error ({predictors.held_out_split or 'none'}):")
     for name, err in predictors.held_out.items():
         if "accuracy" in err:
@@ -440,6 +442,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"training steps (default {DEFAULT_PREDICTOR_STEPS})")
     pt.add_argument("--batch-size", type=_positive_int, default=64, metavar="N", help="images per step (default 64)")
     pt.add_argument("--seed", type=int, default=0, help="seed of initialisation and batch order (default 0)")
+    pt.add_argument("--interventional", type=int, metavar="N",
+                    help="true counterfactuals under random interventions on every variable to train on too, so "
+                         "each predictor reads its own variable (default: one per train image for pendulum, 0 "
+                         "elsewhere; needs a known SCM)")
     pt.set_defaults(func=_predictors_train)
 
     ev = commands.add_parser("evaluate", help="the counterfactual metric suite of a model on the test split",

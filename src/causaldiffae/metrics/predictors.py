@@ -28,6 +28,7 @@ from ..atomic import atomic_path, write_text
 from ..data.base import ImageDataset
 from ..graph import CausalGraph
 from ..model import load_state
+from .truth import true_scm
 
 FORMAT, VERSION = "causaldiffae-predictors", 1
 CONFIG_NAME, WEIGHTS_NAME = "predictors.json", "predictors.safetensors"
@@ -183,9 +184,16 @@ def _normalize(graph: CausalGraph, labels: torch.Tensor) -> torch.Tensor:
 
 def train_predictors(dataset: ImageDataset, class_column: str | None = None, steps: int = DEFAULT_STEPS,
                      batch_size: int = 64, lr: float = 1e-3, seed: int = 0, progress: bool = True,
-                     device: str | None = None, width: int = DEFAULT_WIDTH) -> Predictors:
+                     device: str | None = None, width: int = DEFAULT_WIDTH,
+                     interventional: int | None = None) -> Predictors:
     """Train every predictor on the train split (AdamW, warm-up then cosine decay, L1 loss in normalised
     units, missing labels masked) and record held-out errors on the test split (val when there is none).
+
+    ``interventional`` true counterfactuals of train rows under random interventions on every variable join
+    the training images, so each predictor reads its own variable: on observational images alone a Pendulum
+    shadow is a function of angle and light, and a shadow predictor learns that shortcut. Default: as many as
+    the train split has images for Pendulum, 0 elsewhere (MorphoMNIST's thickness and intensity are measured
+    by morphometry, evaluation.md).
 
     ``class_column`` adds a classifier of ``dataset.classes`` (load the dataset with that class_column).
     Deterministic for a seed on the CPU; the returned predictors are in eval mode on ``device``."""
@@ -200,7 +208,8 @@ def train_predictors(dataset: ImageDataset, class_column: str | None = None, ste
     if "train" not in dataset.splits:
         raise ValueError(f"dataset {dataset.root} has no train split: predictors are trained on it")
     train = dataset.split("train")
-    graph = _resolve_normalization(dataset.graph, train.labels)
+    graph = _resolve_normalization(dataset.graph, train.labels)  # from the observational labels
+    train = _with_interventions(train, interventional, seed)
     num_classes = 0
     if class_column is not None and dataset.classes is not None:
         num_classes = max(int(dataset.classes.max()) + 1, 2)
@@ -241,11 +250,31 @@ def train_predictors(dataset: ImageDataset, class_column: str | None = None, ste
     model.eval()
     model.training_settings = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
                                "loss": "l1 (normalised units)", "train_images": n,
+                               "interventional_images": train.splits.count("intervention"),
                                "seconds": round(time.monotonic() - start, 1), "device": str(dev)}
     held = next((s for s in ("test", "val") if s in dataset.splits), None)
     if held is not None:
         model.held_out_split, model.held_out = held, evaluate(model, dataset.split(held))
     return model
+
+
+def _with_interventions(train: ImageDataset, count: int | None, seed: int) -> ImageDataset:
+    """The train split plus ``count`` rendered true counterfactuals (split name "intervention")."""
+    scm = true_scm(train)
+    if count is None:
+        count = len(train) if scm is not None and scm.kind == "pendulum" else 0
+    if count < 0 or isinstance(count, bool):
+        raise ValueError(f"interventional must be a non-negative integer, got {count!r}")
+    if not count:
+        return train
+    if scm is None:
+        raise ValueError("interventional images need a dataset with a known SCM (pendulum or generated "
+                         "morphomnist)")
+    images, labels, rows = scm.random_interventions(count, torch.Generator().manual_seed(seed))
+    return ImageDataset(train.root, train.graph, train.files + [f"intervention-{i}" for i in range(count)],
+                        train.splits + ["intervention"] * count, torch.cat([train.images, images]),
+                        torch.cat([train.labels, labels.to(train.labels.dtype)]),
+                        None if train.classes is None else torch.cat([train.classes, train.classes[rows]]))
 
 
 def evaluate(predictors: Predictors, data: ImageDataset, batch_size: int = 256) -> dict[str, dict[str, Any]]:
