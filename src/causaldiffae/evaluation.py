@@ -22,6 +22,16 @@ def device_name(device: torch.device) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def portable(path: str | Path) -> str:
+    """A path for a committed report: relative to the working directory when under it, ``~`` for the home
+    folder, so a report names no machine's absolute paths."""
+    path = Path(path).resolve()
+    for base, prefix in ((Path.cwd(), ""), (Path.home(), "~/")):
+        if path.is_relative_to(base):
+            return prefix + str(path.relative_to(base))
+    return str(path)
+
+
 def evaluate_run(run: str | Path, dataset: ImageDataset, predictors: str | Path, out: str | Path,
                  settings: Settings | None = None, device: str | None = None, progress: bool = True) -> Path:
     """Evaluate the model in ``run`` (any folder ``from_pretrained`` loads) on ``dataset``'s test split and write
@@ -40,7 +50,7 @@ def evaluate_run(run: str | Path, dataset: ImageDataset, predictors: str | Path,
 
     start = time.perf_counter()
     results = evaluate(model, dataset, judges, settings, progress, examples)
-    meta = {"run": str(run), "data": str(dataset.root), "predictors_dir": str(predictors),
+    meta = {"run": str(run), "data": portable(dataset.root), "predictors_dir": str(predictors),
             "device": device_name(dev), "seconds": round(time.perf_counter() - start, 1),
             "date": time.strftime("%Y-%m-%d")}
     return write_report(metrics_document(results, meta), out)
