@@ -54,6 +54,40 @@ def test_unaligned_diffae_has_no_label_term_in_its_loss():
     assert torch.isclose(aligned["loss"], aligned["mse"] + aligned["kl"] + aligned["label"])
 
 
+@pytest.mark.parametrize("overrides", [dict(), dict(label_weight=0.0)])
+def test_deterministic_encoder_never_samples_and_has_no_kl(overrides):
+    """DiffAE's semantic encoder: u = mu in the loss too, so the KL term is exactly 0 and the latents (here read
+    through the label term, a function of z alone) do not depend on the RNG; the stochastic encoder's do."""
+    batch = _batch()
+    model = _model(mechanisms=False, deterministic_encoder=True, **overrides)
+    terms = []
+    for seed in (3, 4):
+        torch.manual_seed(seed)
+        terms.append(model.loss(batch))
+    assert all(t["kl"].item() == 0.0 for t in terms)
+    assert torch.equal(terms[0]["label"], terms[1]["label"])
+    assert not torch.equal(terms[0]["mse"], terms[1]["mse"])  # the diffusion noise and t still change
+    expected = terms[0]["mse"] + model.config.label_weight * terms[0]["label"]
+    assert torch.allclose(terms[0]["loss"], expected)
+    assert torch.equal(model.encode(batch["image"], sample=True).u, model.encode(batch["image"]).mu)
+    stochastic = _model(mechanisms=False, **overrides)
+    stochastic_labels = []
+    for seed in (3, 4):
+        torch.manual_seed(seed)
+        stochastic_labels.append(stochastic.loss(batch)["label"])
+    assert not torch.equal(*stochastic_labels)
+
+
+def test_deterministic_encoder_trains_the_encoder():
+    """Without label term and KL the encoder learns only through the UNet's condition z = mu."""
+    model = _model(mechanisms=False, deterministic_encoder=True, label_weight=0.0).train()
+    with torch.no_grad():  # the UNet's zero-initialised output convolutions would pass no gradient back
+        for p in model.unet.parameters():
+            p.add_(0.1 * torch.randn(p.shape))
+    model.loss(_batch())["loss"].backward()
+    assert model.encoder.head.weight.grad.abs().sum() > 0
+
+
 def test_label_ddim_has_no_encoder_and_conditions_on_the_labels():
     model = _model(condition_on="labels", latent_dim=1)
     assert model.encoder is None and not any(k.startswith("encoder.") for k in model.state_dict())

@@ -199,13 +199,17 @@ def test_help_text_lists_every_section():
 
 @pytest.mark.parametrize("name,changed", [
     ("pendulum-no-dropout", {"p_uncond": 0.0}),
-    ("pendulum-diffae-aligned", {"mechanisms": False}),
-    ("pendulum-diffae-unaligned", {"mechanisms": False, "label_weight": 0.0}),
+    ("pendulum-diffae-aligned", {"mechanisms": False, "deterministic_encoder": True}),
+    ("pendulum-diffae-unaligned", {"mechanisms": False, "label_weight": 0.0, "deterministic_encoder": True}),
     ("pendulum-label-ddim", {"condition_on": "labels", "latent_dim": 1}),
+    ("morphomnist-no-dropout", {"p_uncond": 0.0}),
+    ("morphomnist-diffae-aligned", {"mechanisms": False, "deterministic_encoder": True}),
+    ("morphomnist-diffae-unaligned", {"mechanisms": False, "label_weight": 0.0, "deterministic_encoder": True}),
 ])
 def test_baselines_change_only_what_they_name(name, changed):
-    """A baseline config extends the main one: same data, training and every other model key."""
-    base = load_run_config(CONFIGS / "pendulum.yaml").to_dict()
+    """A baseline config extends the main one: same data, training and every other model key. Both DiffAE
+    baselines use DiffAE's deterministic semantic encoder (u = mu, no KL)."""
+    base = load_run_config(CONFIGS / f"{name.split('-')[0]}.yaml").to_dict()
     baseline = load_run_config(CONFIGS / "baselines" / f"{name}.yaml").to_dict()
     assert baseline["train"] == base["train"] and baseline["data"] == base["data"]
     assert {k: v for k, v in baseline["model"].items() if base["model"].get(k) != v} == changed

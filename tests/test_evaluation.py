@@ -13,7 +13,7 @@ import torch
 from causaldiffae import CausalDiffAE, ModelConfig
 from causaldiffae.data import load_dataset
 from causaldiffae.metrics.effectiveness import attribute_errors, movement, non_descendant_change
-from causaldiffae.metrics.predictors import Predictors, save_predictors
+from causaldiffae.metrics.predictors import Predictors, interventional_errors, save_predictors
 from causaldiffae.metrics.report import fmt
 from causaldiffae.metrics.suite import Settings, evaluate, parse_seeds, summarize
 from causaldiffae.metrics.truth import known_labels, true_scm
@@ -43,7 +43,9 @@ def identity_model(dataset) -> CausalDiffAE:
 @pytest.fixture(scope="module")
 def judges(dataset) -> Predictors:
     torch.manual_seed(0)
-    return Predictors(dataset.graph, TINY_SIZE, 3, width=4).eval()
+    judges = Predictors(dataset.graph, TINY_SIZE, 3, width=4).eval()
+    judges.held_out_interventional = interventional_errors(judges, dataset.split("test"), count=4)
+    return judges
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +119,23 @@ def test_random_interventions_render_the_true_scm(dataset):
     for i, name in enumerate(pendulum.VARIABLES):
         lo, hi = scm.value_range(name)
         assert labels[:, i].min() >= lo - 1e-4 and labels[:, i].max() <= hi + 1e-4
+    assert all(pendulum.shadow_in_view(length, position) for length, position in labels[:, 2:].tolist())
+    # on= one variable: only it leaves the source row's labels, and every shadow stays in view
+    images, labels, rows = scm.random_interventions(20, torch.Generator().manual_seed(1), on=["shadow_position"])
+    source = scm.dataset.labels[rows]
+    assert torch.allclose(labels[:, :3], source[:, :3], atol=1e-4)
+    assert (labels[:, 3] - source[:, 3]).abs().gt(1e-3).all()
+    assert all(length / 2 <= position <= 20 - length / 2 for length, position in labels[:, 2:].tolist())
+    with pytest.raises(ValueError, match="on must name"):
+        scm.random_interventions(2, torch.Generator(), on=["tilt"])
+
+
+def test_shadow_in_view_by_hand():
+    from causaldiffae.data import pendulum
+
+    # the axes span x in [0, 20]: a shadow of length 4 centred at 2 just fits, at 1.9 it is cut off
+    assert pendulum.shadow_in_view(4.0, 2.0) and not pendulum.shadow_in_view(4.0, 1.9)
+    assert pendulum.shadow_in_view(4.0, 18.0) and not pendulum.shadow_in_view(4.0, 18.1)
 
 
 def test_summarize_gives_mean_and_spread():
@@ -146,6 +165,39 @@ def test_identity_model_sits_on_the_noop_floor(results):
             truth = seed["truth"][key]
             assert math.isclose(truth["l1"], truth["factual_l1"], rel_tol=1e-3, abs_tol=1e-3)
             assert truth["closer_than_factual"] == 0
+            # (noop - model) / (noop - oracle) with model == noop closes none of the gap
+            for name, gap in seed["gap_closed"][key].items():
+                assert gap is None or abs(gap) < 1e-2, (key, name, gap)
+
+
+def test_oracle_row_and_gap_closed_cover_every_intervention(results, dataset):
+    """Every intervention has an oracle row; gap_closed covers exactly what the intervention changes (the
+    intervened variable and its descendants; every variable for the multi-variable row)."""
+    seed = results["seeds"][0]
+    assert set(seed["oracle"]) == set(seed["effectiveness"])
+    assert set(seed["gap_closed"]["do(angle)"]) == {"angle", "shadow_length", "shadow_position"}
+    assert set(seed["gap_closed"]["do(shadow_length)"]) == {"shadow_length"}
+    assert set(seed["gap_closed"]["multi"]) == set(dataset.graph.variables)
+    assert "oracle_cld" in seed["minimality"]["do(angle)"]
+    assert "oracle_moved" in seed["dag_consistency"]["do(angle)"]["light"]
+
+
+def test_gap_closed_by_hand():
+    from causaldiffae.metrics.suite import gap_closed
+
+    assert gap_closed(0.5, 0.2, 0.1) == pytest.approx(0.75)  # (0.5 - 0.2) / (0.5 - 0.1)
+    assert gap_closed(0.5, 0.5, 0.1) == 0 and gap_closed(0.5, 0.1, 0.1) == 1
+    assert gap_closed(0.3, 0.1, 0.3) is None  # the floors coincide: nothing to close
+
+
+def test_realism_reference_is_disjoint_from_the_inputs(results, dataset):
+    """FID/KID compare with the train split (no test image in it) and count the images on each side."""
+    realism = results["seeds"][0]["realism"]
+    assert realism["reference"] == "train split"
+    assert realism["reference_images"] == dataset.splits.count("train")
+    assert realism["images"] == realism["images_factual"] == SMALL.n
+    # the identity model returns its inputs: the same colour cast, up to DDIM round-off
+    assert realism["colour_cast"] == pytest.approx(realism["colour_cast_factual"], abs=0.05)
 
 
 def test_exact_inverse_composes_to_zero(results):
@@ -206,7 +258,8 @@ def test_cli_evaluate_writes_the_report(tmp_path, saved, tiny_dataset):
     assert document["settings"]["n"] == 4 and document["device"]
     report = (out / "report.md").read_text()
     for heading in ("Effectiveness", "true counterfactual", "Composition", "Minimality", "Realism", "DCI",
-                    "DAG consistency", "Guidance sweep"):
+                    "DAG consistency", "Guidance sweep", ": oracle", "Gap closed", "train split", "colour cast",
+                    "do(shadow_length): shadow_length error"):
         assert heading in report, heading
     assert (out / "guidance-sweep.png").stat().st_size > 0
     assert (out / "examples-do-angle.png").stat().st_size > 0

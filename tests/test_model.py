@@ -362,6 +362,17 @@ def test_config_with_unknown_key_is_rejected(saved):
         CausalDiffAE.from_pretrained(folder)
 
 
+def test_config_saved_before_a_new_key_loads_with_its_default(saved):
+    """A model saved before deterministic_encoder existed loads as the stochastic encoder it was trained with."""
+    model, folder = saved
+    path = folder / "model_config.json"
+    payload = json.loads(path.read_text())
+    del payload["model"]["deterministic_encoder"]
+    path.write_text(json.dumps(payload))
+    loaded = CausalDiffAE.from_pretrained(folder)
+    assert loaded.config.deterministic_encoder is False and loaded.config == model.config
+
+
 def test_state_dict_with_missing_key(saved):
     model, folder = saved
     state = dict(model.state_dict())

@@ -16,6 +16,7 @@ from causaldiffae.metrics.predictors import (
     CONFIG_NAME,
     WEIGHTS_NAME,
     Predictors,
+    interventional_errors,
     load_predictors,
     save_predictors,
     train_predictors,
@@ -71,6 +72,37 @@ def test_pendulum_predictors_also_train_on_interventional_renders(trained: Predi
         train_predictors(unknown, steps=1, progress=False, width=WIDTH, interventional=5)
 
 
+class _Constant(Predictors):
+    """Reads nothing: every image gets the same raw labels."""
+
+    def __init__(self, graph: CausalGraph, values: list[float]) -> None:
+        super().__init__(graph, TINY_SIZE, 3, width=1)
+        self.values = torch.tensor(values)
+
+    def predict(self, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        return self.values.expand(len(x), -1).clone()
+
+
+def test_interventional_errors_by_hand(data: ImageDataset):
+    """A predictor that reads nothing moves nothing, and its error is |constant - true label| / std of the very
+    counterfactuals the check draws (same seed); movement is listed for non-descendants only."""
+    from causaldiffae.metrics.truth import true_scm
+
+    test = data.split("test")
+    constant = [0.0, 90.0, 7.0, 10.0]
+    errors = interventional_errors(_Constant(data.graph, constant), test, count=12, seed=3)
+    assert {k: sorted(v["moved"]) for k, v in errors.items()} == {
+        "angle": ["light"], "light": ["angle"], "shadow_length": ["angle", "light", "shadow_position"],
+        "shadow_position": ["angle", "light", "shadow_length"]}
+    generator = torch.Generator().manual_seed(3)
+    for name in data.graph.variables:
+        _, labels, _ = true_scm(test).random_interventions(12, generator, on=[name])
+        for i, var in enumerate(data.graph.nodes):
+            expected = (labels[:, i] - constant[i]).abs().mean().item() / var.scale[1]
+            assert errors[name]["error"][var.name] == pytest.approx(expected, rel=1e-5)
+        assert all(m == 0 for m in errors[name]["moved"].values())
+
+
 def test_training_is_deterministic_for_a_seed(data: ImageDataset, trained: Predictors):
     again = train_predictors(data, steps=5, batch_size=16, progress=False, width=WIDTH)
     x = _images(data)
@@ -83,6 +115,8 @@ def test_save_load_round_trips_bit_identical(trained: Predictors, saved: Path, d
     assert torch.equal(loaded.predict(x), trained.predict(x))
     assert torch.equal(loaded.features(x), trained.features(x))
     assert loaded.held_out == trained.held_out and loaded.graph == trained.graph
+    assert loaded.held_out_interventional == trained.held_out_interventional
+    assert set(trained.held_out_interventional) == set(data.graph.variables)
     meta = json.loads((saved / CONFIG_NAME).read_text())
     assert meta["format"] == "causaldiffae-predictors" and meta["image_size"] == TINY_SIZE
     assert meta["training"]["steps"] == 5 and meta["width"] == WIDTH
@@ -172,7 +206,7 @@ def test_cli_trains_and_saves(tiny_dataset: Path, tmp_path: Path, capsys):
     assert exit_code(["predictors", "train", str(tiny_dataset), "--out", str(out), "--steps", "5"]) == 0
     assert (out / WEIGHTS_NAME).is_file() and (out / CONFIG_NAME).is_file()
     printed = capsys.readouterr().out
-    assert "angle: MAE" in printed and "saved" in printed
+    assert "angle: MAE" in printed and "saved" in printed and "do(shadow_length): shadow_length error" in printed
     assert load_predictors(out).image_size == TINY_SIZE
 
 

@@ -254,7 +254,7 @@ PREDICTOR_SIZES = {"pendulum": 32, "morphomnist": 28}
 
 def _predictors_train(args: argparse.Namespace) -> None:
     from .data import GENERATORS, load_dataset, open_dataset
-    from .metrics.predictors import save_predictors, train_predictors
+    from .metrics.predictors import interventional_lines, save_predictors, train_predictors
 
     if Path(args.data).is_dir():
         data = load_dataset(args.data, args.size, resize=args.size is not None, class_column=args.class_column)
@@ -276,6 +276,11 @@ def _predictors_train(args: argparse.Namespace) -> None:
             units = predictors.graph[name].units
             print(f"  {name}: MAE {err['mae']:.4g}{' ' + units if units else ''} ({err['mae_normalized']:.4f} "
                   f"normalised) over {err['n']} images")
+    if predictors.held_out_interventional:
+        print(f"on true counterfactuals of the {predictors.held_out_split} split (normalised MAE to the intended "
+              "value; movement of the other non-descendants):")
+        for line in interventional_lines(predictors.held_out_interventional):
+            print(f"  {line}")
     print(f"saved {out / 'predictors.safetensors'} and {out / 'predictors.json'}")
 
 

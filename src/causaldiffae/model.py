@@ -50,6 +50,8 @@ class ModelConfig:
     beta_end: float = cfg.param(0.02, "last beta of the linear schedule")
     prior_std: float = cfg.param(1.0, "s, std of the label prior p(z_i | y_i) = N(ynorm_i 1_d, s^2 I)")
     kl_weight: float = cfg.param(1.0, "weight of KL(q(u|x) || N(0, I)) relative to the label term")
+    deterministic_encoder: bool = cfg.param(False, "u = mu, no sampling and no KL term (DiffAE's semantic "
+                                                   "encoder); the encoder's logvar half is then unused")
     p_uncond: float = cfg.param(0.0, "probability that the UNet sees the null condition (classifier-free)")
     label_weight: float = cfg.param(1.0, "weight of the label prior term; 0 = the unaligned DiffAE baseline (KL only)")
     mechanisms: bool = cfg.param(True, "learn the causal layer's mechanisms; false = the DiffAE baseline: z = u and "
@@ -114,7 +116,8 @@ class CausalDiffAE(nn.Module):
     # -- abduction and action ----------------------------------------------------------------------
     def encode(self, x: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None,
                labels: torch.Tensor | None = None) -> Latents:
-        """x (B, C, H, W) in [0, 1] -> Latents. ``u = mu`` unless ``sample`` (u = mu + sigma * noise).
+        """x (B, C, H, W) in [0, 1] -> Latents. ``u = mu`` unless ``sample`` (u = mu + sigma * noise) on a model
+        whose encoder is not deterministic (``deterministic_encoder``: DiffAE's semantic encoder never samples).
 
         The label-conditional baseline reads no image: its latents are the factual ``labels`` (B, n), normalised
         and broadcast over each block; the other models ignore ``labels``.
@@ -124,7 +127,7 @@ class CausalDiffAE(nn.Module):
             return self.label_latents(labels, x)
         mu, logvar = self.encoder(x * 2 - 1)  # (B, n, d) each
         u = mu
-        if sample:
+        if sample and not self.config.deterministic_encoder:
             noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
             u = mu + torch.exp(0.5 * logvar) * noise
         return Latents(mu, logvar, u, self.causal_layer(u))
@@ -189,7 +192,8 @@ class CausalDiffAE(nn.Module):
     def loss(self, batch: Mapping[str, torch.Tensor], gamma: float = 1.0) -> dict[str, torch.Tensor]:
         """L = mse + gamma * (kl_weight * KL + label_weight * label) for a batch {"image": [0, 1], "labels": raw}.
 
-        KL and label terms are summed over latent dimensions and averaged over the batch; a missing label
+        KL and label terms are summed over latent dimensions and averaged over the batch (KL is exactly 0 with
+        ``deterministic_encoder``, whose u = mu is never sampled); a missing label
         (NaN) contributes nothing. The prior terms use every image, also those whose condition was dropped,
         so no term is averaged over an empty set (the reference's NaN when a whole batch is dropped).
         Randomness comes from torch's global generator: seed it for a reproducible step.
@@ -200,8 +204,11 @@ class CausalDiffAE(nn.Module):
             lat = self.label_latents(batch["labels"], x0, missing_ok=True)
             kl = label = torch.zeros((), device=dev)
         else:
-            lat = self.encode(batch["image"], sample=True)
-            kl = 0.5 * (lat.mu.pow(2) + lat.logvar.exp() - 1 - lat.logvar).sum(dim=(1, 2)).mean()
+            lat = self.encode(batch["image"], sample=True)  # u = mu for a deterministic encoder
+            if self.config.deterministic_encoder:  # DiffAE's semantic encoder: no posterior, so no KL term
+                kl = torch.zeros((), device=dev)
+            else:
+                kl = 0.5 * (lat.mu.pow(2) + lat.logvar.exp() - 1 - lat.logvar).sum(dim=(1, 2)).mean()
             ynorm = self.normalize_labels(batch["labels"].to(lat.z))  # (B, n)
             present = ~torch.isnan(ynorm)
             sq = (lat.z - torch.nan_to_num(ynorm)[..., None]).pow(2).sum(dim=-1)  # (B, n)

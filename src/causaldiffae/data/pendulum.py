@@ -113,6 +113,12 @@ def shadow(angle: float, light: float) -> tuple[float, float]:
     return max(MIN_SHADOW_LENGTH, abs(p1 - p2)), (p1 + p2) / 2
 
 
+def shadow_in_view(shadow_length: float, shadow_position: float) -> bool:
+    """Whether the whole shadow lies inside the axes box: a shadow cut off at the edge shows a shorter length
+    (and another centre) than its labels, which no reader of the image can recover."""
+    return X_LIM[0] <= shadow_position - shadow_length / 2 and shadow_position + shadow_length / 2 <= X_LIM[1]
+
+
 class _Canvas:
     """Supersampled drawing surface using matplotlib's data-to-pixel mapping for the scene."""
 

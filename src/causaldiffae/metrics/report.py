@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_path, write_text
+from .predictors import interventional_lines
 from .suite import summarize
 
 
@@ -57,16 +58,29 @@ def markdown(doc: dict) -> str:
              table(["variable", "MAE", "MAE (normalised)"],
                    [[v, fmt(e.get("mae")), fmt(e.get("mae_normalized"))] for v, e in doc["predictors"].items()
                     if isinstance(e, dict)])]
-    eff, floor = summary["effectiveness"], summary["noop_floor"]
+    checked = doc.get("predictors_interventional") or {}
+    if checked:
+        parts += ["On true counterfactuals of the test split under do() on each variable alone (normalised MAE of "
+                  "the intervened variable to its value; how far each other non-descendant's reading moved):\n",
+                  "\n".join(f"- {line}" for line in interventional_lines(checked)) + "\n"]
+    eff, floor, oracle = summary["effectiveness"], summary["noop_floor"], summary.get("oracle", {})
     rows = []
     for key, per in eff.items():
         rows.append([key] + [fmt(per[v]["mae_normalized"]) if v in per else "–" for v in variables])
-        if key in floor:
-            rows.append([f"{key}: no-op floor"] + [fmt(floor[key][v]["mae_normalized"]) if v in floor[key] else "–"
+        for label, floors in (("no-op floor", floor), ("oracle", oracle)):
+            if key in floors:
+                rows.append([f"{key}: {label}"] + [fmt(floors[key][v]["mae_normalized"]) if v in floors[key] else "–"
                                                    for v in variables])
     parts += ["## Effectiveness (normalised MAE of the predicted attribute to its intended value)\n",
-              "The no-op floor scores the factual image as the counterfactual. `–`: the intended value is unknown "
-              "(a descendant without a known SCM).\n", table(["intervention", *variables], rows)]
+              "The no-op floor scores the factual image as the counterfactual; the oracle scores the true "
+              "counterfactual (where the SCM is known), i.e. the instrument's own error. `–`: the intended value "
+              "is unknown (a descendant without a known SCM).\n", table(["intervention", *variables], rows)]
+    if summary.get("gap_closed"):
+        parts += ["### Gap closed: (no-op − model) / (no-op − oracle)\n",
+                  "1 = as good as the true counterfactual, 0 = no better than returning the input; for the "
+                  "variables the intervention changes.\n",
+                  table(["intervention", *variables], [[key] + [fmt(per.get(v)) if v in per else "–" for v in variables]
+                                                      for key, per in summary["gap_closed"].items()])]
     parts += ["### Effectiveness in raw units\n",
               table(["intervention", *variables], [[key] + [fmt(per[v]["mae"]) if v in per else "–" for v in variables]
                                                    for key, per in eff.items()])]
@@ -88,15 +102,21 @@ def markdown(doc: dict) -> str:
               table(["composition, 1 cycle", f"composition, {s['cycles']} cycles", "reversibility"],
                     [[fmt(comp.get("l1_1")), fmt(comp.get(f"l1_{s['cycles']}")), fmt(summary["reversibility_l1"])]])]
     parts += ["## Minimality\n", "Change of the non-descendants' predictions (normalised) and CLD (Melistas et al. "
-              "2024; lower is better) on the predictors' features.\n",
-              table(["intervention", "non-descendant change", "CLD", "p1", "p2"],
-                    [[k, fmt(m["non_descendant_change"]), fmt(m["cld"]), fmt(m["cld_p1"]), fmt(m["cld_p2"])]
+              "2024; lower is better) on the predictors' features, each beside the oracle's (the true "
+              "counterfactual's).\n",
+              table(["intervention", "non-descendant change", "oracle", "CLD", "oracle CLD", "p1", "p2"],
+                    [[k, fmt(m["non_descendant_change"]), fmt(m.get("oracle_non_descendant_change")), fmt(m["cld"]),
+                      fmt(m.get("oracle_cld")), fmt(m["cld_p1"]), fmt(m["cld_p2"])]
                      for k, m in summary["minimality"].items()])]
     r = summary["realism"]
-    parts += ["## Realism (on the predictors' features, against the whole test split)\n",
-              table(["", "FID", "KID"], [["counterfactuals", fmt(r["fid"]), fmt(r["kid"])],
-                                         ["factual images (same count)", fmt(r["fid_factual"]),
-                                          fmt(r["kid_factual"])]])]
+    parts += ["## Realism (on the predictors' features)\n",
+              f"Reference: the {r.get('reference', '?')} ({fmt(r.get('reference_images'))} images), which shares no "
+              f"image with the counterfactuals' inputs (the test split). Colour cast: the largest difference of a "
+              f"channel's mean pixel value (0-255) from the reference's.\n",
+              table(["", "images", "FID", "KID", "colour cast"],
+                    [["counterfactuals", fmt(r.get("images")), fmt(r["fid"]), fmt(r["kid"]), fmt(r.get("colour_cast"))],
+                     ["factual test images (their inputs)", fmt(r.get("images_factual")), fmt(r["fid_factual"]),
+                      fmt(r["kid_factual"]), fmt(r.get("colour_cast_factual"))]])]
     if "dci" in summary:
         d = summary["dci"]
         parts += ["## Disentanglement (DCI, gradient-boosted trees, causal latents z)\n",
@@ -110,10 +130,12 @@ def markdown(doc: dict) -> str:
     dag_rows = []
     for key, per in summary["dag_consistency"].items():
         for v, e in per.items():
-            dag_rows.append([key, v, "yes" if e["allowed"] else "no", fmt(e["moved"]), fmt(e["true_change"])])
+            dag_rows.append([key, v, "yes" if e["allowed"] else "no", fmt(e["moved"]), fmt(e.get("oracle_moved")),
+                             fmt(e["true_change"])])
     parts += ["## DAG consistency\n", "How much each variable's prediction moved (normalised units) under each "
-              "intervention, whether the graph lets it move, and how much it truly changes.\n",
-              table(["intervention", "variable", "may move", "moved", "true change"], dag_rows)]
+              "intervention, whether the graph lets it move, how much it moved on the true counterfactual (oracle), "
+              "and how much the label truly changes.\n",
+              table(["intervention", "variable", "may move", "moved", "oracle moved", "true change"], dag_rows)]
     if "guidance_sweep" in summary:
         parts += ["## Guidance sweep\n", "![guidance sweep](guidance-sweep.png)\n",
                   table(["w", "effectiveness (normalised MAE, intervened variable)", "composition L1"],

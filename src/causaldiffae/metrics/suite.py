@@ -6,6 +6,11 @@ intervention; one DDIM abduction serves both. Composition (1 and 10 null-interve
 (re-abducting the counterfactual) and the guidance sweep run on the first
 ``subset`` images, which keeps 1,000 interventions within half an hour on two CPU cores. Pixel errors are on
 the 0-255 scale.
+
+Every attribute score stands between two floors read by the same predictors: the no-op floor (the factual image
+returned as the counterfactual) and, where the SCM is known, the oracle (the true counterfactual), so that the
+share of instrument error in a number is visible; ``gap_closed`` puts the model between them. Realism compares
+with the train split, which shares no image with the counterfactuals' inputs.
 """
 
 from __future__ import annotations
@@ -94,6 +99,7 @@ def evaluate(model: CausalDiffAE, dataset: ImageDataset, predictors: Predictors,
         seeds.append(context.run_seed(seed, bar, on_examples if i == 0 else None))
     bar.close()
     return {"settings": asdict(settings), "variables": model.graph.variables, "predictors": predictors.held_out,
+            "predictors_interventional": predictors.held_out_interventional,
             "true_scm": context.scm.kind if context.scm else None, "seeds": seeds}
 
 
@@ -106,11 +112,12 @@ class _Context:
         self.scm: TrueSCM | None = true_scm(self.test)
         self.graph = model.graph
         self.device = next(model.parameters()).device
-        self.real_features = self._chunked(predictors.features, torch.arange(len(self.test)))
-
-    def _chunked(self, fn: Callable[[torch.Tensor], torch.Tensor], index: torch.Tensor) -> torch.Tensor:
-        out = [fn(self.test.batch(index[i: i + 500])["image"]).float().cpu() for i in range(0, len(index), 500)]
-        return torch.cat(out)
+        self.real_features = _chunked(predictors.features, self.test)
+        # realism's reference shares no image with the counterfactuals' inputs (the test split): the train split
+        self.reference_split = "train" if dataset.splits.count("train") >= 2 else "test"  # tiny data: no train
+        reference = dataset.split(self.reference_split)
+        self.reference_features = _chunked(predictors.features, reference)
+        self.reference_pixels = _channel_means(reference.images.float() / 255)
 
     # -- one seed ----------------------------------------------------------------------------------------
     def run_seed(self, seed: int, bar: tqdm, on_examples: Callable | None) -> dict:
@@ -121,7 +128,7 @@ class _Context:
         rows = {name: picks[i:: len(names)] for i, name in enumerate(names)}
         results: dict = {"effectiveness": {}, "noop_floor": {}, "minimality": {}, "dag_consistency": {}}
         if self.scm is not None:
-            results["truth"] = {}
+            results.update(truth={}, oracle={}, gap_closed={})
         passes = []
         for name, index in rows.items():
             data = self._main_pass(name, index, g, bar, math.ceil(self.s.subset / len(names)))
@@ -132,15 +139,7 @@ class _Context:
         self._score_multi(results, passes)
         reversibility = [d.get("reversibility", torch.zeros(0)) for d in passes]
         results["reversibility_l1"] = torch.cat(reversibility).mean().item()  # NaN with subset 0
-        features = torch.cat([d["features_cf"] for d in passes])
-        reference = self.real_features
-        kid, kid_std = realism.kernel_inception_distance(features.numpy(), reference.numpy(), seed=seed)
-        factual = reference[picks[: len(features)] % len(reference)]
-        kid_f, _ = realism.kernel_inception_distance(factual.numpy(), reference.numpy(), seed=seed)
-        results["realism"] = {"fid": realism.frechet_distance(features.numpy(), reference.numpy()), "kid": kid,
-                              "kid_std": kid_std, "fid_factual": realism.frechet_distance(factual.numpy(),
-                                                                                           reference.numpy()),
-                              "kid_factual": kid_f}
+        results["realism"] = self._realism(passes, seed)
         sub = picks[: self.s.subset]
         if len(sub):
             results["composition"] = self._composition(sub, bar)
@@ -148,6 +147,23 @@ class _Context:
         if self.model.encoder is not None:
             results["dci"] = self._dci(seed)
         return results
+
+    def _realism(self, passes: list[dict], seed: int) -> dict:
+        """FID/KID of the counterfactuals and, as the floor, of their factual inputs (same count), both against
+        the reference split, which shares no image with the inputs; the largest per-channel mean difference to
+        the reference (0-255) catches colour casts that the predictors' features may not see."""
+        reference = self.reference_features.numpy()
+        out: dict = {"reference": f"{self.reference_split} split", "reference_images": len(reference),
+                     "reference_channel_means": self.reference_pixels.tolist()}
+        for suffix, features, images in (("", "features_cf", "cf"), ("_factual", "features_x0", "x")):
+            feats = torch.cat([d[features] for d in passes]).numpy()
+            kid, kid_std = realism.kernel_inception_distance(feats, reference, seed=seed)
+            means = _channel_means(torch.cat([d[images] for d in passes]))
+            out.update({f"fid{suffix}": realism.frechet_distance(feats, reference), f"kid{suffix}": kid,
+                        f"kid_std{suffix}": kid_std, f"images{suffix}": len(feats),
+                        f"channel_means{suffix}": means.tolist(),
+                        f"colour_cast{suffix}": (means - self.reference_pixels).abs().max().item()})
+        return out
 
     def _labels(self, index: torch.Tensor) -> torch.Tensor:
         return self.test.labels[index].float()
@@ -196,7 +212,10 @@ class _Context:
                      predicted_multi=self.predictors.predict(cf_multi), features_cf=self.predictors.features(cf),
                      features_x0=self.predictors.features(x), value=single[name])
             if truth is not None:
-                data.add(truth=truth, truth_multi=truth_multi, cf_multi=cf_multi)
+                data.add(truth=truth, truth_multi=truth_multi, cf_multi=cf_multi,
+                         predicted_truth=self.predictors.predict(truth),
+                         predicted_truth_multi=self.predictors.predict(truth_multi),
+                         features_truth=self.predictors.features(truth))
             bar.update(len(rows) + m)
         return {key: data[key] for key in data.chunks}
 
@@ -212,17 +231,25 @@ class _Context:
                 "allowed": v in graph.affected([name])} for v in graph.variables}
         column = graph.index(name)
         reference_values = self.test.labels[:, column].float().numpy()
-        cld = minimality.counterfactual_latent_divergence(
-            data["features_x0"].numpy(), data["features_cf"].numpy(), self.real_features.numpy(), reference_values,
-            self._labels(index)[:, column].numpy(), data["value"].numpy(), minimality.quantile_bins(reference_values))
+
+        def cld(features: torch.Tensor) -> dict:
+            return minimality.counterfactual_latent_divergence(
+                data["features_x0"].numpy(), features.numpy(), self.real_features.numpy(), reference_values,
+                self._labels(index)[:, column].numpy(), data["value"].numpy(),
+                minimality.quantile_bins(reference_values))
+
+        model_cld = cld(data["features_cf"])
         results["minimality"][key] = {"non_descendant_change": non_descendant_change(graph, [name], moved),
-                                      "cld": cld["cld"], "cld_p1": cld["p1"], "cld_p2": cld["p2"]}
-        if "truth" in data:
-            l1, factual_l1 = _l1(data["cf"], data["truth"]), _l1(data["x"], data["truth"])
-            results["truth"][key] = {"l1": l1.mean().item(), "mse": _mse(data["cf"], data["truth"]).mean().item(),
-                                     "factual_l1": factual_l1.mean().item(),
-                                     "factual_mse": _mse(data["x"], data["truth"]).mean().item(),
-                                     "closer_than_factual": (l1 < factual_l1).float().mean().item()}
+                                      "cld": model_cld["cld"], "cld_p1": model_cld["p1"], "cld_p2": model_cld["p2"]}
+        if "truth" in data:  # the oracle: the true counterfactuals scored by the same instrument
+            oracle_moved = movement(graph, data["predicted_x0"], data["predicted_truth"])
+            for v in graph.variables:
+                results["dag_consistency"][key][v]["oracle_moved"] = oracle_moved[v]
+            results["minimality"][key].update(
+                oracle_non_descendant_change=non_descendant_change(graph, [name], oracle_moved),
+                oracle_cld=cld(data["features_truth"])["cld"])
+            self._oracle(results, key, [name], data["predicted_truth"], data["intended"])
+            results["truth"][key] = _truth_errors(data["cf"], data["x"], data["truth"])
             if self.scm is not None and self.scm.kind == "morphomnist":
                 measured = morphometry_labels(data["cf"])
                 results["truth"][key]["morphometry"] = attribute_errors(graph, measured, data["intended"])
@@ -232,11 +259,24 @@ class _Context:
         def joined(key: str) -> torch.Tensor:
             return torch.cat([d[key] for d in passes])
 
-        results["effectiveness"][MULTI] = attribute_errors(self.graph, joined("predicted_multi"),
-                                                           joined("intended_multi"))
+        intended = joined("intended_multi")
+        results["effectiveness"][MULTI] = attribute_errors(self.graph, joined("predicted_multi"), intended)
+        results["noop_floor"][MULTI] = attribute_errors(self.graph, joined("predicted_x0"), intended)
         if "truth" in results:
-            cf, truth = joined("cf_multi"), joined("truth_multi")
-            results["truth"][MULTI] = {"l1": _l1(cf, truth).mean().item(), "mse": _mse(cf, truth).mean().item()}
+            results["truth"][MULTI] = _truth_errors(joined("cf_multi"), joined("x"), joined("truth_multi"))
+            self._oracle(results, MULTI, None, joined("predicted_truth_multi"), intended)
+
+    def _oracle(self, results: dict, key: str, intervened: list[str] | None, predicted_truth: torch.Tensor,
+                intended: torch.Tensor) -> None:
+        """The oracle row of ``key`` and the gap closed, ``(noop - model) / (noop - oracle)`` per variable the
+        intervention changes (1 = as good as the truth, 0 = no better than returning the input; None where the
+        floors coincide). ``intervened=None``: every variable counts (the multi-variable interventions)."""
+        oracle = results["oracle"][key] = attribute_errors(self.graph, predicted_truth, intended)
+        model, noop = results["effectiveness"][key], results["noop_floor"][key]
+        affected = self.graph.affected(intervened) if intervened is not None else set(self.graph.variables)
+        results["gap_closed"][key] = {v: gap_closed(noop[v]["mae_normalized"], model[v]["mae_normalized"],
+                                                    oracle[v]["mae_normalized"])
+                                      for v in self.graph.variables if v in affected and v in oracle}
 
     def _composition(self, index: torch.Tensor, bar: tqdm) -> dict:
         """L1 to x0 after each of ``cycles`` null interventions (each re-abducts its input)."""
@@ -317,6 +357,30 @@ class _Context:
             rows.append(self.scm.counterfactual(index.tolist(), do)[0])
             labels.append("truth")
         on_examples(f"examples-do-{name}", rows, labels, [f"{name}={v:.3g}" for v in value.tolist()])
+
+
+def gap_closed(noop: float, model: float, oracle: float) -> float | None:
+    """Share of the distance from the no-op floor to the oracle that the model covers; None when the two floors
+    are within 1e-6 (nothing to close)."""
+    return (noop - model) / (noop - oracle) if abs(noop - oracle) > 1e-6 else None
+
+
+def _truth_errors(cf: torch.Tensor, x: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
+    """L1 and MSE of the counterfactuals to the true ones, beside the factual images' (the no-op floor)."""
+    l1, factual_l1 = _l1(cf, truth), _l1(x, truth)
+    return {"l1": l1.mean().item(), "mse": _mse(cf, truth).mean().item(), "factual_l1": factual_l1.mean().item(),
+            "factual_mse": _mse(x, truth).mean().item(), "closer_than_factual": (l1 < factual_l1).float().mean().item()}
+
+
+def _chunked(fn: Callable[[torch.Tensor], torch.Tensor], data: ImageDataset) -> torch.Tensor:
+    """``fn`` over every image of ``data`` in chunks of 500, on the CPU."""
+    index = torch.arange(len(data))
+    return torch.cat([fn(data.batch(index[i: i + 500])["image"]).float().cpu() for i in range(0, len(index), 500)])
+
+
+def _channel_means(images: torch.Tensor) -> torch.Tensor:
+    """Per-channel mean pixel value (0-255) of float images (B, C, H, W) in [0, 1]."""
+    return images.double().mean(dim=(0, 2, 3)).float() * 255
 
 
 def _l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

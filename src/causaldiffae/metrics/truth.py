@@ -59,25 +59,48 @@ class TrueSCM:
         lo, hi = self.value_range(name)
         return lo + (hi - lo) * torch.rand(count, generator=generator, dtype=torch.float64).float()
 
-    def random_interventions(self, count: int, generator: torch.Generator
+    def readable(self, labels: Mapping[str, float]) -> bool:
+        """Whether an image rendered from ``labels`` shows every variable: a Pendulum shadow must lie inside
+        the axes box (``pendulum.shadow_in_view``); MorphoMNIST digits always do."""
+        if self.kind == "pendulum":
+            return pendulum.shadow_in_view(labels["shadow_length"], labels["shadow_position"])
+        return True
+
+    def random_interventions(self, count: int, generator: torch.Generator, on: Sequence[str] | None = None,
+                             rows: torch.Tensor | None = None, tries: int = 100
                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``count`` true counterfactuals of random rows, each under do() on a random non-empty subset of the
-        variables (each in with probability 1/2) at values uniform over their ranges.
+        """``count`` readable true counterfactuals of random rows (or of ``rows``), each under do() at values
+        uniform over the ranges: on the variables ``on``, else on a random non-empty subset (each variable in
+        with probability 1/2). Values whose counterfactual is not ``readable`` are drawn again (at most
+        ``tries`` times), so the labels always describe what the image shows.
 
         Returns images uint8 (count, C, H, W), their labels (count, n) and the source rows (count,), whose
         class (the MorphoMNIST digit) the counterfactual keeps."""
-        rows = torch.randint(len(self.dataset), (count,), generator=generator)
+        unknown = sorted(set(on or ()) - set(self.variables))
+        if unknown or (on is not None and not on):
+            raise ValueError(f"random_interventions: on must name some of {self.variables}, got {on!r}")
+        if rows is None:
+            rows = torch.randint(len(self.dataset), (count,), generator=generator)
         images, labels = [], []
         for row in rows.tolist():
-            chosen = torch.rand(len(self.variables), generator=generator) < 0.5
-            if not chosen.any():
-                chosen[torch.randint(len(self.variables), (1,), generator=generator)] = True
-            picked = [name for name, on in zip(self.variables, chosen.tolist(), strict=True) if on]
-            do = {name: self.random_values(name, 1, generator) for name in picked}
-            image, label = self.counterfactual([row], do)
+            for _ in range(tries):
+                picked = list(on) if on is not None else self._random_subset(generator)
+                do = {name: self.random_values(name, 1, generator) for name in picked}
+                image, label = self.counterfactual([row], do)
+                if self.readable(dict(zip(self.variables, label[0].tolist(), strict=True))):
+                    break
+            else:
+                raise RuntimeError(f"no readable counterfactual of row {row} in {tries} draws")
             images.append(image)
             labels.append(label)
         return (torch.cat(images) * 255).round().to(torch.uint8), torch.cat(labels), rows
+
+    def _random_subset(self, generator: torch.Generator) -> list[str]:
+        """Each variable with probability 1/2; one at random when none was picked."""
+        chosen = torch.rand(len(self.variables), generator=generator) < 0.5
+        if not chosen.any():
+            chosen[torch.randint(len(self.variables), (1,), generator=generator)] = True
+        return [name for name, on in zip(self.variables, chosen.tolist(), strict=True) if on]
 
 
 def true_scm(dataset: ImageDataset) -> TrueSCM | None:
