@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from causaldiffae import CausalDiffAE, __version__
-from causaldiffae.cli import main
+from causaldiffae.cli import build_parser, main
 from conftest import TINY_CONFIG, exit_code
 
 
@@ -48,12 +48,19 @@ def cli_run(tmp_path_factory, tiny_dataset) -> Path:
     (["train", "--help"], ["--out", "--set", "--resume", "train.max_steps", "model.p_uncond", "data.root"]),
     (["data", "--help"], ["pendulum", "7,308"]),
     (["data", "pendulum", "--help"], ["--out", "--size", "Pendulum"]),
+    (["reproduce", "--help"], ["--train-seeds", "seed-S", "--jobs", "depth 1.0"]),
 ])
 def test_help_exits_zero(capsys, argv, words):
     assert exit_code(argv) == 0
     out = capsys.readouterr().out
     for word in words:
         assert word in out, word
+
+
+def test_reproduce_takes_training_seeds():
+    args = build_parser().parse_args(["reproduce", "pendulum", "--out", "x", "--train-seeds", "0, 1,2"])
+    assert args.train_seeds == [0, 1, 2]
+    assert build_parser().parse_args(["reproduce", "pendulum", "--out", "x"]).train_seeds is None
 
 
 def test_version(capsys):
@@ -77,7 +84,9 @@ def test_module_entry_point_user_error_exits_two(tmp_path):
 
 
 @pytest.mark.parametrize("argv", [[], ["train"], ["data"], ["frobnicate"], ["data", "pendulum", "--size", "0",
-                                                                             "--out", "x"]])
+                                                                             "--out", "x"],
+                                  ["reproduce", "pendulum", "--out", "x", "--train-seeds", "0,a"],
+                                  ["reproduce", "pendulum", "--out", "x", "--train-seeds", "1,1"]])
 def test_usage_errors_exit_two(capsys, argv):
     assert exit_code(argv) == 2
     assert "usage:" in capsys.readouterr().err

@@ -11,9 +11,10 @@ from PIL import Image
 
 from causaldiffae import CausalDiffAE, ModelConfig
 from causaldiffae.cli import main
-from causaldiffae.counterfactual import counterfactual, guided_denoiser, sample, sweep
+from causaldiffae.counterfactual import abduct_noise, counterfactual, guided_denoiser, sample, sweep
 from causaldiffae.data import pendulum
 from causaldiffae.demo import run_demo
+from causaldiffae.diffusion import ddim
 from conftest import TINY_CONFIG, TINY_SIZE, exit_code
 
 TINY = dict(latent_dim=4, encoder_channels=8, mechanism_hidden=16, unet_channels=8, channel_mult=(1, 2),
@@ -50,6 +51,20 @@ def test_noise_abduction_loses_the_image(images):
     model = _model(zero_eps=True)
     out = counterfactual(model, images, {}, steps=10, abduction="noise", generator=torch.Generator().manual_seed(0))
     assert (out - images).abs().mean() > 0.05  # fresh noise at the top keeps almost nothing of x0
+
+
+@pytest.mark.parametrize("depth,top", [(1.0, 90), (0.7, 63)])
+def test_noise_abduction_is_q_sample_at_the_top_of_the_trajectory(images, depth, top):
+    """The reference's abduction x_T = q_sample(x0, T-1): here q_sample at the trajectory's top timestep tau_K,
+    where decoding starts (T = 100, 10 steps: 90 at depth 1.0, 63 at depth 0.7)."""
+    model = _model()
+    assert ddim.timesteps(100, 10, depth)[-1] == top
+    z = model.encode(images).z
+    x_T = abduct_noise(model, images, z, steps=10, depth=depth, abduction="noise",
+                       generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(0))
+    expected = model.schedule.add_noise(images * 2 - 1, noise, torch.full((3,), top))
+    assert torch.allclose(x_T, expected)
 
 
 def test_guidance_is_batched_and_equals_the_separate_evaluations(images):

@@ -286,7 +286,7 @@ def test_reproduce_trains_evaluates_and_reuses(tmp_path, tiny_dataset, saved):
     assert exit_code(args) == 0
     table = (tmp_path / "out" / "results.md").read_text()
     for name in ("causaldiffae", "diffae-aligned", "diffae-unaligned", "label-ddim", "causaldiffae-no-dropout",
-                 "causaldiffae-noise-abduction"):
+                 "causaldiffae-noise-abduction", "causaldiffae-noise-abduction-depth1"):
         assert f"| {name} |" in table, name
     values = json.loads((tmp_path / "out" / "results.json").read_text())["values"]
     assert values["label-ddim"]["true-cf L1"] is not None

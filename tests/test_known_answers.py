@@ -41,7 +41,8 @@ def _loss_terms(monkeypatch: pytest.MonkeyPatch, mu: torch.Tensor, logvar: torch
     """model.loss with the encoder's output replaced by chosen (mu, logvar, z): the prior terms become known."""
     torch.manual_seed(0)
     model = CausalDiffAE(ModelConfig(graph=LOSS_GRAPH, image_size=8, channels=1, **TINY, **config))
-    monkeypatch.setattr(model, "encode", lambda x, sample=False, generator=None, labels=None: Latents(mu, logvar, mu, z))
+    latents = Latents(mu, logvar, mu, z)
+    monkeypatch.setattr(model, "encode", lambda x, sample=False, generator=None, labels=None: latents)
     return model.loss({"image": torch.full((mu.shape[0], 1, 8, 8), 0.5), "labels": labels}, gamma=0.5)
 
 
@@ -212,7 +213,7 @@ class BrightnessPredictors(Predictors):
 
 @pytest.fixture(scope="module")
 def shifted(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list]:
-    """The suite's results for the fake model, and the (factual x, single do) of every main-pass batch."""
+    """The suite's results for the fake model, and (factual x, single do, multi do) of every main-pass batch."""
     labels = TEST_LABELS + TRAIN_LABELS
     splits = ["test"] * len(TEST_LABELS) + ["train"] * len(TRAIN_LABELS)
     root = Path(tmp_path_factory.mktemp("known"))
@@ -224,7 +225,7 @@ def shifted(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list]:
 
     def fake_sweep(model, x, columns, *args, **kwargs) -> Counterfactual:
         if len(columns) == 2:  # the main pass: (single, w), (multi, w); the guidance sweep has 2 * 3 columns
-            calls.append((x.clone(), dict(columns[0][0])))
+            calls.append((x.clone(), dict(columns[0][0]), dict(columns[1][0])))
         images = torch.stack([_fake_images(x, do, w) for do, w in columns])
         zeros = torch.zeros(len(columns), len(x), len(SUITE_GRAPH))
         return Counterfactual(images, x, zeros, zeros, zeros[0], zeros)
@@ -256,15 +257,21 @@ def test_effectiveness_of_a_known_error(shifted):
 
 def test_noop_floor_scores_the_factual_image(shifted):
     """The floor reads the factual image: 0 for the non-descendant a under do(b) (the counterfactual would
-    read 4), and mean |factual a - drawn a| for the intervened a under do(a)."""
+    read 4), and mean |factual - drawn| for an intervened variable (the values the fake sweep was asked for)."""
     seed, calls = shifted
     assert seed["noop_floor"]["do(b)"]["a"]["mae"] == pytest.approx(0.0, abs=1e-3)
-    x, do = calls[0]  # the batch of do(a)
-    assert list(do) == ["a"]
-    factual_a = x[:, 0].mean(dim=(1, 2)) * 255
-    expected = (factual_a - do["a"]).abs().mean().item()
+    x, single, _ = calls[0]  # the batch of do(a)
+    assert list(single) == ["a"]
+    factual = x.mean(dim=(2, 3)) * 255  # (B, 3) levels: a, b, 50
+    expected = (factual[:, 0] - single["a"]).abs().mean().item()
     assert expected > 5  # steps of 10 levels: far from the counterfactual's SHIFT
     assert seed["noop_floor"]["do(a)"]["a"]["mae"] == pytest.approx(expected, abs=1e-3)
+    # multi: with two variables both are drawn; the floor joins the batches of both passes
+    factual = torch.cat([c[0] for c in calls]).mean(dim=(2, 3)) * 255
+    for i, name in enumerate(("a", "b")):
+        drawn = torch.cat([c[2][name] for c in calls])
+        expected = (factual[:, i] - drawn).abs().mean().item()
+        assert seed["noop_floor"]["multi"][name]["mae"] == pytest.approx(expected, abs=1e-3), name
     # do(b) moves the non-descendant a's reading by SHIFT / std_a = 0.5 normalised units, the floor's by 0
     assert seed["minimality"]["do(b)"]["non_descendant_change"] == pytest.approx(SHIFT / 8.0, abs=1e-4)
 
@@ -294,3 +301,25 @@ def test_guidance_sweep_of_a_known_shift(shifted):
         point = seed["guidance_sweep"][f"w={w:g}"]
         assert point["effectiveness"] == pytest.approx(1.25 * w, abs=1e-3), w
         assert point["composition_l1"] == pytest.approx(SHIFT * w, abs=1e-3), w
+
+
+def test_realism_reference_is_the_train_split(shifted):
+    """Realism compares with the train split (no image shared with the inputs): its channel means are the
+    train labels' means, a (20 + 40 + 60 + 50 + 30 + 40) / 6 = 40, b 718 / 6 = 119.67, and 50 (the test split
+    would give 38.33 and 120); the factual colour cast is the largest gap of the inputs' channel means to them."""
+    seed, calls = shifted
+    reference = [40.0, 718 / 6, 50.0]
+    assert seed["realism"]["reference_images"] == len(TRAIN_LABELS)
+    assert seed["realism"]["reference_channel_means"] == pytest.approx(reference, abs=1e-3)
+    inputs = torch.cat([c[0] for c in calls]).double().mean(dim=(0, 2, 3)) * 255
+    cast = (inputs - torch.tensor(reference, dtype=torch.float64)).abs().max().item()
+    assert seed["realism"]["colour_cast_factual"] == pytest.approx(cast, abs=1e-3)
+    # the counterfactuals: the intervened channel holds the drawn value, the others the factual one, all + 4
+    levels = []
+    for x, single, _ in calls:
+        image = x.mean(dim=(2, 3)) * 255
+        (name, value), = single.items()
+        image[:, SUITE_GRAPH.index(name)] = value
+        levels.append(image + SHIFT)
+    cast = (torch.cat(levels).double().mean(dim=0) - torch.tensor(reference, dtype=torch.float64)).abs().max()
+    assert seed["realism"]["colour_cast"] == pytest.approx(cast.item(), abs=1e-3)

@@ -301,12 +301,29 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(f"wrote {report}, {report.parent / 'metrics.json'} and the plots in {report.parent}")
 
 
+def _tune(args: argparse.Namespace) -> None:
+    from .evaluation import portable
+    from .metrics.predictors import load_predictors
+    from .model import load_config
+    from .tune import TuneSettings, tune, write_tuning
+
+    settings = TuneSettings(tuple(_floats(args.depths, "--depths")), tuple(_floats(args.guidance, "--guidance")),
+                            args.n, args.steps, args.split, args.seed, args.batch_size)
+    dataset = _dataset(args, load_config(Path(args.run)).image_size)
+    model = _load_model(args.run)
+    predictors = load_predictors(args.predictors, device=next(model.parameters()).device) if args.predictors else None
+    result = tune(model, dataset, settings, predictors)
+    table = write_tuning(result, args.out, portable(args.run), portable(dataset.root))
+    best = result["best"]
+    print(f"chosen on {args.split}: depth {best['depth']:g}, guidance {best['guidance']:g}; wrote {table}")
+
+
 def _reproduce(args: argparse.Namespace) -> None:
     from .reproduce import reproduce
 
     use = dict(_pair(item, "--use") for item in args.use)
     table = reproduce(args.dataset, args.out, args.train_steps, _settings(args), args.configs, use,
-                      args.predictors, args.jobs)
+                      args.predictors, args.jobs, train_seeds=args.train_seeds)
     print(f"wrote {table}")
 
 
@@ -466,11 +483,30 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--cpu", action="store_true", help="stay on the CPU even when a GPU is present")
     ev.set_defaults(func=_evaluate)
 
+    tu = commands.add_parser("tune", help="choose inversion depth and guidance weight on the validation split",
+                             description="Score a grid of inversion depths and guidance weights on the validation "
+                                         "split (never the test split): the L1 to the true counterfactual where the "
+                                         "SCM is known (the criterion), else the predictors' error on the "
+                                         "intervened variable; writes OUT/tune.md and OUT/tune.json.")
+    tu.add_argument("run", help="any folder CausalDiffAE.from_pretrained loads")
+    tu.add_argument("--data", help="dataset folder (default: the one named in RUN/config.yaml)")
+    tu.add_argument("--out", required=True, help="folder for tune.md and tune.json")
+    tu.add_argument("--predictors", help="also score the predictors' error on the intervened variable")
+    tu.add_argument("--depths", default="0.5,0.7,0.85,1.0", help="inversion depths (default 0.5,0.7,0.85,1.0)")
+    tu.add_argument("--guidance", default="1,1.5,2", help="guidance weights (default 1,1.5,2)")
+    tu.add_argument("--n", type=int, default=48, help="validation images, one do() each (default 48)")
+    tu.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    tu.add_argument("--split", default="val", help="split to tune on (default val; test is refused)")
+    tu.add_argument("--seed", type=int, default=0, help="seed of the images and values drawn (default 0)")
+    tu.add_argument("--batch-size", type=int, default=48, help="images per abduction (default 48)")
+    tu.set_defaults(func=_tune)
+
     rp = commands.add_parser("reproduce", help="train and evaluate every compared model, write the table",
                              description="Train CausalDiffAE and the baselines (configs/DATASET.yaml and "
                                          "configs/baselines/DATASET-*.yaml) with a fixed step budget, or reuse "
-                                         "finished runs in OUT; evaluate each (plus the noise-abduction "
-                                         "ablation); write OUT/results.md and OUT/results.json.")
+                                         "finished runs in OUT; evaluate each (plus the reference's noise "
+                                         "abduction, at depth 1.0 and at --depth); write OUT/results.md and "
+                                         "OUT/results.json.")
     rp.add_argument("dataset", choices=["pendulum", "morphomnist"])
     rp.add_argument("--out", required=True, help="folder of the runs, their reports and the table")
     rp.add_argument("--train-steps", type=_positive_int, default=5000,
@@ -482,6 +518,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--predictors", help="use these predictors (default: train them into OUT/predictors)")
     rp.add_argument("--jobs", type=_positive_int, default=1,
                     help="run the trainings, then the evaluations, as this many parallel processes (default 1)")
+    rp.add_argument("--train-seeds", type=_seed_list, metavar="S,S,...",
+                    help="train every model once per seed (train.seed) into OUT/NAME/seed-S and report the mean ± "
+                         "spread over them, e.g. 0,1,2 (default: once, with the config's seed, into OUT/NAME)")
     _add_evaluation_flags(rp)
     rp.set_defaults(func=_reproduce)
     return parser
@@ -517,6 +556,16 @@ def _depth(text: str) -> float:
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"must lie in (0, 1], got {text}")
     return value
+
+
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes comma-separated integers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"takes distinct comma-separated integers, got {text!r}")
+    return seeds
 
 
 def _image_size(text: str) -> int:

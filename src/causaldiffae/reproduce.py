@@ -14,9 +14,10 @@ import math
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 from .atomic import write_text
 from .data import open_dataset
@@ -37,6 +38,8 @@ class Entry:
     abduction: str = "ddim"
     reuse: str | None = None
     """Evaluate another entry's run instead of training one (an inference-time ablation)."""
+    depth: float | None = None
+    """Inversion depth of its counterfactuals; None = the evaluation settings' depth."""
 
 
 def _plan(dataset: str) -> list[Entry]:
@@ -45,6 +48,14 @@ def _plan(dataset: str) -> list[Entry]:
             Entry("diffae-aligned", f"baselines/{dataset}-diffae-aligned.yaml"),
             Entry("diffae-unaligned", f"baselines/{dataset}-diffae-unaligned.yaml"),
             Entry("label-ddim", f"baselines/{dataset}-label-ddim.yaml"),
+            # the reference code's abduction: fresh noise at the top of the trajectory, x_T = q_sample(x0, tau_K)
+            # at depth 1.0 (tau_K = 980 of T = 1000 with 50 DDIM steps, where decoding starts; the reference's
+            # respaced T-1 is 999: sqrt(alpha_bar) 0.0077 vs 0.0064, both keep almost nothing of x0)
+            Entry("causaldiffae-noise-abduction-depth1", f"{dataset}.yaml", abduction="noise", reuse="causaldiffae",
+                  depth=1.0),
+            # the same fresh noise at the evaluation's depth (default 0.7: tau_K = 686, sqrt(alpha_bar) 0.09), the
+            # setting of our earlier noise-abduction row; beside causaldiffae (DDIM inversion, same depth) it isolates
+            # the abduction, beside the depth-1 row the depth
             Entry("causaldiffae-noise-abduction", f"{dataset}.yaml", abduction="noise", reuse="causaldiffae")]
 
 
@@ -53,12 +64,15 @@ PLANS = {name: _plan(name) for name in ("pendulum", "morphomnist")}
 
 def reproduce(dataset: str, out: str | Path, steps: int, settings: Settings, configs: str | Path = "configs",
               use: Mapping[str, str] | None = None, predictors: str | Path | None = None, jobs: int = 1,
-              progress: bool = True) -> Path:
+              progress: bool = True, train_seeds: Sequence[int] | None = None) -> Path:
     """Run the whole comparison for ``dataset`` into ``out``; returns the path of results.md.
 
     ``steps`` is every trained model's budget (train.max_steps); ``use`` maps an entry name to an existing model
     folder to evaluate instead of training it (e.g. the shipped model); ``predictors`` reuses trained predictors;
     ``jobs`` > 1 runs the trainings, then the evaluations, as that many parallel processes (one GPU holds them).
+    ``train_seeds`` trains every model once per seed (train.seed) into ``out/NAME/seed-S`` and reports the mean
+    and spread over them; None, or only the config's own seed, trains once into ``out/NAME``. Entries that reuse
+    another's run evaluate each of its seeds; a model from ``use`` is one run, evaluated once.
     """
     if dataset not in PLANS:
         raise ValueError(f"reproduce knows {', '.join(PLANS)}, not {dataset!r}")
@@ -73,27 +87,81 @@ def reproduce(dataset: str, out: str | Path, steps: int, settings: Settings, con
     predictors = Path(predictors) if predictors else out / "predictors"
     if not (predictors / "predictors.json").is_file():
         save_predictors(train_predictors(data, progress=progress), predictors)
-    runs = {e.name: Path(use.get(e.reuse or e.name) or out / (e.reuse or e.name)) for e in plan}
+    seeds = training_seeds(train_seeds, base.train.seed)
+    runs = {e.name: plan_runs(e, out, seeds, use) for e in plan}
     trained = [e for e in plan if e.reuse is None and e.name not in use]
-    evals = {e.name: (out / e.name / "eval", Settings(**{**asdict(settings), "abduction": e.abduction}))
-             for e in plan}
+    evals = {e.name: entry_settings(e, settings) for e in plan}
     if jobs > 1:  # the same work as below, in parallel processes; the sequential pass then reuses all of it
-        _parallel({f"train-{e.name}": ["train", str(_config_path(configs, e.config)), "--out", str(runs[e.name]),
-                                       "--set", f"train.max_steps={steps}"]
-                   + (["--resume"] if checkpoint.latest(runs[e.name]) else [])
-                   for e in trained if not _finished(runs[e.name], steps)}, out / "logs", jobs)
-        _parallel({f"evaluate-{e.name}": ["evaluate", str(runs[e.name]), "--predictors", str(predictors), "--out",
-                                          str(evals[e.name][0]), *_flags(evals[e.name][1])]
-                   + ([] if (runs[e.name] / "config.yaml").is_file() else ["--data", str(data.root)])
-                   for e in plan if not _evaluated(runs[e.name], *evals[e.name])}, out / "logs", jobs)
+        _parallel({f"train-{e.name}{_suffix(r.seed)}": _train_args(_config_path(configs, e.config), r, steps)
+                   for e in trained for r in runs[e.name] if not _finished(r.run, steps)}, out / "logs", jobs)
+        _parallel({f"evaluate-{e.name}{_suffix(r.seed)}": ["evaluate", str(r.run), "--predictors", str(predictors),
+                                                           "--out", str(r.eval), *_flags(evals[e.name])]
+                   + ([] if (r.run / "config.yaml").is_file() else ["--data", str(data.root)])
+                   for e in plan for r in runs[e.name] if not _evaluated(r.run, r.eval, evals[e.name])},
+                  out / "logs", jobs)
     rows = {}
     for entry in plan:
-        if entry in trained:
-            _train(_config_path(configs, entry.config), runs[entry.name], steps, progress)
-        rows[entry.name] = _evaluate(runs[entry.name], data, predictors, *evals[entry.name], progress)
-    budget = f"{steps} training steps of each config's batch size" + (f"; models from elsewhere: {dict(use)}"
-                                                                        if use else "")
+        for r in runs[entry.name]:
+            if entry in trained:
+                _train(_config_path(configs, entry.config), r.run, steps, progress, r.seed)
+        rows[entry.name] = [_evaluate(r.run, data, predictors, r.eval, evals[entry.name], progress)
+                            for r in runs[entry.name]]
+    budget = (f"{steps} training steps of each config's batch size, training seeds "
+              f"{[base.train.seed] if seeds == [None] else seeds}"
+              + (f"; models from elsewhere (one run each): {dict(use)}" if use else ""))
     return write_comparison(dataset, rows, out, budget)
+
+
+class Run(NamedTuple):
+    """One training seed of an entry: its training seed (None = the config's own), run folder and eval folder."""
+
+    seed: int | None
+    run: Path
+    eval: Path
+
+
+def entry_settings(entry: Entry, settings: Settings) -> Settings:
+    """The evaluation settings of one entry: its abduction and, where it sets one, its depth."""
+    return replace(settings, abduction=entry.abduction, depth=settings.depth if entry.depth is None else entry.depth)
+
+
+def training_seeds(train_seeds: Sequence[int] | None, default: int) -> list[int | None]:
+    """The training seeds to run; [None] = only the config's own seed, trained in today's layout ``OUT/NAME``."""
+    if not train_seeds or list(train_seeds) == [default]:
+        return [None]
+    if len(set(train_seeds)) != len(train_seeds):
+        raise ValueError(f"--train-seeds repeats a seed: {list(train_seeds)}")
+    return list(train_seeds)
+
+
+def plan_runs(entry: Entry, out: Path, seeds: Sequence[int | None], use: Mapping[str, str]) -> list[Run]:
+    """An entry's runs, one per training seed: ``OUT/NAME`` (the config's seed) or ``OUT/NAME/seed-S``, its
+    evaluation in ``eval/`` below the entry's own folder; a reused run is the other entry's, a model from ``use``
+    is one run whatever the seeds."""
+    source = entry.reuse or entry.name
+    if source in use:
+        return [Run(None, Path(use[source]), out / entry.name / "eval")]
+    return [Run(s, _seed_folder(out / source, s), _seed_folder(out / entry.name, s) / "eval") for s in seeds]
+
+
+def _seed_folder(folder: Path, seed: int | None) -> Path:
+    return folder if seed is None else folder / f"seed-{seed}"
+
+
+def _suffix(seed: int | None) -> str:
+    return "" if seed is None else f"-seed-{seed}"
+
+
+def _overrides(steps: int, seed: int | None) -> list[str]:
+    """The --set overrides of a trained run: the step budget and, unless it is the config's own, the seed."""
+    return [f"train.max_steps={steps}"] + ([] if seed is None else [f"train.seed={seed}"])
+
+
+def _train_args(config_path: Path, run: Run, steps: int) -> list[str]:
+    """The train command of one run (what ``_train`` does in this process)."""
+    sets = [arg for item in _overrides(steps, run.seed) for arg in ("--set", item)]
+    return (["train", str(config_path), "--out", str(run.run), *sets]
+            + (["--resume"] if checkpoint.latest(run.run) else []))
 
 
 def _flags(settings: Settings) -> list[str]:
@@ -135,10 +203,10 @@ def _finished(run: Path, steps: int) -> bool:
     return previous is not None and checkpoint.step_of(previous) >= steps and (run / "model.safetensors").is_file()
 
 
-def _train(config_path: Path, run: Path, steps: int, progress: bool) -> None:
+def _train(config_path: Path, run: Path, steps: int, progress: bool, seed: int | None = None) -> None:
     """Train to ``steps`` unless the run already got there; a partial run resumes from its checkpoint."""
     if not _finished(run, steps):
-        config = load_run_config(config_path, [f"train.max_steps={steps}"])
+        config = load_run_config(config_path, _overrides(steps, seed))
         train(config, run, resume=checkpoint.latest(run) is not None, progress=progress)
 
 
@@ -158,25 +226,39 @@ def _evaluate(run: Path, data: ImageDataset, predictors: Path, out: Path, settin
     return json.loads((out / "metrics.json").read_text())
 
 
-#: The comparison's columns: (header, path into one seed's metrics); lower is better in each. "*" averages over
-#: the single-variable interventions.
+class Column(NamedTuple):
+    """One column of the comparison: its header, the path into one seed's metrics ("*" averages over the
+    single-variable interventions) and which way is better: "lower", "higher", or "floor" (a measurement floor
+    beside the model's number, never a win)."""
+
+    header: str
+    path: tuple[str, ...]
+    better: str = "lower"
+
+
 COLUMNS = [
-    ("effectiveness (norm. MAE, intervened var.)", ("effectiveness", "*", "@")),
-    ("effectiveness (norm. MAE, all vars)", ("effectiveness", "*", "**")),
-    ("true-cf L1", ("truth", "*", "l1")),
-    ("composition L1 (1)", ("composition", "l1_1")),
-    ("composition L1 (10)", ("composition", "l1_10")),
-    ("reversibility L1", ("reversibility_l1",)),
-    ("non-desc. change", ("minimality", "*", "non_descendant_change")),
-    ("CLD", ("minimality", "*", "cld")),
-    ("FID", ("realism", "fid")),
-    ("KID", ("realism", "kid")),
+    Column("effectiveness (norm. MAE, intervened var.)", ("effectiveness", "*", "@")),
+    Column("oracle (norm. MAE, intervened var.)", ("oracle", "*", "@"), "floor"),
+    Column("gap closed (intervened var.)", ("gap_closed", "*", "@"), "higher"),
+    Column("effectiveness (norm. MAE, all vars)", ("effectiveness", "*", "**")),
+    Column("true-cf L1", ("truth", "*", "l1")),
+    Column("composition L1 (1)", ("composition", "l1_1")),
+    Column("composition L1 (10)", ("composition", "l1_10")),
+    Column("reversibility L1", ("reversibility_l1",)),
+    Column("non-desc. change", ("minimality", "*", "non_descendant_change")),
+    Column("oracle non-desc. change", ("minimality", "*", "oracle_non_descendant_change"), "floor"),
+    Column("CLD", ("minimality", "*", "cld")),
+    Column("oracle CLD", ("minimality", "*", "oracle_cld"), "floor"),
+    Column("FID", ("realism", "fid")),
+    Column("FID of the inputs", ("realism", "fid_factual"), "floor"),
+    Column("KID", ("realism", "kid")),
 ]
 
 
 def column_value(metrics: dict, path: tuple[str, ...]) -> float | None:
     """One comparison number from one seed's metrics: '*' averages over the single-variable interventions do(X);
-    after it '@' takes the intervened variable's normalised MAE and '**' the mean over every variable's."""
+    after it '@' takes the intervened variable's entry (its normalised MAE, or the number itself) and '**' the mean
+    over every variable's normalised MAE."""
     if "*" not in path:
         return _number(_get(metrics, path))
     star = path.index("*")
@@ -188,7 +270,8 @@ def column_value(metrics: dict, path: tuple[str, ...]) -> float | None:
         if not key.startswith("do("):
             continue
         if rest == ("@",):
-            values.append(_number(_get(sub, (key[3:-1], "mae_normalized"))))
+            entry = _get(sub, (key[3:-1],))
+            values.append(_number(entry.get("mae_normalized") if isinstance(entry, dict) else entry))
         elif rest == ("**",):
             per = [_number(e.get("mae_normalized")) for e in sub.values()]
             values.append(sum(per) / len(per) if per and None not in per else None)  # type: ignore[arg-type]
@@ -218,40 +301,82 @@ def _number(entry: object) -> float | None:
     return float(entry) if ok else None
 
 
-def write_comparison(dataset: str, rows: Mapping[str, dict], out: Path, budget: str,
+def write_comparison(dataset: str, rows: Mapping[str, dict | Sequence[dict]], out: Path, budget: str,
                      reference: str = "causaldiffae") -> Path:
-    """results.md (the table with mean ± std over seeds, the budget, where a model beats ``reference``) and
-    results.json, from evaluation documents (metrics.json) by model name."""
-    values = {name: {header: column_summary(doc, path) for header, path in COLUMNS} for name, doc in rows.items()}
-    dci = {name: doc["summary"].get("dci", {}) for name, doc in rows.items()}
-    headers = [h for h, _ in COLUMNS]
-    lines = [[name] + [fmt(v[h]) for h in headers]
+    """results.md (the table, the budget, where a model beats ``reference``) and results.json, from evaluation
+    documents (metrics.json) by model name: one document or one per training seed. A row of one training seed
+    shows the mean ± std over its evaluation seeds; a row of several, the mean ± std over the training seeds of
+    each evaluation's mean (``training_summary``), and that spread is what the beats rule then uses."""
+    docs = {name: [doc] if isinstance(doc, Mapping) else list(doc) for name, doc in rows.items()}
+    values = {name: {c.header: training_summary(d, c.path) for c in COLUMNS} for name, d in docs.items()}
+    dci = {name: _dci_summary(d) for name, d in docs.items()}
+    counts = {name: len(d) for name, d in docs.items()}
+    headers = [c.header for c in COLUMNS]
+    lines = [[name, str(counts[name])] + [fmt(v[h]) for h in headers]
              + [fmt(dci[name].get("disentanglement")), fmt(dci[name].get("completeness"))]
              for name, v in values.items()]
     ours = values.get(reference, {})
     beaten = [f"{name} beats {reference} on {h}: {fmt(v[h])} vs {fmt(ours[h])}" for name, v in values.items()
-              if name != reference for h in headers if _beats(v[h], ours.get(h))]
-    first = next(iter(rows.values()))
+              if name != reference for c in COLUMNS for h in [c.header] if _beats(v[h], ours.get(h), c.better)]
+    first = next(iter(docs.values()))[0]
     s = first["settings"]
     text = [f"# Comparison on {dataset}\n",
-            f"Test split, {s['n']} interventions per seed, seeds {s['seeds']}, {s['steps']} DDIM steps, depth "
-            f"{s['depth']}, guidance {s['guidance']}; mean ± std over seeds. Lower is better in every column but "
-            f"DCI. Budget: {budget}.\n",
-            table(["model", *headers, "DCI D", "DCI C"], lines),
+            f"Test split, {s['n']} interventions per evaluation seed, evaluation seeds {s['seeds']}, {s['steps']} "
+            f"DDIM steps, abduction {s.get('abduction', 'ddim')}, depth {s['depth']}, guidance {s['guidance']}"
+            f"{_other_settings(docs, s)}. A row of one training seed shows the mean ± std over the evaluation "
+            f"seeds; a row of several (column \"training seeds\") the mean ± std over its training seeds of each "
+            f"run's mean over the evaluation seeds. Lower is better in every column but gap closed and DCI; the "
+            f"oracle columns and \"FID of the inputs\" are measurement floors (the true counterfactuals, the factual "
+            f"inputs), not scores. Budget: {budget}.\n",
+            table(["model", "training seeds", *headers, "DCI D", "DCI C"], lines),
             f"\n## Where a model beats {reference}\n",
-            "Lower by more than 1 % and by more than the two spreads together.\n",
+            "Better by more than 1 % and by more than the two spreads together (over training seeds where a row "
+            "has several).\n",
             "\n".join(f"- {b}" for b in beaten) if beaten else "Nowhere in these columns.",
             "\n## Predictors (held-out MAE, normalised)\n",
             ", ".join(f"{k}: {e['mae_normalized']:.4g}" for k, e in first["predictors"].items()
                       if isinstance(e, dict) and e.get("mae_normalized") is not None) + "\n"]
-    write_text(out / "results.json", json.dumps({"dataset": dataset, "budget": budget, "values": values,
-                                                 "dci": dci, "beaten": beaten}, indent=1) + "\n")
+    write_text(out / "results.json", json.dumps({"dataset": dataset, "budget": budget, "training_seeds": counts,
+                                                 "values": values, "dci": dci, "beaten": beaten}, indent=1) + "\n")
     write_text(out / "results.md", "\n".join(text))
     return out / "results.md"
 
 
-def _beats(theirs: dict | None, ours: dict | None) -> bool:
-    if theirs is None or ours is None:
+def training_summary(documents: Sequence[dict], path: tuple[str, ...]) -> dict | None:
+    """One row's column: with one training seed its evaluation's mean and spread over evaluation seeds; with
+    several, the mean and spread over the training seeds of each evaluation's mean (None where it does not apply)."""
+    runs = [column_summary(doc, path) for doc in documents]
+    if None in runs:
+        return None
+    return runs[0] if len(runs) == 1 else summarize([r["mean"] for r in runs])  # type: ignore[index]
+
+
+def _dci_summary(documents: Sequence[dict]) -> dict:
+    """DCI of one row, over training seeds as ``training_summary`` (empty for a model without an encoder)."""
+    runs = [doc["summary"].get("dci") or {} for doc in documents]
+    if len(runs) == 1:
+        return runs[0]
+    keys = [k for k in ("disentanglement", "completeness") if all(isinstance(r.get(k), dict) for r in runs)]
+    return {k: summarize([r[k]["mean"] for r in runs]) for k in keys}
+
+
+def _other_settings(docs: Mapping[str, list[dict]], first: dict) -> str:
+    """'; rows with other settings: NAME (abduction noise, depth 1.0)' for the rows evaluated otherwise."""
+    keys = ("abduction", "depth", "guidance")
+    notes = []
+    for name, runs in docs.items():
+        own = runs[0]["settings"]
+        changed = [f"{k} {own.get(k)}" for k in keys if own.get(k) != first.get(k)]
+        if changed:
+            notes.append(f"{name} ({', '.join(changed)})")
+    return f"; rows with other settings: {', '.join(notes)}" if notes else ""
+
+
+def _beats(theirs: dict | None, ours: dict | None, better: str = "lower") -> bool:
+    """Better (lower, or higher for a "higher" column; never for a floor) by more than 1 % and by more than both
+    spreads together: each row's spread over its training seeds where it has several (``training_summary``),
+    else over its evaluation seeds."""
+    if theirs is None or ours is None or better == "floor":
         return False
-    gap = ours["mean"] - theirs["mean"]
+    gap = (ours["mean"] - theirs["mean"]) * (-1 if better == "higher" else 1)
     return gap > 0.01 * abs(ours["mean"]) and gap > theirs["std"] + ours["std"]

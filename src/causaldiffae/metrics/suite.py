@@ -204,7 +204,7 @@ class _Context:
                 back = counterfactual(self.model, cf[:m], {name: labels[:m, self.graph.index(name)]}, self.s.steps,
                                       self.s.guidance, self.s.abduction, self.s.depth, generator=g, classes=classes,
                                       labels=result.labels_cf[0][:m].cpu()).float().cpu()
-                data.add(reversibility=_l1(back, x[:m]))
+                data.add(reversibility=pixel_l1(back, x[:m]))
             intended, truth = self._intended(rows, single)
             intended_multi, truth_multi = self._intended(rows, multi)
             data.add(x=x, cf=cf, intended=intended, intended_multi=intended_multi,
@@ -290,7 +290,7 @@ class _Context:
                 current = counterfactual(self.model, current, {}, self.s.steps, self.s.guidance, self.s.abduction,
                                          self.s.depth, classes=batch.get("class"),
                                          labels=batch["labels"]).float().cpu()
-                errors.append(_l1(current, x))
+                errors.append(pixel_l1(current, x))
                 bar.update(len(rows))
             curve.append(torch.stack(errors, dim=1))
             bar.update(len(rows))
@@ -319,7 +319,7 @@ class _Context:
                 predicted = self.predictors.predict(result.images[j].float())
                 diff = normalized(self.graph, predicted.float().cpu()) - normalized(self.graph, intended)
                 errors[w].append(diff[:, column].abs())
-                l1[w].append(_l1(result.images[len(weights) + j].float().cpu(), x))
+                l1[w].append(pixel_l1(result.images[len(weights) + j].float().cpu(), x))
         return {f"w={w:g}": {"effectiveness": torch.cat(errors[w]).mean().item(),
                              "composition_l1": torch.cat(l1[w]).mean().item()} for w in weights}
 
@@ -367,7 +367,7 @@ def gap_closed(noop: float, model: float, oracle: float) -> float | None:
 
 def _truth_errors(cf: torch.Tensor, x: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
     """L1 and MSE of the counterfactuals to the true ones, beside the factual images' (the no-op floor)."""
-    l1, factual_l1 = _l1(cf, truth), _l1(x, truth)
+    l1, factual_l1 = pixel_l1(cf, truth), pixel_l1(x, truth)
     return {"l1": l1.mean().item(), "mse": _mse(cf, truth).mean().item(), "factual_l1": factual_l1.mean().item(),
             "factual_mse": _mse(x, truth).mean().item(), "closer_than_factual": (l1 < factual_l1).float().mean().item()}
 
@@ -383,7 +383,7 @@ def _channel_means(images: torch.Tensor) -> torch.Tensor:
     return images.double().mean(dim=(0, 2, 3)).float() * 255
 
 
-def _l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def pixel_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-image mean absolute error on the 0-255 scale."""
     return (a.float().cpu() - b.float().cpu()).abs().mean(dim=(1, 2, 3)) * 255
 

@@ -1,0 +1,148 @@
+"""``causaldiffae tune RUN``: choose the inversion depth and guidance weight on the validation split.
+
+Every knob a reported number depends on is chosen here, on images no reported number comes from (the test
+split stays untouched). For each depth, ``n`` validation images are abducted once (DDIM inversion); each image
+gets a do() on one variable (variables in turn, values drawn from the split's labels, as the evaluation suite
+draws them) and is decoded at every guidance weight, with and without the intervention. Scored per (depth, w):
+the L1 to the true counterfactual where the SCM is known (the criterion), the predictors' error on the
+intervened variable when predictors are given, and the null intervention's L1 to the input (composition).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .atomic import write_text
+from .counterfactual import sweep
+from .data.base import ImageDataset
+from .metrics.effectiveness import normalized
+from .metrics.predictors import Predictors
+from .metrics.report import fmt, table
+from .metrics.suite import pixel_l1
+from .metrics.truth import true_scm
+from .model import CausalDiffAE
+
+
+@dataclass
+class TuneSettings:
+    """The grid and the budget of a tuning run; saved with its table."""
+
+    depths: tuple[float, ...] = (0.5, 0.7, 0.85, 1.0)
+    weights: tuple[float, ...] = (1.0, 1.5, 2.0)
+    n: int = 48
+    steps: int = 50
+    split: str = "val"
+    seed: int = 0
+    batch_size: int = 48
+
+    def __post_init__(self) -> None:
+        if not self.depths or not self.weights:
+            raise ValueError("tune needs at least one depth and one guidance weight")
+        bad = [d for d in self.depths if not 0 < d <= 1]
+        if bad:
+            raise ValueError(f"depths must lie in (0, 1], got {bad}")
+        if any(not math.isfinite(w) for w in self.weights):
+            raise ValueError(f"guidance weights must be finite, got {list(self.weights)}")
+        if self.n < 1 or self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"n, steps and batch_size must be positive: {self.n}, {self.steps}, {self.batch_size}")
+        if self.split == "test":
+            raise ValueError("tune chooses knobs, which must never see the test split: use --split val")
+
+
+def tune(model: CausalDiffAE, dataset: ImageDataset, settings: TuneSettings | None = None,
+         predictors: Predictors | None = None, progress: bool = True) -> dict:
+    """Score every (depth, guidance) of the grid; returns {"settings", "criterion", "grid": [rows], "best"}."""
+    s = settings or TuneSettings()
+    if s.split not in dataset.splits:
+        raise ValueError(f"the dataset has no {s.split!r} split (it has {sorted(set(dataset.splits))})")
+    data = dataset.split(s.split)
+    scm = true_scm(data)
+    if scm is None and predictors is None:
+        raise ValueError("tune needs a known SCM (the true counterfactual) or predictors (--predictors) to score")
+    graph, names = model.graph, model.graph.variables
+    g = torch.Generator().manual_seed(s.seed)
+    picks = torch.randperm(len(data), generator=g)
+    picks = picks.repeat(math.ceil(s.n / len(picks)))[: s.n]
+    queries = []  # (variable, rows, values): the same interventions at every depth and weight
+    for i, name in enumerate(names):
+        rows = picks[i:: len(names)]
+        column = data.labels[:, graph.index(name)].float()
+        column = column[~torch.isnan(column)]
+        queries.append((name, rows, column[torch.randint(len(column), (len(rows),), generator=g)]))
+    truths = {name: scm.counterfactual(rows.tolist(), {name: values})[0] for name, rows, values in queries} \
+        if scm is not None else {}
+    scores: dict[tuple[float, float], dict[str, list[torch.Tensor]]] = {}
+    bar = tqdm(total=len(s.depths) * s.n, unit="img", desc="tune", disable=not progress, dynamic_ncols=True)
+    for depth in s.depths:
+        for name, rows, values in queries:
+            for start in range(0, len(rows), s.batch_size):
+                index, value = rows[start: start + s.batch_size], values[start: start + s.batch_size]
+                batch = data.batch(index)
+                x = batch["image"]
+                columns = [({name: value}, w) for w in s.weights] + [({}, w) for w in s.weights]
+                result = sweep(model, x, columns, s.steps, "ddim", depth, classes=batch.get("class"),
+                               labels=batch["labels"].float())
+                images = result.images.float().cpu()
+                for j, w in enumerate(s.weights):
+                    entry = scores.setdefault((depth, w), {})
+                    cf, null = images[j], images[len(s.weights) + j]
+                    entry.setdefault("null_l1", []).append(pixel_l1(null, x))
+                    if scm is not None:
+                        truth = truths[name][start: start + s.batch_size]
+                        entry.setdefault("true_cf_l1", []).append(pixel_l1(cf, truth))
+                    if predictors is not None:
+                        predicted = normalized(graph, predictors.predict(cf).float().cpu())
+                        intended = normalized(graph, _intended(batch["labels"].float(), graph.index(name), value))
+                        column = graph.index(name)
+                        entry.setdefault("effectiveness", []).append((predicted - intended)[:, column].abs())
+                bar.update(len(index))
+    bar.close()
+    grid = []
+    for (depth, w), entry in scores.items():
+        row: dict = {"depth": depth, "guidance": w}
+        for key, chunks in entry.items():
+            values = torch.cat(chunks)
+            row[key] = values.mean().item()
+            row[f"{key}_sem"] = (values.std() / math.sqrt(len(values))).item() if len(values) > 1 else 0.0
+        grid.append(row)
+    criterion = "true_cf_l1" if scm is not None else "effectiveness"
+    best = min(grid, key=lambda r: r[criterion])
+    return {"settings": asdict(s), "criterion": criterion, "images": len(picks), "grid": grid,
+            "best": {"depth": best["depth"], "guidance": best["guidance"]}}
+
+
+def _intended(labels: torch.Tensor, column: int, value: torch.Tensor) -> torch.Tensor:
+    """The factual labels with the intervened column set (only that column is scored)."""
+    out = labels.clone()
+    out[:, column] = value
+    return out
+
+
+def write_tuning(result: dict, out: str | Path, run: str, data: str) -> Path:
+    """tune.json and tune.md (the grid as a table, the chosen knobs and the command) into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "tune.json", json.dumps({"run": run, "data": data, **result}, indent=1) + "\n")
+    s, keys = result["settings"], [k for k in ("true_cf_l1", "effectiveness", "null_l1") if k in result["grid"][0]]
+    headers = {"true_cf_l1": "true-cf L1 (0-255)", "effectiveness": "effectiveness (norm. MAE, intervened var.)",
+               "null_l1": "null-intervention L1 (0-255)"}
+    rows = [[fmt(r["depth"]), fmt(r["guidance"])] + [f"{r[k]:.4g} ± {r[k + '_sem']:.2g}" for k in keys]
+            for r in sorted(result["grid"], key=lambda r: (r["depth"], r["guidance"]))]
+    best = result["best"]
+    text = [f"# Tuning of `{run}` on the {s['split']} split\n",
+            f"Data `{data}`; {result['images']} {s['split']} images, one do() each (variables in turn), seed "
+            f"{s['seed']}, {s['steps']} DDIM steps; mean ± standard error over images. The test split is not "
+            f"used.\n", table(["depth", "guidance", *(headers[k] for k in keys)], rows),
+            f"\nChosen by the lowest {headers[result['criterion']]}: **depth {best['depth']:g}, guidance "
+            f"{best['guidance']:g}**.\n"]
+    write_text(out / "tune.md", "\n".join(text))
+    return out / "tune.md"
+
+
+__all__ = ["TuneSettings", "tune", "write_tuning"]

@@ -1,0 +1,62 @@
+"""`causaldiffae tune`: the depth x guidance grid on a split other than test, its table and its choice."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from causaldiffae import CausalDiffAE, ModelConfig
+from causaldiffae.data import load_dataset
+from causaldiffae.tune import TuneSettings, tune
+from conftest import TINY_SIZE, exit_code
+
+TINY = dict(latent_dim=4, encoder_channels=8, mechanism_hidden=16, unet_channels=8, channel_mult=(1, 2),
+            attention_levels=(1,), num_timesteps=100)
+GRID = TuneSettings(depths=(0.5, 1.0), weights=(1.0, 2.0), n=8, steps=2, split="train", batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def identity(tiny_dataset) -> tuple[CausalDiffAE, object]:
+    """A fresh model returns its input (zero-initialised UNet head): its counterfactual is the factual image."""
+    data = load_dataset(tiny_dataset, TINY_SIZE)
+    torch.manual_seed(0)
+    return CausalDiffAE(ModelConfig(graph=data.graph.to_dict(), image_size=TINY_SIZE, channels=3, **TINY)).eval(), data
+
+
+def test_identity_model_scores_the_factual_error_everywhere(identity):
+    """Returning the input gives the same true-cf L1 at every depth and weight (the factual image's distance to
+    the truth, > 0) and a null intervention that reconstructs; the grid covers every pair once."""
+    model, data = identity
+    result = tune(model, data, GRID, progress=False)
+    assert sorted((r["depth"], r["guidance"]) for r in result["grid"]) == [(0.5, 1.0), (0.5, 2.0), (1.0, 1.0),
+                                                                           (1.0, 2.0)]
+    errors = [r["true_cf_l1"] for r in result["grid"]]
+    assert min(errors) > 1 and max(errors) - min(errors) < 0.05  # 0-255 scale
+    assert all(r["null_l1"] < 0.05 for r in result["grid"])
+    assert result["criterion"] == "true_cf_l1" and result["images"] == 8
+    best = min(result["grid"], key=lambda r: r["true_cf_l1"])
+    assert result["best"] == {"depth": best["depth"], "guidance": best["guidance"]}
+
+
+def test_the_test_split_is_refused():
+    with pytest.raises(ValueError, match="never see the test split"):
+        TuneSettings(split="test")
+    with pytest.raises(ValueError, match=r"depths must lie in \(0, 1\]"):
+        TuneSettings(depths=(0.0,))
+
+
+def test_cli_writes_the_table(identity, tmp_path, tiny_dataset, capsys):
+    model, _ = identity
+    model.save_pretrained(tmp_path / "model")
+    out = tmp_path / "tune"
+    assert exit_code(["tune", str(tmp_path / "model"), "--data", str(tiny_dataset), "--out", str(out), "--split",
+                      "train", "--depths", "0.5,1", "--guidance", "1", "--n", "4", "--steps", "2"]) == 0
+    assert "chosen on train: depth" in capsys.readouterr().out
+    table = (out / "tune.md").read_text()
+    assert "| depth | guidance | true-cf L1 (0-255)" in table and "test split is not used" in table
+    assert json.loads((out / "tune.json").read_text())["settings"]["depths"] == [0.5, 1.0]
+    assert exit_code(["tune", str(tmp_path / "model"), "--data", str(tiny_dataset), "--out", str(out),
+                      "--split", "val"]) == 2
+    assert "no 'val' split" in capsys.readouterr().err
