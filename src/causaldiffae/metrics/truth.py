@@ -67,33 +67,32 @@ class TrueSCM:
         return True
 
     def random_interventions(self, count: int, generator: torch.Generator, on: Sequence[str] | None = None,
-                             rows: torch.Tensor | None = None, tries: int = 100
-                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``count`` readable true counterfactuals of random rows (or of ``rows``), each under do() at values
-        uniform over the ranges: on the variables ``on``, else on a random non-empty subset (each variable in
-        with probability 1/2). Values whose counterfactual is not ``readable`` are drawn again (at most
-        ``tries`` times), so the labels always describe what the image shows.
+                             tries: int = 100) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``count`` readable true counterfactuals of random rows, each under do() at values uniform over the
+        ranges: on the variables ``on``, else on a random non-empty subset (each variable in with probability
+        1/2). A draw whose counterfactual is not ``readable`` is replaced by a new row and new values (at most
+        ``tries`` times per image), so the labels always describe what the image shows.
 
         Returns images uint8 (count, C, H, W), their labels (count, n) and the source rows (count,), whose
         class (the MorphoMNIST digit) the counterfactual keeps."""
         unknown = sorted(set(on or ()) - set(self.variables))
         if unknown or (on is not None and not on):
             raise ValueError(f"random_interventions: on must name some of {self.variables}, got {on!r}")
-        if rows is None:
-            rows = torch.randint(len(self.dataset), (count,), generator=generator)
-        images, labels = [], []
-        for row in rows.tolist():
+        images, labels, rows = [], [], []
+        for _ in range(count):
             for _ in range(tries):
+                row = int(torch.randint(len(self.dataset), (1,), generator=generator))
                 picked = list(on) if on is not None else self._random_subset(generator)
                 do = {name: self.random_values(name, 1, generator) for name in picked}
                 image, label = self.counterfactual([row], do)
                 if self.readable(dict(zip(self.variables, label[0].tolist(), strict=True))):
                     break
             else:
-                raise RuntimeError(f"no readable counterfactual of row {row} in {tries} draws")
+                raise RuntimeError(f"no readable counterfactual under do({', '.join(picked)}) in {tries} draws")
             images.append(image)
             labels.append(label)
-        return (torch.cat(images) * 255).round().to(torch.uint8), torch.cat(labels), rows
+            rows.append(row)
+        return (torch.cat(images) * 255).round().to(torch.uint8), torch.cat(labels), torch.tensor(rows)
 
     def _random_subset(self, generator: torch.Generator) -> list[str]:
         """Each variable with probability 1/2; one at random when none was picked."""
