@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The Pendulum comparison over three training seeds on one GPU: `causaldiffae reproduce pendulum` trains the five
+# The comparison over three training seeds on one GPU (DATASET=pendulum, the default, or morphomnist): `causaldiffae reproduce pendulum` trains the five
 # compared models (causaldiffae, no condition dropout, DiffAE aligned and unaligned, label-conditional DDIM) once
 # per training seed 0, 1, 2 (5,000 steps each, the shipped model's budget), evaluates each run and the two
 # noise-abduction rows (depth 1.0 as the reference code, and the default depth 0.7) with the settings of
 # docs/results.md (1,000 interventions x evaluation seeds 0,1,2, 50 DDIM steps, batch 250, subset 100), and writes
-# runs/reproduce-gpu/results.md and results.json: each row the mean ± std over its training seeds.
+# runs/reproduce-gpu/DATASET/results.md and results.json: each row the mean ± std over its training seeds.
 #
 # Run it on the lent GPU machine, in the repository root:   bash scripts/gpu-reproduce.sh
 #
@@ -21,7 +21,8 @@
 # results.json and evals.tar.gz (every metrics.json and report.md, the logs) are copied there, also after a failure.
 set -euo pipefail
 
-out_dir=${OUT_DIR:-runs/reproduce-gpu}
+dataset=${DATASET:-pendulum}  # or morphomnist
+out_dir=${OUT_DIR:-runs/reproduce-gpu/$dataset}
 train_seeds=${TRAIN_SEEDS:-0,1,2}
 train_steps=${TRAIN_STEPS:-5000}
 jobs=${JOBS:-6}
@@ -53,6 +54,6 @@ predictors=()
 [[ -n "${PREDICTORS:-}" ]] && predictors=(--predictors "$PREDICTORS")
 mkdir -p "$out_dir"
 start=$(date +%s)
-PYTHONUNBUFFERED=1 "$python" -m causaldiffae.cli reproduce pendulum --out "$out_dir" --train-seeds "$train_seeds" \
+PYTHONUNBUFFERED=1 "$python" -m causaldiffae.cli reproduce "$dataset" --out "$out_dir" --train-seeds "$train_seeds" \
     --train-steps "$train_steps" --jobs "$jobs" ${predictors[@]+"${predictors[@]}"} "${eval_flags[@]}"
 echo "reproduce finished after $(( $(date +%s) - start )) s: $out_dir/results.md"

@@ -341,6 +341,17 @@ def _floats(text: str, flag: str) -> list[float]:
         raise ValueError(f"{flag} expects numbers separated by commas, got {text!r}") from None
 
 
+def _scoring_parser(commands: Any, name: str, summary: str, description: str, out: str, predictors: str = "",
+                    optional_predictors: str = "") -> argparse.ArgumentParser:
+    """A command that scores a model folder: RUN, --data, --out and --predictors (required or optional)."""
+    parser = commands.add_parser(name, help=summary, description=description)
+    parser.add_argument("run", help="any folder CausalDiffAE.from_pretrained loads (a run, the shipped model, ...)")
+    parser.add_argument("--data", help="dataset folder (default: the one named in RUN/config.yaml)")
+    parser.add_argument("--predictors", required=bool(predictors), help=predictors or optional_predictors)
+    parser.add_argument("--out", required=True, help=out)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .training.config import help_text
 
@@ -470,28 +481,21 @@ def build_parser() -> argparse.ArgumentParser:
                          "elsewhere; needs a known SCM)")
     pt.set_defaults(func=_predictors_train)
 
-    ev = commands.add_parser("evaluate", help="the counterfactual metric suite of a model on the test split",
-                             description="Effectiveness, true-counterfactual error, composition, reversibility, "
-                                         "minimality (CLD), realism (FID/KID on the predictors' features), DCI, a "
-                                         "guidance sweep and a DAG-consistency table, mean and spread over seeds. "
-                                         "Writes OUT/metrics.json, OUT/report.md and PNG plots and grids.")
-    ev.add_argument("run", help="any folder CausalDiffAE.from_pretrained loads (a run, the shipped model, ...)")
-    ev.add_argument("--data", help="dataset folder (default: the one named in RUN/config.yaml)")
-    ev.add_argument("--predictors", required=True, help="folder written by `causaldiffae predictors train`")
-    ev.add_argument("--out", required=True, help="report folder")
+    ev = _scoring_parser(commands, "evaluate", "the counterfactual metric suite of a model on the test split",
+                         "Effectiveness, true-counterfactual error, composition, reversibility, minimality (CLD), "
+                         "realism (FID/KID on the predictors' features), DCI, a guidance sweep and a DAG-consistency "
+                         "table, mean and spread over seeds. Writes OUT/metrics.json, OUT/report.md and PNG plots and "
+                         "grids.", "report folder", predictors="folder written by `causaldiffae predictors train`")
     _add_evaluation_flags(ev)
     ev.add_argument("--cpu", action="store_true", help="stay on the CPU even when a GPU is present")
     ev.set_defaults(func=_evaluate)
 
-    tu = commands.add_parser("tune", help="choose inversion depth and guidance weight on the validation split",
-                             description="Score a grid of inversion depths and guidance weights on the validation "
-                                         "split (never the test split): the L1 to the true counterfactual where the "
-                                         "SCM is known (the criterion), else the predictors' error on the "
-                                         "intervened variable; writes OUT/tune.md and OUT/tune.json.")
-    tu.add_argument("run", help="any folder CausalDiffAE.from_pretrained loads")
-    tu.add_argument("--data", help="dataset folder (default: the one named in RUN/config.yaml)")
-    tu.add_argument("--out", required=True, help="folder for tune.md and tune.json")
-    tu.add_argument("--predictors", help="also score the predictors' error on the intervened variable")
+    tu = _scoring_parser(commands, "tune", "choose inversion depth and guidance weight on the validation split",
+                         "Score a grid of inversion depths and guidance weights on the validation split (never the "
+                         "test split): the L1 to the true counterfactual where the SCM is known (the criterion), "
+                         "else the predictors' error on the intervened variable; writes OUT/tune.md and "
+                         "OUT/tune.json.", "folder for tune.md and tune.json",
+                         optional_predictors="also score the predictors' error on the intervened variable")
     tu.add_argument("--depths", default="0.5,0.7,0.85,1.0", help="inversion depths (default 0.5,0.7,0.85,1.0)")
     tu.add_argument("--guidance", default="1,1.5,2", help="guidance weights (default 1,1.5,2)")
     tu.add_argument("--n", type=int, default=48, help="validation images, one do() each (default 48)")
