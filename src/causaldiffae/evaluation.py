@@ -50,7 +50,7 @@ def evaluate_run(run: str | Path, dataset: ImageDataset, predictors: str | Path,
 
     start = time.perf_counter()
     results = evaluate(model, dataset, judges, settings, progress, examples)
-    meta = {"run": str(run), "data": portable(dataset.root), "predictors_dir": str(predictors),
+    meta = {"run": portable(run), "data": portable(dataset.root), "predictors_dir": portable(predictors),
             "device": device_name(dev), "seconds": round(time.perf_counter() - start, 1),
             "date": time.strftime("%Y-%m-%d")}
     return write_report(metrics_document(results, meta), out)

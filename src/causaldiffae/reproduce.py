@@ -22,7 +22,7 @@ from typing import NamedTuple
 from .atomic import write_text
 from .data import open_dataset
 from .data.base import ImageDataset
-from .evaluation import evaluate_run
+from .evaluation import evaluate_run, portable
 from .metrics.predictors import save_predictors, train_predictors
 from .metrics.report import fmt, table
 from .metrics.suite import Settings, summarize
@@ -216,7 +216,7 @@ def _evaluated(run: Path, out: Path, settings: Settings) -> bool:
     if not done.is_file():
         return False
     document = json.loads(done.read_text())
-    return document.get("settings") == json.loads(json.dumps(asdict(settings))) and document.get("run") == str(run)
+    return document.get("settings") == json.loads(json.dumps(asdict(settings))) and document.get("run") == portable(run)
 
 
 def _evaluate(run: Path, data: ImageDataset, predictors: Path, out: Path, settings: Settings,
