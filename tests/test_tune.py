@@ -9,7 +9,7 @@ import torch
 
 from causaldiffae import CausalDiffAE, ModelConfig
 from causaldiffae.data import load_dataset
-from causaldiffae.tune import TuneSettings, tune
+from causaldiffae.tune import TuneSettings, one_se_choice, tune
 from conftest import TINY_SIZE, exit_code
 
 TINY = dict(latent_dim=4, encoder_channels=8, mechanism_hidden=16, unet_channels=8, channel_mult=(1, 2),
@@ -36,8 +36,21 @@ def test_identity_model_scores_the_factual_error_everywhere(identity):
     assert min(errors) > 1 and max(errors) - min(errors) < 0.05  # 0-255 scale
     assert all(r["null_l1"] < 0.05 for r in result["grid"])
     assert result["criterion"] == "true_cf_l1" and result["images"] == 8
-    best = min(result["grid"], key=lambda r: r["true_cf_l1"])
-    assert result["best"] == {"depth": best["depth"], "guidance": best["guidance"]}
+    lowest = min(result["grid"], key=lambda r: r["true_cf_l1"])
+    assert result["lowest"] == {"depth": lowest["depth"], "guidance": lowest["guidance"]}
+    assert result["best"]["guidance"] == 1.0  # every cell ties: the cheaper weight
+
+
+def test_one_standard_error_rule_by_hand():
+    """Guidance 1 is kept unless the lowest cell beats it by more than one paired standard error."""
+    cheap = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    # differences to it [0.4, 0.2, 0, 0]: mean 0.15, std sqrt(0.11 / 3) = 0.1915, sem 0.0957 < 0.15 -> not within
+    lowest, chosen, paired = one_se_choice({(0.5, 1.0): cheap, (0.5, 1.5): cheap - torch.tensor([0.4, 0.2, 0, 0])})
+    assert lowest == chosen == (0.5, 1.5)
+    assert paired[0.5, 1.0][0] == pytest.approx(0.15) and paired[0.5, 1.0][1] == pytest.approx(0.0957, abs=1e-4)
+    # differences [0.4, -0.2, 0, 0]: mean 0.05, std sqrt(0.19 / 3) = 0.2517, sem 0.1258 >= 0.05 -> within
+    lowest, chosen, _ = one_se_choice({(0.5, 1.0): cheap, (0.5, 1.5): cheap - torch.tensor([0.4, -0.2, 0, 0])})
+    assert lowest == (0.5, 1.5) and chosen == (0.5, 1.0)
 
 
 def test_the_test_split_is_refused():

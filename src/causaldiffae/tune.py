@@ -57,7 +57,8 @@ class TuneSettings:
 
 def tune(model: CausalDiffAE, dataset: ImageDataset, settings: TuneSettings | None = None,
          predictors: Predictors | None = None, progress: bool = True) -> dict:
-    """Score every (depth, guidance) of the grid; returns {"settings", "criterion", "grid": [rows], "best"}."""
+    """Score every (depth, guidance) of the grid; returns {"settings", "criterion", "images", "grid": [rows],
+    "lowest", "best"}: "best" is the one-standard-error choice (see ``write_tuning``)."""
     s = settings or TuneSettings()
     if s.split not in dataset.splits:
         raise ValueError(f"the dataset has no {s.split!r} split (it has {sorted(set(dataset.splits))})")
@@ -103,18 +104,41 @@ def tune(model: CausalDiffAE, dataset: ImageDataset, settings: TuneSettings | No
                         entry.setdefault("effectiveness", []).append((predicted - intended)[:, column].abs())
                 bar.update(len(index))
     bar.close()
+    criterion = "true_cf_l1" if scm is not None else "effectiveness"
+    lowest, chosen, paired = one_se_choice({key: torch.cat(entry[criterion]) for key, entry in scores.items()})
     grid = []
     for (depth, w), entry in scores.items():
         row: dict = {"depth": depth, "guidance": w}
         for key, chunks in entry.items():
-            values = torch.cat(chunks)
-            row[key] = values.mean().item()
-            row[f"{key}_sem"] = (values.std() / math.sqrt(len(values))).item() if len(values) > 1 else 0.0
+            row[key], row[f"{key}_sem"] = _mean_sem(torch.cat(chunks))
+        row["paired_difference"], row["paired_sem"], row["within_one_sem"] = paired[depth, w]
         grid.append(row)
-    criterion = "true_cf_l1" if scm is not None else "effectiveness"
-    best = min(grid, key=lambda r: r[criterion])
     return {"settings": asdict(s), "criterion": criterion, "images": len(picks), "grid": grid,
-            "best": {"depth": best["depth"], "guidance": best["guidance"]}}
+            "lowest": {"depth": lowest[0], "guidance": lowest[1]},
+            "best": {"depth": chosen[0], "guidance": chosen[1]}}
+
+
+def one_se_choice(per_image: dict[tuple[float, float], torch.Tensor]
+                  ) -> tuple[tuple[float, float], tuple[float, float], dict[tuple[float, float], tuple]]:
+    """The one-standard-error rule over (depth, guidance) cells scored on the same images (lower is better).
+
+    Each cell is compared with the lowest one image by image (mean and standard error of the paired
+    difference); among the cells within one standard error, guidance 1 is preferred (one UNet branch, half the
+    cost of any other weight), then the lower mean. Returns (lowest, chosen, {cell: (difference, sem, within)})."""
+    lowest = min(per_image, key=lambda key: per_image[key].mean().item())
+    paired = {}
+    for key, values in per_image.items():
+        difference, sem = _mean_sem(values - per_image[lowest])
+        paired[key] = (difference, sem, difference <= sem)
+    chosen = min((key for key in per_image if paired[key][2]),
+                 key=lambda key: (key[1] != 1.0, per_image[key].mean().item()))
+    return lowest, chosen, paired
+
+
+def _mean_sem(values: torch.Tensor) -> tuple[float, float]:
+    """Mean and standard error of the mean (0 for a single value)."""
+    sem = (values.std() / math.sqrt(len(values))).item() if len(values) > 1 else 0.0
+    return values.mean().item(), sem
 
 
 def _intended(labels: torch.Tensor, column: int, value: torch.Tensor) -> torch.Tensor:
@@ -133,16 +157,22 @@ def write_tuning(result: dict, out: str | Path, run: str, data: str) -> Path:
     headers = {"true_cf_l1": "true-cf L1 (0-255)", "effectiveness": "effectiveness (norm. MAE, intervened var.)",
                "null_l1": "null-intervention L1 (0-255)"}
     rows = [[fmt(r["depth"]), fmt(r["guidance"])] + [f"{r[k]:.4g} ± {r[k + '_sem']:.2g}" for k in keys]
+            + [f"{r['paired_difference']:+.3g} ± {r['paired_sem']:.2g}", "yes" if r["within_one_sem"] else "no"]
             for r in sorted(result["grid"], key=lambda r: (r["depth"], r["guidance"]))]
     best = result["best"]
     text = [f"# Tuning of `{run}` on the {s['split']} split\n",
             f"Data `{data}`; {result['images']} {s['split']} images, one do() each (variables in turn), seed "
             f"{s['seed']}, {s['steps']} DDIM steps; mean ± standard error over images. The test split is not "
-            f"used.\n", table(["depth", "guidance", *(headers[k] for k in keys)], rows),
-            f"\nChosen by the lowest {headers[result['criterion']]}: **depth {best['depth']:g}, guidance "
+            f"used.\n", table(["depth", "guidance", *(headers[k] for k in keys), "criterion − lowest (paired)",
+                                 "within one SE"], rows),
+            f"\nCriterion: {headers[result['criterion']]}. Lowest: depth {result['lowest']['depth']:g}, guidance "
+            f"{result['lowest']['guidance']:g}. Every cell scores the same images under the same interventions, so "
+            f"each is compared with the lowest image by image (mean ± standard error of the paired difference). "
+            f"Among the cells within one standard error of the lowest, guidance 1 is preferred (one UNet branch, "
+            f"half the cost of any other weight), then the lower mean: **chosen depth {best['depth']:g}, guidance "
             f"{best['guidance']:g}**.\n"]
     write_text(out / "tune.md", "\n".join(text))
     return out / "tune.md"
 
 
-__all__ = ["TuneSettings", "tune", "write_tuning"]
+__all__ = ["TuneSettings", "one_se_choice", "tune", "write_tuning"]
