@@ -341,6 +341,10 @@ def _floats(text: str, flag: str) -> list[float]:
         raise ValueError(f"{flag} expects numbers separated by commas, got {text!r}") from None
 
 
+def _joined(values: Sequence[float]) -> str:
+    return ",".join(f"{v:g}" for v in values)
+
+
 def _scoring_parser(commands: Any, name: str, summary: str, description: str, out: str, predictors: str = "",
                     optional_predictors: str = "") -> argparse.ArgumentParser:
     """A command that scores a model folder: RUN, --data, --out and --predictors (required or optional)."""
@@ -354,6 +358,7 @@ def _scoring_parser(commands: Any, name: str, summary: str, description: str, ou
 
 def build_parser() -> argparse.ArgumentParser:
     from .training.config import help_text
+    from .tune import TuneSettings
 
     parser = argparse.ArgumentParser(
         prog="causaldiffae",
@@ -496,13 +501,16 @@ def build_parser() -> argparse.ArgumentParser:
                          "else the predictors' error on the intervened variable; writes OUT/tune.md and "
                          "OUT/tune.json.", "folder for tune.md and tune.json",
                          optional_predictors="also score the predictors' error on the intervened variable")
-    tu.add_argument("--depths", default="0.5,0.7,0.85,1.0", help="inversion depths (default 0.5,0.7,0.85,1.0)")
-    tu.add_argument("--guidance", default="1,1.5,2", help="guidance weights (default 1,1.5,2)")
-    tu.add_argument("--n", type=int, default=48, help="validation images, one do() each (default 48)")
-    tu.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    grid = TuneSettings()
+    tu.add_argument("--depths", default=_joined(grid.depths), help=f"inversion depths (default {_joined(grid.depths)})")
+    tu.add_argument("--guidance", default=_joined(grid.weights),
+                    help=f"guidance weights (default {_joined(grid.weights)})")
+    tu.add_argument("--n", type=int, default=grid.n, help=f"validation images, one do() each (default {grid.n})")
+    tu.add_argument("--steps", type=int, default=grid.steps, help=f"DDIM steps (default {grid.steps})")
     tu.add_argument("--split", default="val", help="split to tune on (default val; test is refused)")
-    tu.add_argument("--seed", type=int, default=0, help="seed of the images and values drawn (default 0)")
-    tu.add_argument("--batch-size", type=int, default=48, help="images per abduction (default 48)")
+    tu.add_argument("--seed", type=int, default=grid.seed, help=f"seed of the images and values (default {grid.seed})")
+    tu.add_argument("--batch-size", type=int, default=grid.batch_size,
+                    help=f"images per abduction (default {grid.batch_size})")
     tu.set_defaults(func=_tune)
 
     rp = commands.add_parser("reproduce", help="train and evaluate every compared model, write the table",

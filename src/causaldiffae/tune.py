@@ -33,9 +33,9 @@ from .model import CausalDiffAE
 class TuneSettings:
     """The grid and the budget of a tuning run; saved with its table."""
 
-    depths: tuple[float, ...] = (0.5, 0.7, 0.85, 1.0)
+    depths: tuple[float, ...] = (0.3, 0.4, 0.5, 0.7, 0.85, 1.0)
     weights: tuple[float, ...] = (1.0, 1.5, 2.0)
-    n: int = 48
+    n: int = 64
     steps: int = 50
     split: str = "val"
     seed: int = 0
