@@ -166,6 +166,32 @@ def test_folder_dataset_needs_a_root():
     assert "data.root" in _error(["data.name=folder", "data.root=null"])
 
 
+@pytest.mark.parametrize("assignment, message", [
+    ("data.label_fraction=0", "data.label_fraction = 0.0 must lie in (0, 1]"),
+    ("data.label_fraction=-0.1", "data.label_fraction = -0.1 must lie in (0, 1]"),
+    ("data.label_fraction=1.5", "data.label_fraction = 1.5 must lie in (0, 1]"),
+    ("data.label_fraction=.nan", "data.label_fraction = nan must lie in (0, 1]"),
+    ("data.label_fraction=abc", "data.label_fraction = 'abc' has the wrong type"),
+    ("data.label_fraction=true", "data.label_fraction = True has the wrong type"),
+    ("data.label_fraction={angle: 0}", "data.label_fraction.angle = 0 must lie in (0, 1]"),
+    ("data.label_fraction={angle: lots}", "data.label_fraction.angle = 'lots' is not a number"),
+    ("data.label_fraction={angle: [0.5]}", "data.label_fraction.angle = [0.5] is not a number"),
+])
+def test_label_fraction_values_are_checked(assignment, message):
+    assert message in _error([assignment])
+
+
+def test_label_fraction_is_a_share_or_a_mapping_and_round_trips(tmp_path):
+    assert load_run_config(TINY_CONFIG).data.label_fraction == 1.0
+    assert load_run_config(TINY_CONFIG, ["data.label_fraction=0.25"]).data.label_fraction == 0.25
+    config = load_run_config(TINY_CONFIG, ["data.label_fraction={angle: 0.3, light: 1}"])
+    assert config.data.label_fraction == {"angle": 0.3, "light": 1.0}
+    path = tmp_path / "again.yaml"
+    path.write_text(yaml.safe_dump(config.to_dict()))
+    assert load_run_config(path).data.label_fraction == {"angle": 0.3, "light": 1.0}
+    assert "data.label_fraction (1.0)" in help_text()
+
+
 @pytest.mark.parametrize("assignment", ["train.max_steps", "=3", "train.batch_size.x=1", "train=5"])
 def test_malformed_override(assignment):
     with pytest.raises(ValueError):

@@ -137,6 +137,22 @@ def test_sample_is_reproducible_and_in_range():
     assert a.min() >= 0 and a.max() <= 1
 
 
+def test_sample_decodes_fresh_noise_from_the_top_of_the_full_trajectory(monkeypatch):
+    """x_T ~ N(0, I) is the state at the top timestep (depth 1.0), not at the counterfactual inversion depth:
+    T = 100, 10 steps -> the denoiser sees 90, 80, ..., 0 (depth 0.7 would start at 63, stride 7)."""
+    model = _model()
+    seen: list[int] = []
+    eps = model.eps
+
+    def recording_eps(x_t, t, cond):
+        seen.append(int(t[0]))
+        return eps(x_t, t, cond)
+
+    monkeypatch.setattr(model, "eps", recording_eps)
+    sample(model, {"angle": 10.0}, 2, steps=10, generator=torch.Generator().manual_seed(0))
+    assert seen == [90, 80, 70, 60, 50, 40, 30, 20, 10, 0]
+
+
 # -- command line --------------------------------------------------------------------------------------
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from causaldiffae.data import cache_dir, dataset_root, load_dataset, open_dataset, pendulum, write_dataset
-from causaldiffae.data.base import read_labels
+from causaldiffae.data.base import ImageDataset, hide_labels, read_labels
 from causaldiffae.graph import CausalGraph
 from conftest import TINY_SIZE
 
@@ -254,6 +254,60 @@ def test_empty_labels_csv(tmp_path):
     (root / "labels.csv").write_text("file,split,size,colour\n")
     with pytest.raises(ValueError, match="no rows"):
         load_dataset(root, 8)
+
+
+# -- weak supervision ----------------------------------------------------------------------------------
+
+
+def _in_memory(n_train: int = 42, n_other: int = 6) -> ImageDataset:
+    """Rows: n_train train, then n_other val, then n_other test; labels (i, -i) for row i, no NaN."""
+    n = n_train + 2 * n_other
+    splits = ["train"] * n_train + ["val"] * n_other + ["test"] * n_other
+    labels = torch.stack([torch.arange(n).float(), -torch.arange(n).float()], dim=1)
+    return ImageDataset(Path("mem"), SMALL_GRAPH, [f"{i}.png" for i in range(n)], splits,
+                        torch.zeros(n, 1, 2, 2, dtype=torch.uint8), labels)
+
+
+def _kept(data: ImageDataset) -> torch.Tensor:
+    """(n_vars,) how many train labels remain per variable."""
+    train = torch.tensor([s == "train" for s in data.splits])
+    return (~data.labels[train].isnan()).sum(dim=0)
+
+
+def test_hide_labels_keeps_round_f_n_per_variable_and_spares_val_and_test():
+    data = _in_memory()
+    # 0.25 * 42 = 10.5 -> 10 (Python's round: half to even); 0.3 * 42 = 12.6 -> 13; 0.001 * 42 -> at least 1
+    assert _kept(hide_labels(data, 0.25, seed=0)).tolist() == [10, 10]
+    assert _kept(hide_labels(data, 0.3, seed=0)).tolist() == [13, 13]
+    assert _kept(hide_labels(data, 0.001, seed=0)).tolist() == [1, 1]
+    weak = hide_labels(data, 0.25, seed=0)
+    assert torch.equal(weak.labels[42:], data.labels[42:])  # val and test untouched
+    kept = ~weak.labels[:42].isnan()
+    assert torch.equal(weak.labels[:42][kept], data.labels[:42][kept])  # the kept labels are the true ones
+    assert torch.equal(data.labels, _in_memory().labels)  # the input is not modified
+    assert weak.images is data.images and weak.splits == data.splits
+
+
+def test_hide_labels_is_seeded_and_independent_per_variable():
+    data = _in_memory()
+    a, b, c = (hide_labels(data, 0.25, seed=s).labels[:42].isnan() for s in (0, 0, 1))
+    assert torch.equal(a, b)  # same seed, same mask
+    assert not torch.equal(a, c)  # another seed, another mask
+    assert not torch.equal(a[:, 0], a[:, 1])  # the variables' masks are drawn apart
+    one = hide_labels(data, {"colour": 0.25}, seed=0).labels[:42].isnan()
+    assert not one[:, 0].any() and torch.equal(one[:, 1], a[:, 1])  # a variable's mask ignores the others
+
+
+def test_hide_labels_counts_only_labels_that_are_there_and_names_unknown_variables():
+    data = _in_memory()
+    data.labels[:20, 0] = math.nan  # 22 train labels of size remain: 0.5 * 22 = 11
+    weak = hide_labels(data, 0.5, seed=3)
+    assert _kept(weak).tolist() == [11, 21]
+    assert weak.labels[:20, 0].isnan().all()
+    with pytest.raises(ValueError, match=r"data.label_fraction names 'shape'.*variables are size, colour"):
+        hide_labels(data, {"shape": 0.5}, seed=0)
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        hide_labels(data, {"size": 0.0}, seed=0)
 
 
 # -- built-in datasets ---------------------------------------------------------------------------------

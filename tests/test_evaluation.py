@@ -14,9 +14,9 @@ from causaldiffae import CausalDiffAE, ModelConfig
 from causaldiffae.data import load_dataset
 from causaldiffae.metrics.effectiveness import attribute_errors, movement, non_descendant_change
 from causaldiffae.metrics.predictors import Predictors, interventional_errors, save_predictors
-from causaldiffae.metrics.report import fmt
-from causaldiffae.metrics.suite import Settings, evaluate, parse_seeds, summarize
-from causaldiffae.metrics.truth import known_labels, true_scm
+from causaldiffae.metrics.report import fmt, markdown, metrics_document
+from causaldiffae.metrics.suite import Settings, _Context, evaluate, parse_seeds, summarize
+from causaldiffae.metrics.truth import known_labels, morphometry_labels, true_scm
 from causaldiffae.reproduce import column_value, write_comparison
 from conftest import CONFIGS, TINY_SIZE, exit_code
 
@@ -328,7 +328,9 @@ def test_morphomnist_scores_morphometry_against_the_true_counterfactual(tmp_path
     model = CausalDiffAE(ModelConfig(graph=data.graph.to_dict(), image_size=28, channels=1, **TINY)).eval()
     settings = Settings(n=4, seeds=(0,), steps=2, batch_size=4, subset=2, cycles=2, weights=(1.0,),
                         dci_samples=6, examples=1)
-    result = evaluate(model, data, Predictors(data.graph, 28, 1, width=4).eval(), settings, progress=False)
+    torch.manual_seed(0)
+    judges = Predictors(data.graph, 28, 1, width=4, num_classes=10).eval()
+    result = evaluate(model, data, judges, settings, progress=False)
     seed = result["seeds"][0]
     assert result["true_scm"] == "morphomnist"
     morpho = seed["truth"]["do(thickness)"]["morphometry"]
@@ -336,3 +338,30 @@ def test_morphomnist_scores_morphometry_against_the_true_counterfactual(tmp_path
     # the model returns the factual image: morphometry reads the factual thickness, off by the intervention
     assert morpho["thickness"]["mae"] > 0 and math.isfinite(morpho["intensity"]["mae"])
     assert "intensity" in seed["effectiveness"]["do(thickness)"]  # a descendant with a known SCM is scored
+    for key in ("do(thickness)", "do(intensity)"):
+        truth = seed["truth"][key]
+        # ... so it measures exactly as the factual image does: the model sits on the morphometry no-op floor
+        for v in ("thickness", "intensity"):
+            assert truth["morphometry"][v]["mae"] == pytest.approx(truth["morphometry_noop"][v]["mae"], abs=1e-6)
+        # the true counterfactual is rendered to the intended values: measurement error only (datasets.md)
+        assert truth["morphometry_oracle"]["thickness"]["mae"] < 0.3
+        assert truth["morphometry_oracle"]["intensity"]["mae"] < 2
+    # the counterfactual is the factual image, so the classifier reads the same digit in every one of them
+    assert set(seed["class_kept"]) == {"do(thickness)", "do(intensity)", "multi"}
+    for kept in seed["class_kept"].values():
+        assert kept["model"] == 1.0 and 0 <= kept["oracle"] <= 1
+    # the no-op floor measures the factual test images, each once
+    context = _Context(model, data, judges, settings)
+    measured = context._factual_morphometry(torch.tensor([2, 0, 2]))
+    assert torch.equal(measured, morphometry_labels(data.split("test").batch([2, 0, 2])["image"]))
+    assert sorted(context._morphometry) == [0, 2]
+    report = markdown(metrics_document(result, {}))
+    assert "## The class kept" in report and "| do(thickness) | 1 |" in report
+    for row in ("| do(thickness) |", "| do(thickness): no-op floor |", "| do(thickness): oracle |"):
+        assert row in report.split("### Morphometry")[1]
+
+
+def test_class_kept_needs_a_classifier(results):
+    """Predictors without a class classifier (the Pendulum fixtures): no class_kept, and no table for it."""
+    assert "class_kept" not in results["seeds"][0]
+    assert "The class kept" not in markdown(metrics_document(results, {}))

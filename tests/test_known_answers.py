@@ -233,8 +233,8 @@ def shifted(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list]:
     def fake_counterfactual(model, x, do, steps=50, guidance=1.0, *args, **kwargs) -> torch.Tensor:
         return _fake_images(x, do, guidance)
 
-    settings = Settings(n=4, seeds=(0,), steps=2, batch_size=4, subset=2, cycles=10, weights=(0.0, 1.0, 2.0),
-                        dci_samples=8, examples=1)
+    settings = Settings(n=4, seeds=(0,), steps=2, guidance=1.0, batch_size=4, subset=2, cycles=10,
+                        weights=(0.0, 1.0, 2.0), dci_samples=8, examples=1)  # w = 1: one SHIFT per counterfactual
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(suite, "sweep", fake_sweep)
         patch.setattr(suite, "counterfactual", fake_counterfactual)

@@ -18,6 +18,7 @@ from causaldiffae.data import GENERATORS, load_dataset, morphomnist
 from causaldiffae.data.idx import read_idx
 from causaldiffae.data.morphometry import foreground_median, measure, render, set_intensity, set_thickness
 from causaldiffae.data.morphomnist import sample_scm, true_counterfactual
+from conftest import CONFIGS
 
 S = 16  # drawing supersampling, as in measure
 
@@ -360,3 +361,63 @@ def test_read_and_convert_published(tmp_path, mnist, capsys):
         morphomnist.source_digit(out, "train-00000.png")
     with pytest.raises(SystemExit):
         main(["data", "morphomnist", "--out", str(out), "--published", str(folder), "--mnist", str(folder)])
+
+
+def _deepscm_folder(folder: Path, mnist, header: list[str], rows: list[list]) -> Path:
+    """The DeepSCM/HVAE layout: t10k images and labels (gzipped) and a t10k-morpho.csv, no train files."""
+    images, classes = mnist
+    n = 3
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(_idx_bytes(images[20:20 + n])))
+    (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx_bytes(classes[20:20 + n].astype(np.uint8))))
+    with (folder / "t10k-morpho.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return folder
+
+
+def test_published_deepscm_test_split_alone(tmp_path, mnist, capsys):
+    rows = [[0, 1.5, 70.0], [1, 2.75, 200.5], [2, 4.0, 254.0]]
+    folder = _deepscm_folder(tmp_path / "deepscm", mnist, ["index", "thickness", "intensity"], rows)
+    data = morphomnist.read_published(folder)
+    assert set(data) == {"test"}
+    assert data["test"]["thickness"].tolist() == [1.5, 2.75, 4.0]
+    assert data["test"]["intensity"].tolist() == [70.0, 200.5, 254.0]  # the CSV's, not measured
+    assert data["test"]["digit"].tolist() == mnist[1][20:23].tolist()
+    out = tmp_path / "converted"
+    assert main(["data", "morphomnist", "--out", str(out), "--published", str(folder)]) == 0
+    assert "wrote 3 Morpho-MNIST images (0 train / 3 test, 28x28)" in capsys.readouterr().out
+    loaded = load_dataset(out, 28)
+    assert loaded.splits == ["test"] * 3 and loaded.files == ["test-00000.png", "test-00001.png", "test-00002.png"]
+    assert loaded.labels.tolist() == [[1.5, 70.0], [2.75, 200.5], [4.0, 254.0]]
+    assert np.array_equal(loaded.images[:, 0].numpy(), mnist[0][20:23])
+    assert tuple(loaded.graph["thickness"].range) == (1.5, 4.0)
+    # training on a test split alone says so before any step
+    assert main(["train", str(CONFIGS / "morphomnist.yaml"), "--out", str(tmp_path / "run"), "--set",
+                 "data.name=folder", "--set", f"data.root={out}"]) == 2
+    assert "has no train split (only test)" in capsys.readouterr().err
+
+
+def test_published_csv_with_a_pandas_index_and_no_index(tmp_path, mnist):
+    """pandas' to_csv writes the index as an unnamed first column; without any index the row order is it."""
+    pandas_like = _deepscm_folder(tmp_path / "a", mnist, ["", "thickness", "intensity"],
+                                  [[5, 2.0, 100.0], [6, 2.5, 150.0], [7, 3.0, 200.0]])
+    assert morphomnist.read_published(pandas_like)["test"]["index"].tolist() == [5, 6, 7]
+    bare = _deepscm_folder(tmp_path / "b", mnist, ["thickness", "intensity", "note"],
+                           [[2.0, 100.0, "x"], [2.5, 150.0, "y"], [3.0, 200.0, "z"]])
+    data = morphomnist.read_published(bare)["test"]
+    assert data["index"].tolist() == [0, 1, 2] and "note" not in data
+
+
+def test_published_refuses_a_csv_without_thickness_or_of_another_length(tmp_path, mnist):
+    no_thickness = _deepscm_folder(tmp_path / "a", mnist, ["index", "intensity"], [[0, 90.0], [1, 91.0], [2, 92.0]])
+    with pytest.raises(ValueError, match=r"t10k-morpho.csv: no column for thickness"):
+        morphomnist.read_published(no_thickness)
+    short = _deepscm_folder(tmp_path / "b", mnist, ["index", "thickness", "intensity"], [[0, 2.0, 90.0]])
+    with pytest.raises(ValueError, match=r"t10k-morpho.csv has 1 rows for 3 images in .*t10k-images-idx3-ubyte.gz"):
+        morphomnist.read_published(short)
+    bad = _deepscm_folder(tmp_path / "c", mnist, ["index", "thickness", "intensity"],
+                          [[0, 2.0, 90.0], [1, "thick", 91.0], [2, 2.0, 92.0]])
+    with pytest.raises(ValueError, match=r"t10k-morpho.csv line 3: thickness='thick' is not a number"):
+        morphomnist.read_published(bad)

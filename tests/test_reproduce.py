@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,8 @@ def test_plan_holds_the_noise_abduction_at_depth_one_and_at_the_default_depth(da
     assert rp.entry_settings(reference, SMALL) == Settings(n=4, seeds=(0, 1), steps=2, depth=1.0, abduction="noise")
     assert rp.entry_settings(ours, SMALL) == Settings(n=4, seeds=(0, 1), steps=2, depth=0.7, abduction="noise")
     assert rp.entry_settings(plan["causaldiffae"], SMALL) == SMALL
+    # without condition dropout the null branch is untrained: that row stays at w = 1 whatever the default
+    assert rp.entry_settings(plan["causaldiffae-no-dropout"], replace(SMALL, guidance=1.5)).guidance == 1.0
 
 
 def test_training_seeds_keep_the_flat_layout_for_the_config_seed_only():

@@ -19,6 +19,7 @@ from causaldiffae import CausalDiffAE
 from causaldiffae.data import load_dataset, pendulum
 from causaldiffae.model import load_config
 from causaldiffae.training import load_run_config, train
+from causaldiffae.training.loop import _prepare_data
 from conftest import TINY_CONFIG
 
 SHORT = ["train.max_steps=6", "train.checkpoint_every=3", "train.log_every=1"]
@@ -225,6 +226,28 @@ def test_missing_normalisation_is_computed_from_the_train_split(tmp_path, data_o
     # and the exported model uses the computed one
     model = CausalDiffAE.from_pretrained(out)
     assert model.graph["light"].normalization == pytest.approx(norm)
+
+
+def test_label_fraction_hides_train_labels_before_normalising_and_is_recorded(tmp_path, data_overrides, tiny_rows):
+    graph = copy.deepcopy(pendulum.GRAPH)
+    angle = next(v for v in graph["variables"] if v["name"] == "angle")
+    del angle["normalization"]  # computed from the train labels the run may see
+    path = tmp_path / "graph.yaml"
+    path.write_text(yaml.safe_dump(graph))
+    config = load_run_config(TINY_CONFIG, [*data_overrides, f"graph={path}", "data.label_fraction={angle: 0.25}",
+                                           "train.max_steps=1"])
+    _, _, train_set, grid_set = _prepare_data(config)
+    n = sum(r["split"] == "train" for r in tiny_rows)
+    kept = (~train_set.labels.isnan()).sum(dim=0).tolist()
+    assert kept == [max(1, round(0.25 * n)), n, n, n]
+    assert not grid_set.labels.isnan().any()  # the grid's test images keep their labels
+    out = tmp_path / "run"
+    train(config, out, progress=False)
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["data"]["label_fraction"] == {"angle": 0.25}
+    visible = train_set.labels[:, 0][~train_set.labels[:, 0].isnan()]
+    norm = next(v for v in resolved["graph"]["variables"] if v["name"] == "angle")["normalization"]
+    assert norm["mean"] == pytest.approx(visible.mean().item(), rel=1e-5)
 
 
 def test_graph_with_other_variables_is_rejected(tmp_path, data_overrides):

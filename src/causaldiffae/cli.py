@@ -16,7 +16,7 @@ from typing import Any
 
 from . import __version__
 from .atomic import write_text
-from .counterfactual import DEFAULT_DEPTH
+from .counterfactual import DEFAULT_DEPTH, DEFAULT_GUIDANCE
 
 
 def _data_pendulum(args: argparse.Namespace) -> None:
@@ -403,7 +403,10 @@ def build_parser() -> argparse.ArgumentParser:
     morpho.add_argument("--out", required=True, help="folder to write (replaced atomically if it exists)")
     source = morpho.add_mutually_exclusive_group()
     source.add_argument("--mnist", metavar="MNIST_DIR", help="folder of the MNIST IDX files: use all 70,000 digits")
-    source.add_argument("--published", metavar="DIR", help="convert a published Morpho-MNIST folder instead")
+    source.add_argument("--published", metavar="DIR",
+                        help="convert a published Morpho-MNIST folder instead ({train,t10k}-images-idx3-ubyte.gz "
+                             "with {train,t10k}-morpho.csv holding at least thickness; either split alone, e.g. "
+                             "DeepSCM's t10k files)")
     morpho.add_argument("--seed", type=int, default=0, help="seed of the causal model's draws (default 0)")
     morpho.add_argument("--size", type=_image_size, default=28, help="image size in pixels (default 28)")
     morpho.set_defaults(func=_data_morphomnist)
@@ -542,7 +545,8 @@ def _add_evaluation_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=_positive_int, default=1000, help="interventions per seed (default 1000)")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     parser.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps (default 50)")
-    parser.add_argument("--guidance", type=float, default=1.0, help="guidance weight w (default 1.0)")
+    parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
+                        help=f"guidance weight w (default {DEFAULT_GUIDANCE})")
     parser.add_argument("--depth", type=_depth, default=DEFAULT_DEPTH,
                         help=f"inversion depth (default {DEFAULT_DEPTH})")
     parser.add_argument("--abduction", choices=["ddim", "noise"], default="ddim", help="x_T abduction (default ddim)")
@@ -554,8 +558,10 @@ def _add_evaluation_flags(parser: argparse.ArgumentParser) -> None:
 
 def _add_sampling_flags(parser: argparse.ArgumentParser, depth: bool) -> None:
     parser.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps (default 50)")
-    parser.add_argument("--guidance", default="1.0",
-                        help="guidance weight w (1 = plain conditional); a comma list sweeps it, e.g. 0,1,2,3")
+    default = DEFAULT_GUIDANCE if depth else 1.0  # counterfactuals: the tuned weight; samples: plain conditional
+    parser.add_argument("--guidance", default=f"{default:g}",
+                        help=f"guidance weight w (1 = plain conditional; default {default:g}); a comma list sweeps "
+                             "it, e.g. 0,1,2,3")
     parser.add_argument("--seed", type=int, default=0, help="seed of any random draw (default 0)")
     parser.add_argument("--class", dest="cls", type=int, help="class for a model with a class condition (e.g. digit)")
     if depth:

@@ -21,10 +21,12 @@ from .diffusion import ddim
 from .model import CausalDiffAE, Latents, Value
 
 Abduction = Literal["ddim", "noise"]
-#: Inversion depth used when none is given: on the shipped Pendulum model (100 test images, 50 steps) depth 0.7
-#: gave the lowest error to the true counterfactual for do(angle) (0.0105 against 0.0133 at 1.0 and 0.0124 at
-#: 0.5) and for do(light) about the same as 0.5 (benchmarks/counterfactual_quality.py --depths 1.0,0.7,0.5).
-DEFAULT_DEPTH = 0.7
+#: Inversion depth and guidance weight of a counterfactual when none is given, chosen on Pendulum's validation
+#: split (never test) by `causaldiffae tune` with the shipped model: the lowest error to the true counterfactual
+#: of 18 (depth, guidance) cells, 64 images, 50 steps (true-cf L1 3.24 at 0.4 / 1.5 against 3.72 at the earlier
+#: default 0.7 / 1 and 4.87 at 1.0 / 1; docs/results/pendulum/tune/tune.md). Tune them for your own model.
+DEFAULT_DEPTH = 0.4
+DEFAULT_GUIDANCE = 1.5
 
 
 @dataclass
@@ -88,7 +90,7 @@ def decode(model: CausalDiffAE, x_T: torch.Tensor, z: torch.Tensor, steps: int =
 
 @torch.inference_mode()
 def counterfactual(model: CausalDiffAE, x: torch.Tensor, do: Mapping[str, Value], steps: int = 50,
-                   guidance: float = 1.0, abduction: Abduction = "ddim", depth: float = DEFAULT_DEPTH,
+                   guidance: float = DEFAULT_GUIDANCE, abduction: Abduction = "ddim", depth: float = DEFAULT_DEPTH,
                    reconstruct: bool = False, generator: torch.Generator | None = None,
                    return_details: bool = False, classes: torch.Tensor | None = None,
                    labels: torch.Tensor | None = None) -> torch.Tensor | Counterfactual:
@@ -147,7 +149,8 @@ def sample(model: CausalDiffAE, do: Mapping[str, Value], n: int, steps: int = 50
     """New images (n, C, H, W) in [0, 1] with the given variables set: no factual image needed.
 
     Roots not in ``do`` take a value drawn uniformly from their range (or the normalised N(0, 1) when the
-    graph gives none); other variables follow their mechanisms with zero exogenous noise; x_T ~ N(0, I).
+    graph gives none); other variables follow their mechanisms with zero exogenous noise; x_T ~ N(0, I) is the
+    state at the top of the full trajectory (depth 1.0), not at the inversion depth of counterfactuals.
     """
     device = next(model.parameters()).device
     d, graph = model.config.latent_dim, model.graph
@@ -162,5 +165,5 @@ def sample(model: CausalDiffAE, do: Mapping[str, Value], n: int, steps: int = 50
     z = model.intervene(Latents(zeros, zeros, zeros, zeros), values)  # every block is a root or descendant
     x_T = torch.randn((n, model.config.channels, model.config.image_size, model.config.image_size),
                       generator=generator).to(device)
-    return decode(model, x_T, z, steps, guidance, classes=classes, clip=True)
+    return decode(model, x_T, z, steps, guidance, depth=1.0, classes=classes, clip=True)
 

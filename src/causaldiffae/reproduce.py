@@ -40,11 +40,14 @@ class Entry:
     """Evaluate another entry's run instead of training one (an inference-time ablation)."""
     depth: float | None = None
     """Inversion depth of its counterfactuals; None = the evaluation settings' depth."""
+    guidance: float | None = None
+    """Guidance weight of its counterfactuals; None = the evaluation settings' weight."""
 
 
 def _plan(dataset: str) -> list[Entry]:
     return [Entry("causaldiffae", f"{dataset}.yaml"),
-            Entry("causaldiffae-no-dropout", f"baselines/{dataset}-no-dropout.yaml"),
+            # never trained on the null condition: any weight but 1 would extrapolate with an untrained branch
+            Entry("causaldiffae-no-dropout", f"baselines/{dataset}-no-dropout.yaml", guidance=1.0),
             Entry("diffae-aligned", f"baselines/{dataset}-diffae-aligned.yaml"),
             Entry("diffae-unaligned", f"baselines/{dataset}-diffae-unaligned.yaml"),
             Entry("label-ddim", f"baselines/{dataset}-label-ddim.yaml"),
@@ -121,8 +124,9 @@ class Run(NamedTuple):
 
 
 def entry_settings(entry: Entry, settings: Settings) -> Settings:
-    """The evaluation settings of one entry: its abduction and, where it sets one, its depth."""
-    return replace(settings, abduction=entry.abduction, depth=settings.depth if entry.depth is None else entry.depth)
+    """The evaluation settings of one entry: its abduction and, where it sets them, its depth and guidance."""
+    return replace(settings, abduction=entry.abduction, depth=settings.depth if entry.depth is None else entry.depth,
+                   guidance=settings.guidance if entry.guidance is None else entry.guidance)
 
 
 def training_seeds(train_seeds: Sequence[int] | None, default: int) -> list[int | None]:

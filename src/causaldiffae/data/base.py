@@ -11,8 +11,9 @@ import csv
 import hashlib
 import io
 import math
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,40 @@ class ImageDataset:
         if self.classes is not None:
             batch["class"] = self.classes[index].to(device)
         return batch
+
+
+def hide_labels(dataset: ImageDataset, fraction: float | Mapping[str, float], seed: int) -> ImageDataset:
+    """Weak supervision: the dataset with most training labels hidden (NaN); val and test rows keep theirs.
+
+    ``fraction`` f in (0, 1] for every variable, or {variable: f} (unnamed variables keep all labels). Of the
+    n train rows that have a variable's label, a random ``max(1, round(f * n))`` keep it (Python's round: half to
+    even); the subset comes from ``numpy.random.default_rng([seed, crc32(variable name)])``, so the same seed
+    hides the same labels, and the variables' subsets are independent of each other and of the graph's order.
+    """
+    names = dataset.graph.variables
+    fractions = {name: float(fraction) for name in names} if isinstance(fraction, (int, float)) else dict(fraction)
+    unknown = sorted(set(fractions) - set(names))
+    if unknown:
+        raise ValueError(f"data.label_fraction names {', '.join(map(repr, unknown))}, which the dataset's graph "
+                         f"does not have; its variables are {', '.join(names)}")
+    bad = {k: v for k, v in fractions.items() if isinstance(v, bool) or not isinstance(v, (int, float))
+           or not 0 < v <= 1}
+    if bad:
+        raise ValueError(f"data.label_fraction must lie in (0, 1], got {bad}")
+    labels = dataset.labels.clone()
+    train = np.array([s == "train" for s in dataset.splits], dtype=bool)
+    for name, f in fractions.items():
+        if f >= 1:
+            continue
+        column = labels[:, names.index(name)]
+        present = np.flatnonzero(train & ~torch.isnan(column).numpy())
+        if len(present) == 0:
+            continue
+        keep = max(1, round(f * len(present)))
+        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+        hidden = rng.permutation(present)[keep:]
+        column[torch.from_numpy(hidden)] = math.nan
+    return replace(dataset, labels=labels)
 
 
 def read_labels(root: Path, graph: CausalGraph, extra: Sequence[str] = ()) -> tuple[list[str], list[str], np.ndarray]:

@@ -39,6 +39,9 @@ VARIABLES: tuple[str, ...] = ("thickness", "intensity")
 EXTRA_COLUMNS: tuple[str, ...] = ("digit", "source")
 #: Columns of Morpho-MNIST's ``*-morpho.csv`` files and the fields of :class:`.morphometry.Morphometrics`.
 MORPHO_COLUMNS: tuple[str, ...] = ("index", "area", "length", "thickness", "slant", "width", "height")
+#: The ``*-morpho.csv`` columns a conversion reads: thickness is required; index (else the row order) and
+#: intensity (else measured on the image) are optional; DeepSCM's files carry only index, thickness, intensity.
+PUBLISHED_COLUMNS: tuple[str, ...] = (*MORPHO_COLUMNS, "intensity")
 
 THICKNESS_OFFSET, THICKNESS_SHAPE, THICKNESS_RATE = 0.5, 10.0, 5.0
 INTENSITY_MIN, INTENSITY_SPAN = 64.0, 191.0
@@ -286,27 +289,43 @@ def source_digit(root: str | Path, file: str) -> np.ndarray:
 
 # -- the published Morpho-MNIST files ---------------------------------------------------------------------
 def _read_columns(path: Path) -> dict[str, np.ndarray]:
+    """The numeric columns of a ``*-morpho.csv`` that a conversion uses (:data:`PUBLISHED_COLUMNS`); thickness
+    must be there, an unnamed first column (a pandas index) stands for ``index``, other columns are ignored."""
     with path.open(newline="") as fh:
         reader = csv.DictReader(fh)
-        names = reader.fieldnames or []
-        missing = [c for c in MORPHO_COLUMNS if c not in names]
-        if missing:
-            raise ValueError(f"{path}: no column for {', '.join(missing)} (columns are {', '.join(names)})")
+        names = list(reader.fieldnames or [])
+        if "thickness" not in names:
+            raise ValueError(f"{path}: no column for thickness, which the graph needs (columns are "
+                             f"{', '.join(names) or 'none'}); intensity is measured on the images when absent")
         rows = list(reader)
-    try:
-        return {name: np.array([float(r[name]) for r in rows]) for name in names if name}
-    except ValueError as err:
-        raise ValueError(f"{path}: {err}") from None
+    wanted = {name: name for name in PUBLISHED_COLUMNS if name in names}
+    if "index" not in wanted and names and names[0] == "":
+        wanted["index"] = ""
+    out = {}
+    for name, column in wanted.items():
+        values = []
+        for line, row in enumerate(rows, start=2):
+            cell = row.get(column)
+            try:
+                values.append(float(cell))  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                raise ValueError(f"{path} line {line}: {name}={cell!r} is not a number") from None
+        out[name] = np.array(values, dtype=np.float64)
+    if "index" not in out:
+        out["index"] = np.arange(len(rows), dtype=np.float64)  # rows are written in digit order
+    return out
 
 
 def read_published(folder: str | Path) -> dict[str, dict[str, np.ndarray]]:
-    """A Morpho-MNIST dataset as its zip ships it: ``{train,t10k}-images-idx3-ubyte.gz`` with
-    ``{train,t10k}-morpho.csv`` (columns index, area, length, thickness, slant, width, height) and, when present,
-    ``{train,t10k}-labels-idx1-ubyte.gz``.
+    """A Morpho-MNIST dataset as people hold it: ``{train,t10k}-images-idx3-ubyte[.gz]`` with
+    ``{train,t10k}-morpho.csv`` and, when present, ``{train,t10k}-labels-idx1-ubyte[.gz]``; either split alone
+    is enough (DeepSCM/HVAE ship only the t10k files, their CSV with the columns index, thickness, intensity;
+    Morpho-MNIST's zips have index, area, length, thickness, slant, width, height and no intensity).
 
-    Returns {"train": {...}, "test": {...}} for the splits present: "images" uint8 (N, 28, 28), every CSV column
-    as a float array, "digit" (NaN without a labels file) and "intensity": the CSV's column if it has one,
-    else the foreground median of each image as DeepSCM measures it (:func:`foreground_median`).
+    Returns {"train": {...}, "test": {...}} for the splits present: "images" uint8 (N, 28, 28), the CSV's
+    columns of :data:`PUBLISHED_COLUMNS` as float arrays ("index" from the row order when absent), "digit"
+    (NaN without a labels file) and "intensity": the CSV's column if it has one, else the foreground median of
+    each image as DeepSCM measures it (:func:`foreground_median`).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -324,8 +343,9 @@ def read_published(folder: str | Path) -> dict[str, dict[str, np.ndarray]]:
         if images.ndim != 3 or images.dtype != np.uint8:
             raise ValueError(f"{image_path}: expected uint8 images (N, H, W), got {images.dtype} {images.shape}")
         columns = _read_columns(csv_path)
-        if len(columns["index"]) != len(images):
-            raise ValueError(f"{csv_path} has {len(columns['index'])} rows for {len(images)} images in {image_path}")
+        if len(columns["thickness"]) != len(images):
+            raise ValueError(f"{csv_path} has {len(columns['thickness'])} rows for {len(images)} images in "
+                             f"{image_path}; each row describes the image of the same position")
         label_path = _find(folder, f"{prefix}-labels-idx1-ubyte")
         digits = np.full(len(images), np.nan)
         if label_path is not None:
@@ -347,7 +367,8 @@ def convert_published(folder: str | Path, out: str | Path, size: int = NATIVE_SI
 
     labels.csv: file (``{split}-{index:05d}.png``), split, thickness (the CSV's), intensity, digit and source (the
     CSV's index). The graph is :data:`GRAPH` with the ranges of these data. There are no source digits, so no
-    true counterfactuals: those need :func:`generate`.
+    true counterfactuals: those need :func:`generate`. A folder with only the t10k files gives a dataset with
+    only a test split: for evaluating a model trained elsewhere, not for training.
     """
     _check_size(size)
     data = read_published(folder)

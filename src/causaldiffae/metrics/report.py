@@ -84,18 +84,29 @@ def markdown(doc: dict) -> str:
     parts += ["### Effectiveness in raw units\n",
               table(["intervention", *variables], [[key] + [fmt(per[v]["mae"]) if v in per else "–" for v in variables]
                                                    for key, per in eff.items()])]
+    if summary.get("class_kept"):
+        parts += ["## The class kept\n",
+                  "Share of counterfactuals that the predictors' classifier reads as the same class (the digit) as "
+                  "the factual image; the oracle: the same share for the true counterfactuals.\n",
+                  table(["intervention", "counterfactuals", "oracle"],
+                        [[key, fmt(k["model"]), fmt(k.get("oracle"))] for key, k in summary["class_kept"].items()])]
     if "truth" in summary:
         truth = summary["truth"]
         parts += ["## Error to the true counterfactual (rendered by the known SCM)\n",
                   table(["intervention", "L1", "MSE", "factual L1", "factual MSE", "closer than factual"],
                         [[k, fmt(t["l1"]), fmt(t["mse"]), fmt(t.get("factual_l1")), fmt(t.get("factual_mse")),
                           fmt(t.get("closer_than_factual"))] for k, t in truth.items()])]
-        morpho = {k: t["morphometry"] for k, t in truth.items() if "morphometry" in t}
-        if morpho:
-            parts += ["### Morphometry of the counterfactuals (MAE to the intended value)\n",
-                      table(["intervention", *variables],
-                            [[k] + [fmt(m[v]["mae"]) if v in m else "–" for v in variables]
-                             for k, m in morpho.items()])]
+        morpho_rows = []
+        for key, t in truth.items():
+            for suffix, label in (("", key), ("_noop", f"{key}: no-op floor"), ("_oracle", f"{key}: oracle")):
+                m = t.get(f"morphometry{suffix}")
+                if m is not None:
+                    morpho_rows.append([label] + [fmt(m[v]["mae"]) if v in m else "–" for v in variables])
+        if morpho_rows:
+            parts += ["### Morphometry of the counterfactuals (MAE to the intended value, raw units)\n",
+                      "Thickness and intensity measured on the images; the no-op floor measures the factual "
+                      "image, the oracle the true counterfactual.\n",
+                      table(["intervention", *variables], morpho_rows)]
     comp = summary.get("composition", {})
     parts += ["## Composition and reversibility (L1 to the factual image)\n",
               f"On the first {s['subset']} images of each seed.\n",

@@ -9,8 +9,11 @@ the 0-255 scale.
 
 Every attribute score stands between two floors read by the same predictors: the no-op floor (the factual image
 returned as the counterfactual) and, where the SCM is known, the oracle (the true counterfactual), so that the
-share of instrument error in a number is visible; ``gap_closed`` puts the model between them. Realism compares
-with the train split, which shares no image with the counterfactuals' inputs.
+share of instrument error in a number is visible; ``gap_closed`` puts the model between them. On MorphoMNIST the
+morphometry of the counterfactuals stands beside the same two floors. With a class classifier among the
+predictors, ``class_kept`` is the share of counterfactuals (and of true counterfactuals) that the classifier
+reads as the factual image's class: the digit kept. Realism compares with the train split, which shares no image
+with the counterfactuals' inputs.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from ..counterfactual import DEFAULT_DEPTH, Abduction, counterfactual, sweep
+from ..counterfactual import DEFAULT_DEPTH, DEFAULT_GUIDANCE, Abduction, counterfactual, sweep
 from ..data.base import ImageDataset
 from ..model import CausalDiffAE
 from . import dci, minimality, realism
@@ -40,7 +43,7 @@ class Settings:
     n: int = 1000
     seeds: tuple[int, ...] = (0, 1, 2)
     steps: int = 50
-    guidance: float = 1.0
+    guidance: float = DEFAULT_GUIDANCE
     depth: float = DEFAULT_DEPTH
     abduction: Abduction = "ddim"
     batch_size: int = 50
@@ -118,6 +121,7 @@ class _Context:
         reference = dataset.split(self.reference_split)
         self.reference_features = _chunked(predictors.features, reference)
         self.reference_pixels = _channel_means(reference.images.float() / 255)
+        self._morphometry: dict[int, torch.Tensor] = {}  # test row -> measured (thickness, intensity)
 
     # -- one seed ----------------------------------------------------------------------------------------
     def run_seed(self, seed: int, bar: tqdm, on_examples: Callable | None) -> dict:
@@ -129,6 +133,8 @@ class _Context:
         results: dict = {"effectiveness": {}, "noop_floor": {}, "minimality": {}, "dag_consistency": {}}
         if self.scm is not None:
             results.update(truth={}, oracle={}, gap_closed={})
+        if self.predictors.classifier is not None:
+            results["class_kept"] = {}
         passes = []
         for name, index in rows.items():
             data = self._main_pass(name, index, g, bar, math.ceil(self.s.subset / len(names)))
@@ -216,6 +222,12 @@ class _Context:
                          predicted_truth=self.predictors.predict(truth),
                          predicted_truth_multi=self.predictors.predict(truth_multi),
                          features_truth=self.predictors.features(truth))
+            if self.predictors.classifier is not None:  # the class (digit) the classifier reads, kept or not
+                factual = self.predictors.predict_class(x)
+                kept = {"class_kept": cf, "class_kept_multi": cf_multi}
+                if truth is not None:
+                    kept.update(class_kept_truth=truth, class_kept_truth_multi=truth_multi)
+                data.add(**{k: self.predictors.predict_class(images) == factual for k, images in kept.items()})
             bar.update(len(rows) + m)
         return {key: data[key] for key in data.chunks}
 
@@ -239,6 +251,8 @@ class _Context:
                 minimality.quantile_bins(reference_values))
 
         model_cld = cld(data["features_cf"])
+        if "class_kept" in results:
+            results["class_kept"][key] = _class_kept(data, "")
         results["minimality"][key] = {"non_descendant_change": non_descendant_change(graph, [name], moved),
                                       "cld": model_cld["cld"], "cld_p1": model_cld["p1"], "cld_p2": model_cld["p2"]}
         if "truth" in data:  # the oracle: the true counterfactuals scored by the same instrument
@@ -250,9 +264,19 @@ class _Context:
                 oracle_cld=cld(data["features_truth"])["cld"])
             self._oracle(results, key, [name], data["predicted_truth"], data["intended"])
             results["truth"][key] = _truth_errors(data["cf"], data["x"], data["truth"])
-            if self.scm is not None and self.scm.kind == "morphomnist":
-                measured = morphometry_labels(data["cf"])
-                results["truth"][key]["morphometry"] = attribute_errors(graph, measured, data["intended"])
+            if self.scm is not None and self.scm.kind == "morphomnist":  # measured, beside both floors
+                truth = results["truth"][key]
+                for suffix, measured in (("", morphometry_labels(data["cf"])),
+                                         ("_noop", self._factual_morphometry(index)),
+                                         ("_oracle", morphometry_labels(data["truth"]))):
+                    truth[f"morphometry{suffix}"] = attribute_errors(graph, measured, data["intended"])
+
+    def _factual_morphometry(self, index: torch.Tensor) -> torch.Tensor:
+        """Thickness and intensity measured on the test images ``index`` (B, 2), each image measured once."""
+        new = sorted({int(i) for i in index} - set(self._morphometry))
+        if new:
+            self._morphometry.update(zip(new, morphometry_labels(self.test.batch(new)["image"]), strict=True))
+        return torch.stack([self._morphometry[int(i)] for i in index])
 
     def _score_multi(self, results: dict, passes: list[dict]) -> None:
         """The multi-variable interventions of every batch, scored together."""
@@ -262,6 +286,9 @@ class _Context:
         intended = joined("intended_multi")
         results["effectiveness"][MULTI] = attribute_errors(self.graph, joined("predicted_multi"), intended)
         results["noop_floor"][MULTI] = attribute_errors(self.graph, joined("predicted_x0"), intended)
+        if "class_kept" in results:
+            keys = ["class_kept_multi"] + (["class_kept_truth_multi"] if "class_kept_truth_multi" in passes[0] else [])
+            results["class_kept"][MULTI] = _class_kept({k: joined(k) for k in keys}, "_multi")
         if "truth" in results:
             results["truth"][MULTI] = _truth_errors(joined("cf_multi"), joined("x"), joined("truth_multi"))
             self._oracle(results, MULTI, None, joined("predicted_truth_multi"), intended)
@@ -363,6 +390,15 @@ def gap_closed(noop: float, model: float, oracle: float) -> float | None:
     """Share of the distance from the no-op floor to the oracle that the model covers; None when the two floors
     are within 1e-6 (nothing to close)."""
     return (noop - model) / (noop - oracle) if abs(noop - oracle) > 1e-6 else None
+
+
+def _class_kept(data: dict, suffix: str) -> dict[str, float]:
+    """Share of counterfactuals whose predicted class is the factual image's ("model") and the same for the true
+    counterfactuals ("oracle", where the SCM is known): the digit a do() on the stroke should keep."""
+    out = {"model": data[f"class_kept{suffix}"].mean().item()}
+    if f"class_kept_truth{suffix}" in data:
+        out["oracle"] = data[f"class_kept_truth{suffix}"].mean().item()
+    return out
 
 
 def _truth_errors(cf: torch.Tensor, x: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:

@@ -27,12 +27,33 @@ class DataConfig:
     resize: bool = cfg.param(False, "resize images of another size instead of refusing them")
     class_column: str | None = cfg.param(None, "labels.csv column of integer classes fed to the UNet as an extra "
                                                "condition (needs model.num_classes), e.g. digit; null = none")
+    label_fraction: float | dict = cfg.param(1.0, "weak supervision: the share f in (0, 1] of training labels kept, "
+                                                  "for every variable or as {variable: f}; the others are hidden "
+                                                  "(NaN), chosen with train.seed; val and test keep theirs")
 
     def __post_init__(self) -> None:
         if self.image_size < 8:
             raise ValueError(f"data.image_size must be >= 8, got {self.image_size}")
+        self.label_fraction = _check_fraction(self.label_fraction)
         if self.name == "folder" and not self.root:
             raise ValueError("data.name: folder needs data.root, the folder with graph.yaml, labels.csv, images/")
+
+
+def _check_fraction(value: float | dict) -> float | dict:
+    """data.label_fraction as a float in (0, 1] or {variable name: float in (0, 1]}; names are checked against
+    the graph when the data are loaded (data.base.hide_labels)."""
+    items = value.items() if isinstance(value, dict) else [(None, value)]
+    out = {}
+    for name, f in items:
+        key = "data.label_fraction" + ("" if name is None else f".{name}")
+        if not isinstance(name, (str, type(None))):
+            raise ValueError(f"data.label_fraction maps variable names to fractions; {name!r} is not a name")
+        if isinstance(f, bool) or not isinstance(f, (int, float)):
+            raise ValueError(f"{key} = {f!r} is not a number; give the share of training labels kept, in (0, 1]")
+        if not 0 < f <= 1:
+            raise ValueError(f"{key} = {f!r} must lie in (0, 1]: the share of training labels kept (1 = all)")
+        out[name] = float(f)
+    return out if isinstance(value, dict) else out[None]
 
 
 @dataclass

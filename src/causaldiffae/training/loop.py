@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ..atomic import write_text
 from ..data import open_dataset
-from ..data.base import ImageDataset
+from ..data.base import ImageDataset, hide_labels
 from ..diffusion import ddim
 from ..graph import CausalGraph
 from ..images import save_grid
@@ -145,6 +145,13 @@ def _prepare_data(config: RunConfig) -> tuple[CausalGraph, ModelConfig, ImageDat
     config, training split and grid images."""
     data, tc = config.data, config.train
     dataset = open_dataset(data.name, data.root, data.image_size, data.resize, class_column=data.class_column)
+    if "train" not in dataset.splits:
+        present = ", ".join(sorted(set(dataset.splits)))
+        raise ValueError(f"dataset {dataset.root} has no train split (only {present}), so there is nothing to "
+                         "train on; a converted test set alone (e.g. Morpho-MNIST's t10k files) serves to "
+                         "evaluate a model trained on another dataset folder")
+    if data.label_fraction != 1.0:  # before resolve_graph: a normalisation computed from train labels sees only these
+        dataset = hide_labels(dataset, data.label_fraction, tc.seed)
     graph = resolve_graph(config.graph, dataset)
     model_config = config.model_config(graph.to_dict(), dataset.image_size, dataset.channels)
     _check_classes(dataset, model_config.num_classes, data.class_column)
