@@ -170,7 +170,7 @@ def test_folder_dataset_needs_a_root():
     ("data.label_fraction=0", "data.label_fraction = 0.0 must lie in (0, 1]"),
     ("data.label_fraction=-0.1", "data.label_fraction = -0.1 must lie in (0, 1]"),
     ("data.label_fraction=1.5", "data.label_fraction = 1.5 must lie in (0, 1]"),
-    ("data.label_fraction=.nan", "data.label_fraction = nan must lie in (0, 1]"),
+    ("data.label_fraction=.nan", "data.label_fraction = nan is not a finite number"),
     ("data.label_fraction=abc", "data.label_fraction = 'abc' has the wrong type"),
     ("data.label_fraction=true", "data.label_fraction = True has the wrong type"),
     ("data.label_fraction={angle: 0}", "data.label_fraction.angle = 0 must lie in (0, 1]"),

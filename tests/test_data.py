@@ -125,12 +125,18 @@ def test_write_dataset_replaces_an_existing_folder(tmp_path):
 # -- the decoded-image cache -----------------------------------------------------------------------------
 
 
-def test_cache_is_reused_without_decoding(tmp_path):
+def test_cache_is_reused_without_decoding(tmp_path, monkeypatch):
+    from causaldiffae.data import image_folder
+
     root = _small(tmp_path)
     first = load_dataset(root, 8)
     caches = list((root / "cache").glob("*.npy"))
     assert len(caches) == 1
-    (root / "images" / "img1.png").unlink()  # a second decode would fail now
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded again although the cache matches")
+
+    monkeypatch.setattr(image_folder, "_decode_all", no_decoding)
     second = load_dataset(root, 8)
     assert torch.equal(first.images, second.images)
 

@@ -365,3 +365,10 @@ def test_class_kept_needs_a_classifier(results):
     """Predictors without a class classifier (the Pendulum fixtures): no class_kept, and no table for it."""
     assert "class_kept" not in results["seeds"][0]
     assert "The class kept" not in markdown(metrics_document(results, {}))
+
+
+def test_summarize_skips_metrics_that_did_not_apply():
+    """metrics.json writes a non-finite number as null: the summary treats it as missing (NaN), not a crash."""
+    out = summarize([{"r": None, "a": 1.0}, {"r": 2.0, "a": 3.0}])
+    assert out["a"]["mean"] == 2.0 and math.isnan(out["r"]["mean"]) and out["r"]["values"][1] == 2.0
+    assert summarize([None, None]) is None

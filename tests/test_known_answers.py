@@ -42,7 +42,7 @@ def _loss_terms(monkeypatch: pytest.MonkeyPatch, mu: torch.Tensor, logvar: torch
     torch.manual_seed(0)
     model = CausalDiffAE(ModelConfig(graph=LOSS_GRAPH, image_size=8, channels=1, **TINY, **config))
     latents = Latents(mu, logvar, mu, z)
-    monkeypatch.setattr(model, "encode", lambda x, sample=False, generator=None, labels=None: latents)
+    monkeypatch.setattr(model, "_abduct", lambda x, sample=False, generator=None, labels=None: latents)
     return model.loss({"image": torch.full((mu.shape[0], 1, 8, 8), 0.5), "labels": labels}, gamma=0.5)
 
 

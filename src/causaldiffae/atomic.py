@@ -20,6 +20,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.chmod(tmp, 0o644)  # mkstemp's 0600 would make outputs unreadable to other users
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o644)  # again: a writer may have replaced the file (safetensors' save_file makes it 0600)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -32,16 +33,50 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``path``; on success it is renamed to ``path`` (which must not exist)."""
+def atomic_dir(path: str | Path, marker: str | None = None) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; on success it replaces ``path`` in one rename.
+
+    With ``marker`` (a file name) an existing ``path`` is replaced only if it is empty or holds that file, the
+    mark of a folder written this way (the new folder gets it too): a folder of the user's is never deleted."""
     path = Path(path)
+    if marker is not None:
+        check_replaceable(path, marker)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        if marker is not None:
+            (tmp / marker).write_text(f"written by causaldiffae, which may replace this folder: {path.name}\n")
+            check_replaceable(path, marker)  # again: something may have been put there meanwhile
+        _make_readable(tmp)
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def check_replaceable(path: str | Path, marker: str) -> None:
+    """Refuse (ValueError) to replace ``path`` unless it is absent, an empty folder or a folder holding ``marker``;
+    writers call it up front too, to refuse before any work."""
+    path = Path(path)
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise ValueError(f"{path} exists and is not a folder: choose a new or empty folder")
+    if not path.is_dir() or (path / marker).is_file():
+        return
+    entries = sorted(p.name for p in path.iterdir())
+    if entries:
+        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise ValueError(f"{path} is not empty ({shown}) and causaldiffae did not write it (no {marker} in it), "
+                         "so it is not replaced: choose a new or empty folder, or delete it yourself")
+
+
+def _make_readable(folder: Path) -> None:
+    """Folders 0755 and files 0644, like a plain mkdir and open: mkdtemp and safetensors make them private."""
+    os.chmod(folder, 0o755)
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o755)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o644)

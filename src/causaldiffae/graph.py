@@ -100,7 +100,7 @@ def _check_normalization(name: str, norm: Mapping[str, Any]) -> None:
             raise ValueError(f"variable {name!r}: normalization needs min < max, got {lo} and {hi}")
     else:
         raise ValueError(
-            f"variable {name!r}: normalization must have keys mean/std or min/max, got {sorted(keys)}"
+            f"variable {name!r}: normalization must have keys mean/std or min/max, got {sorted(keys, key=repr)}"
         )
 
 
@@ -141,7 +141,8 @@ class CausalGraph:
             raise ValueError(f"a causal graph must be a mapping with 'variables' and 'edges', got {data!r}")
         unknown = set(data) - {"variables", "edges"}
         if unknown:
-            raise ValueError(f"unknown key(s) {sorted(unknown)} in the causal graph; expected variables, edges")
+            raise ValueError(f"unknown key(s) {sorted(unknown, key=repr)} in the causal graph; expected variables, "
+                             "edges")
         raw_vars = data.get("variables") or []
         if not isinstance(raw_vars, list):
             raise ValueError("'variables' must be a list of {name: ...} mappings")
@@ -267,7 +268,8 @@ def _variable_from(raw: Any) -> Variable:
     unknown = set(raw) - _VARIABLE_KEYS
     if unknown:
         raise ValueError(
-            f"variable {raw['name']!r}: unknown key(s) {sorted(unknown)}; allowed are {sorted(_VARIABLE_KEYS)}"
+            f"variable {raw['name']!r}: unknown key(s) {sorted(unknown, key=repr)}; allowed are "
+            f"{sorted(_VARIABLE_KEYS)}"
         )
     rng = raw.get("range")
     return Variable(

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NamedTuple
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -120,8 +121,17 @@ class CausalDiffAE(nn.Module):
         whose encoder is not deterministic (``deterministic_encoder``: DiffAE's semantic encoder never samples).
 
         The label-conditional baseline reads no image: its latents are the factual ``labels`` (B, n), normalised
-        and broadcast over each block; the other models ignore ``labels``.
+        and broadcast over each block; the other models ignore ``labels``. ``x`` may be a numpy array or a tensor of
+        another float type (see ``prepare_images``); latents that come out NaN or inf are an error.
         """
+        lat = self._abduct(self.prepare_images(x), sample, generator, labels)
+        if not torch.isfinite(lat.z).all():
+            raise ValueError("the model's latents hold NaN or inf: its encoder's weights may hold NaN or inf")
+        return lat
+
+    def _abduct(self, x: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None,
+                labels: torch.Tensor | None = None) -> Latents:
+        """``encode`` without its input and output checks (training: no device sync per step)."""
         self.check_images(x)
         if self.encoder is None:
             return self.label_latents(labels, x)
@@ -204,7 +214,7 @@ class CausalDiffAE(nn.Module):
             lat = self.label_latents(batch["labels"], x0, missing_ok=True)
             kl = label = torch.zeros((), device=dev)
         else:
-            lat = self.encode(batch["image"], sample=True)  # u = mu for a deterministic encoder
+            lat = self._abduct(batch["image"], sample=True)  # u = mu for a deterministic encoder
             if self.config.deterministic_encoder:  # DiffAE's semantic encoder: no posterior, so no KL term
                 kl = torch.zeros((), device=dev)
             else:
@@ -230,6 +240,28 @@ class CausalDiffAE(nn.Module):
             raise ValueError(f"images must have shape (B, {', '.join(map(str, expected))}) with values in "
                              f"[0, 1]; got {tuple(x.shape)}")
 
+    def prepare_images(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Images (B, C, H, W) in [0, 1], a tensor or numpy array of any float type -> a tensor of the model's dtype
+        on its device. An empty batch, another shape, integer pixels and NaN or inf are refused by name."""
+        if isinstance(x, np.ndarray) and x.dtype.kind == "f":
+            x = torch.from_numpy(x)
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            kind = f"{x.dtype} values (8-bit images: divide by 255)" if isinstance(x, (torch.Tensor, np.ndarray)) \
+                else f"a {type(x).__name__}"
+            raise ValueError(f"images must be a float tensor or numpy array (B, C, H, W) in [0, 1], got {kind}")
+        self.check_images(x)
+        if x.shape[0] == 0:
+            raise ValueError(f"the batch of images is empty: shape {tuple(x.shape)}")
+        param, given = next(self.parameters()), x.dtype
+        x = x.to(device=param.device, dtype=param.dtype)
+        bad = ~torch.isfinite(x)
+        if bad.any():
+            first = int(bad.flatten(1).any(dim=1).nonzero()[0])
+            converted = f" (as the model's {param.dtype})" if given != param.dtype else ""
+            raise ValueError(f"images hold NaN or inf in {int(bad.sum()):,} of {x.numel():,} pixel values{converted}, "
+                             f"the first in image {first}")
+        return x
+
     # -- persistence: safetensors + JSON, nothing pickled -------------------------------------------
     def save_pretrained(self, directory: str | Path, state_dict: Mapping[str, torch.Tensor] | None = None) -> None:
         """Write ``model_config.json`` and ``model.safetensors`` (optionally other weights, e.g. EMA)."""
@@ -254,6 +286,11 @@ class CausalDiffAE(nn.Module):
             state = load_file(str(weights), device=str(device))
         except (SafetensorError, OSError, ValueError) as err:
             raise ValueError(f"corrupt checkpoint {weights}: {err}") from None
+        broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if broken:
+            raise ValueError(f"{weights} holds NaN or inf in {len(broken)} tensor(s) ({', '.join(broken[:3])}"
+                             f"{', ...' if len(broken) > 3 else ''}): the training diverged or the file is damaged; "
+                             "use an earlier checkpoint")
         load_state(model, state, weights)
         model = model.to(device).eval()
         if torch.device(device).type == "cpu":  # oneDNN convolutions: ~20 % faster counterfactuals (benchmarks/)
@@ -287,7 +324,8 @@ def load_state(module: nn.Module, state: Mapping[str, torch.Tensor], source: Pat
 
 def _per_image(value: Value, batch: int, name: str, like: torch.Tensor) -> torch.Tensor:
     """A scalar or one value per image -> float tensor (B,) on ``like``'s device; rejects NaN and wrong types."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, list, tuple, torch.Tensor)):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, list, tuple, torch.Tensor,
+                                                                      np.ndarray, np.number)):
         raise ValueError(f"do({name}=...) needs a number or one number per image, got {value!r}")
     try:
         t = torch.as_tensor(value, dtype=like.dtype, device=like.device).flatten()

@@ -62,7 +62,7 @@ def tune(model: CausalDiffAE, dataset: ImageDataset, settings: TuneSettings | No
     s = settings or TuneSettings()
     if s.split not in dataset.splits:
         raise ValueError(f"the dataset has no {s.split!r} split (it has {sorted(set(dataset.splits))})")
-    data = dataset.split(s.split)
+    data = dataset.with_variables(model.graph.variables).split(s.split)  # labels matched by name
     scm = true_scm(data)
     if scm is None and predictors is None:
         raise ValueError("tune needs a known SCM (the true counterfactual) or predictors (--predictors) to score")

@@ -2,13 +2,13 @@
 
 ``labels.csv`` has the columns ``file``, ``split`` (train, val or test), then one column per graph variable;
 an empty cell is a missing label. Every dataset, built-in or the user's own, is read and written here.
-Decoded images are cached next to the data as a ``.npy`` array (no pickle) keyed by the size and the CSV.
+labels.csv and graph.yaml are UTF-8 (a byte-order mark is fine). The images are read by image_folder.py: only
+files inside ``images/``, headers checked before decoding, one mode for all, and a cache of the decoded pixels.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import math
 import zlib
@@ -20,10 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from ..atomic import atomic_dir, atomic_path
+from ..atomic import atomic_dir
+from ..config import read_utf8
 from ..graph import CausalGraph
+from .image_folder import read_images
 
 SPLITS = ("train", "val", "test")
 
@@ -76,6 +78,23 @@ class ImageDataset:
             batch["class"] = self.classes[index].to(device)
         return batch
 
+    def with_variables(self, order: Sequence[str]) -> ImageDataset:
+        """The dataset with its variables (graph nodes and label columns) in ``order``, matched by name: a dataset
+        whose graph lists a model's variables in another order then lines up with the model, never swapped."""
+        names, order = self.graph.variables, list(order)
+        if order == names:
+            return self
+        missing = [v for v in order if v not in names]
+        extra = [v for v in names if v not in order]
+        if missing or extra or len(set(order)) != len(order):
+            problems = ([f"lacks {', '.join(missing)}"] if missing else []) + \
+                ([f"has {', '.join(extra)} besides"] if extra else []) or ["cannot be matched"]
+            raise ValueError(f"the dataset {self.root} {' and '.join(problems)}: the model's variables are "
+                             f"{', '.join(order)}, the dataset's {', '.join(names)}")
+        index = [names.index(v) for v in order]
+        graph = CausalGraph(tuple(self.graph[v] for v in order), self.graph.edges)
+        return replace(self, graph=graph, labels=self.labels[:, index])
+
 
 def hide_labels(dataset: ImageDataset, fraction: float | Mapping[str, float], seed: int) -> ImageDataset:
     """Weak supervision: the dataset with most training labels hidden (NaN); val and test rows keep theirs.
@@ -113,25 +132,56 @@ def hide_labels(dataset: ImageDataset, fraction: float | Mapping[str, float], se
 
 def read_labels(root: Path, graph: CausalGraph, extra: Sequence[str] = ()) -> tuple[list[str], list[str], np.ndarray]:
     """Parse ``labels.csv``: files, splits, and labels (N, n_vars + len(extra)) float64, NaN for empty cells."""
+    files, splits, table, _ = _read_table(root, graph, extra)
+    return files, splits, table
+
+
+def _read_table(root: Path, graph: CausalGraph,
+                extra: Sequence[str] = ()) -> tuple[list[str], list[str], np.ndarray, list[int]]:
+    """``read_labels`` and the line of labels.csv each row ends on (for messages). The file is UTF-8 (a
+    byte-order mark is allowed); columns are matched by name; every row has exactly the header's cells."""
     path = root / "labels.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: a dataset folder needs graph.yaml, labels.csv and images/")
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        columns = reader.fieldnames or []
+    reader = csv.reader(io.StringIO(read_utf8(path), newline=""))
+    files, splits, rows, lines = [], [], [], []
+    try:
+        columns = next(reader, [])
+        shown = ", ".join(c if c.isprintable() else repr(c) for c in columns) or "none"
+        repeated = sorted({c for c in columns if columns.count(c) > 1})
+        if repeated:
+            raise ValueError(f"{path}: column {', '.join(map(repr, repeated))} appears more than once")
         missing = [c for c in ["file", "split", *graph.variables, *extra] if c not in columns]
         if missing:
-            raise ValueError(f"{path}: no column for {', '.join(missing)} (columns are {', '.join(columns)})")
-        files, splits, rows = [], [], []
-        for line, row in enumerate(reader, start=2):
+            raise ValueError(f"{path}: no column for {', '.join(missing)} (columns are {shown})")
+        for cells in reader:
+            line = reader.line_num
+            if not cells:
+                continue  # a blank line
+            if len(cells) != len(columns):
+                raise ValueError(f"{path} line {line}: {len(cells)} cell(s) but the header has {len(columns)} "
+                                 f"columns ({shown}); leave a cell empty for a missing label")
+            row = dict(zip(columns, cells, strict=True))
             if row["split"] not in SPLITS:
                 raise ValueError(f"{path} line {line}: split {row['split']!r} is not one of {', '.join(SPLITS)}")
-            files.append(row["file"])
+            files.append(_file_cell(row["file"], path, line))
             splits.append(row["split"])
             rows.append([_label(row[v], v, path, line) for v in [*graph.variables, *extra]])
+            lines.append(line)
+    except csv.Error as err:
+        raise ValueError(f"{path} line {reader.line_num}: not valid CSV ({err})") from None
     if not files:
         raise ValueError(f"{path} has no rows")
-    return files, splits, np.asarray(rows, dtype=np.float64).reshape(len(files), len(graph) + len(extra))
+    table = np.asarray(rows, dtype=np.float64).reshape(len(files), len(graph) + len(extra))
+    return files, splits, table, lines
+
+
+def _file_cell(name: str, path: Path, line: int) -> str:
+    """A ``file`` cell: a path relative to images/ that stays inside it (symlinks are checked on disk later)."""
+    parts = name.replace("\\", "/").split("/")
+    if not name.strip() or name.startswith(("/", "\\")) or ".." in parts:
+        raise ValueError(f"{path} line {line}: file {name!r} must be a path inside images/ (relative, no '..')")
+    return name
 
 
 def _label(cell: str | None, name: str, path: Path, line: int) -> float:
@@ -156,61 +206,33 @@ def load_dataset(root: str | Path, image_size: int | None = None, resize: bool =
     if not root.is_dir():
         raise FileNotFoundError(f"dataset folder not found: {root}")
     graph = graph or CausalGraph.from_yaml(root / "graph.yaml")
-    files, splits, table = read_labels(root, graph, [class_column] if class_column else [])
-    labels, classes = table[:, : len(graph)], _classes(table[:, len(graph)], class_column) if class_column else None
-    csv_hash = hashlib.sha1((root / "labels.csv").read_bytes()).hexdigest()[:12]
-    cache = root / "cache" / f"images-{image_size or 'native'}-{int(resize)}-{csv_hash}.npy"
-    if cache.is_file():
-        images = np.load(cache, allow_pickle=False)
-    else:
-        images = _decode_all(root, files, image_size, resize)
-        try:
-            with atomic_path(cache) as tmp, tmp.open("wb") as fh:
-                np.save(fh, images, allow_pickle=False)
-        except OSError:
-            pass  # a read-only dataset folder still loads, only slower next time
+    files, splits, table, lines = _read_table(root, graph, [class_column] if class_column else [])
+    labels = table[:, : len(graph)]
+    classes = _classes(table[:, len(graph)], class_column, lines) if class_column else None
+    images = read_images(root, files, lines, image_size, resize)
     return ImageDataset(root, graph, files, splits, torch.from_numpy(images), torch.from_numpy(labels).float(),
                         None if classes is None else torch.from_numpy(classes))
 
 
-def _classes(column: np.ndarray, name: str) -> np.ndarray:
+def _classes(column: np.ndarray, name: str, lines: Sequence[int]) -> np.ndarray:
     bad = np.flatnonzero(np.isnan(column) | (column < 0) | (column != np.round(column)))
     if len(bad):
-        raise ValueError(f"class column {name!r} needs a non-negative integer in every row; row {bad[0] + 1} "
-                         f"has {column[bad[0]]!r}")
+        value = "an empty cell" if np.isnan(column[bad[0]]) else repr(float(column[bad[0]]))
+        raise ValueError(f"class column {name!r} needs a non-negative integer in every row; labels.csv line "
+                         f"{lines[bad[0]]} has {value}")
     return column.astype(np.int64)
 
 
-def _decode_all(root: Path, files: list[str], image_size: int | None, resize: bool) -> np.ndarray:
-    arrays, first = [], None
-    for name in files:
-        path = root / "images" / name
-        try:
-            with Image.open(path) as img:
-                img.load()
-                mode = "L" if img.mode in ("1", "L", "I", "I;16", "F") else "RGB"
-                img = img.convert(first[0] if first else mode)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"image {path} listed in labels.csv is missing") from None
-        except (UnidentifiedImageError, OSError) as err:
-            raise ValueError(f"image {path} is unreadable: {err}") from None
-        if first is None:
-            first = (img.mode, img.size)
-        target = (image_size, image_size) if image_size else first[1]
-        if img.size != target:
-            if not resize:
-                raise ValueError(f"image {path} is {img.size[0]}x{img.size[1]} but {target[0]}x{target[1]} is "
-                                 "expected; set data.resize: true to resize all images")
-            img = img.resize(target, Image.Resampling.LANCZOS)
-        arr = np.asarray(img, dtype=np.uint8)
-        arrays.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
-    return np.ascontiguousarray(np.stack(arrays))
+#: The file that marks a dataset folder written by :func:`write_dataset`: only such a folder (or an empty one) is
+#: replaced when a dataset is written again, never a folder of the user's.
+DATASET_MARKER = ".causaldiffae-dataset"
 
 
 def write_dataset(out: str | Path, graph: CausalGraph, rows: Iterable[Mapping[str, Any]],
                   images: Iterable[np.ndarray], extra_columns: Sequence[str] = ()) -> Path:
     """Write a dataset folder atomically; ``rows`` carry file, split and every variable, ``images`` uint8
-    (H, W) or (H, W, C) arrays in the same order. Float labels are written exactly (repr).
+    (H, W) or (H, W, C) arrays in the same order. Float labels are written exactly (repr). An existing ``out``
+    is replaced only if it is empty or was written here (it holds :data:`DATASET_MARKER`).
 
     ``extra_columns`` are numeric columns of ``rows`` that are not graph variables (e.g. a class label); they
     follow the variables in labels.csv and are written the same way."""
@@ -218,7 +240,7 @@ def write_dataset(out: str | Path, graph: CausalGraph, rows: Iterable[Mapping[st
     columns = [*graph.variables, *extra_columns]
     if len(set(columns) | {"file", "split"}) != len(columns) + 2:
         raise ValueError(f"extra columns {list(extra_columns)} repeat file, split or a graph variable")
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, marker=DATASET_MARKER) as tmp:
         (tmp / "images").mkdir()
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")

@@ -28,9 +28,9 @@ import numpy as np
 from scipy import special
 from tqdm.auto import tqdm
 
-from ..atomic import atomic_dir
+from ..atomic import atomic_dir, check_replaceable
 from ..graph import CausalGraph
-from .base import write_dataset
+from .base import DATASET_MARKER, write_dataset
 from .idx import read_idx
 from .morphometry import NATIVE_SIZE, _check_size, _resize, foreground_median, render
 
@@ -252,6 +252,7 @@ def generate(out: str | Path, size: int = NATIVE_SIZE, mnist: str | Path | None 
     28x28 rendering; another ``size`` only resizes the rendered images.
     """
     _check_size(size)
+    check_replaceable(out, DATASET_MARKER)  # before any work (and any progress bar)
     sources = _load_sources(mnist, limit)
     scm = sample_scm(len(sources.images), np.random.default_rng(seed))
     rows = [{"file": f"{split}-{k:05d}.png", "split": split, "thickness": float(t), "intensity": float(i),
@@ -261,7 +262,7 @@ def generate(out: str | Path, size: int = NATIVE_SIZE, mnist: str | Path | None 
     images = tqdm(_render_all(sources.images, scm["thickness"], scm["intensity"], size, workers),
                   total=len(rows), desc="morphomnist", unit="img", disable=not progress)
     out = Path(out)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, marker=DATASET_MARKER) as tmp:
         write_dataset(tmp, CausalGraph.from_dict(GRAPH), rows, images, EXTRA_COLUMNS)
         np.save(tmp / SOURCE_FILE, sources.images, allow_pickle=False)
     return out
@@ -269,7 +270,7 @@ def generate(out: str | Path, size: int = NATIVE_SIZE, mnist: str | Path | None 
 
 @lru_cache(maxsize=8)
 def _file_rows(root: str, stamp: int) -> dict[str, int]:
-    with (Path(root) / "labels.csv").open(newline="") as fh:
+    with (Path(root) / "labels.csv").open(newline="", encoding="utf-8-sig") as fh:  # as load_dataset: BOM or not
         return {row["file"]: i for i, row in enumerate(csv.DictReader(fh))}
 
 
@@ -371,6 +372,7 @@ def convert_published(folder: str | Path, out: str | Path, size: int = NATIVE_SI
     only a test split: for evaluating a model trained elsewhere, not for training.
     """
     _check_size(size)
+    check_replaceable(out, DATASET_MARKER)  # before any work
     data = read_published(folder)
     rows = [{"file": f"{split}-{int(k):05d}.png", "split": split, "thickness": float(t), "intensity": float(i),
              "digit": float(d), "source": int(k)}

@@ -18,8 +18,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
+from ..atomic import check_replaceable
 from ..graph import CausalGraph
-from .base import write_dataset
+from .base import DATASET_MARKER, write_dataset
 
 VARIABLES: tuple[str, ...] = ("angle", "light", "shadow_length", "shadow_position")
 _SHADOWS = ("shadow_length", "shadow_position")
@@ -267,7 +268,8 @@ def true_counterfactual(
 
 def generate(out: str | Path, size: int = 96, progress: bool = True) -> Path:
     """Render all 7,308 images with their exact labels into the dataset layout (atomically; same bytes for
-    the same arguments)."""
+    the same arguments); an existing ``out`` is replaced only if this package wrote it."""
+    check_replaceable(out, DATASET_MARKER)  # before any work (and any progress bar)
     rows = samples()
     images = (render(r["angle"], r["light"], size) for r in tqdm(rows, desc="pendulum", unit="img",
                                                                  disable=not progress))

@@ -4,8 +4,11 @@ tables) and ``guidance-sweep.png``; written atomically into one folder."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ..atomic import atomic_path, write_text
 from .predictors import interventional_lines
@@ -22,12 +25,28 @@ def write_report(document: dict, out: str | Path) -> Path:
     """Write metrics.json, report.md and guidance-sweep.png into ``out``; returns the report's path."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "metrics.json", json.dumps(document, indent=1) + "\n")
+    write_text(out / "metrics.json", to_json(document))
     summary = document["summary"]
     if "guidance_sweep" in summary:
         _plot_sweep(summary["guidance_sweep"], out / "guidance-sweep.png", document.get("run", ""))
     write_text(out / "report.md", markdown(document))
     return out / "report.md"
+
+
+def to_json(document: Any, indent: int | None = 1) -> str:
+    """JSON text of a results document, NaN and inf written as null: bare NaN is not JSON, and a metric without
+    data (e.g. reversibility with ``subset=0``) is NaN in the results."""
+    return json.dumps(_finite(document), indent=indent, allow_nan=False) + "\n"
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def fmt(entry: Any, digits: int = 4) -> str:

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from .. import memory
 from ..counterfactual import DEFAULT_DEPTH, DEFAULT_GUIDANCE, Abduction, counterfactual, sweep
 from ..data.base import ImageDataset
 from ..model import CausalDiffAE
@@ -88,11 +89,11 @@ def evaluate(model: CausalDiffAE, dataset: ImageDataset, predictors: Predictors,
     counterfactual and, where the SCM is known, the truth) of the first seed.
     """
     settings = settings or Settings()
-    if dataset.graph.variables != model.graph.variables:
-        raise ValueError(f"the dataset's variables {dataset.graph.variables} differ from the model's "
-                         f"{model.graph.variables}")
+    dataset = dataset.with_variables(model.graph.variables)  # matched by name; names a missing variable
     if list(predictors.variables) != model.graph.variables:
         raise ValueError(f"the predictors read {list(predictors.variables)}, the model has {model.graph.variables}")
+    kept = 2 * settings.n * dataset.channels * dataset.image_size**2 * 4  # at least x and cf of every row, float32
+    memory.check(kept, f"evaluating n={settings.n:,} interventions", "ask for fewer (--n)")
     context = _Context(model, dataset, predictors, settings)
     reversed_rows = len(model.graph) * math.ceil(settings.subset / len(model.graph))
     work = len(settings.seeds) * (settings.n + min(settings.n, reversed_rows) + settings.subset * (settings.cycles + 1))
@@ -441,13 +442,14 @@ def parse_seeds(text: str) -> tuple[int, ...]:
 
 def summarize(per_seed: Sequence[dict]) -> dict:
     """Mean and spread (std over seeds) of every number, keeping the nesting; lists element-wise."""
-    first = per_seed[0]
+    numbers = [v for v in per_seed if v is not None]  # None: a metric that did not apply (null in metrics.json)
+    first = numbers[0] if numbers else None
     if isinstance(first, dict):
-        return {k: summarize([s[k] for s in per_seed]) for k in first if all(k in s for s in per_seed)}
+        return {k: summarize([s[k] for s in numbers]) for k in first if all(k in s for s in numbers)}
     if isinstance(first, bool):
         return first
     if isinstance(first, (int, float)):
-        values = torch.tensor([float(v) for v in per_seed], dtype=torch.float64)
+        values = torch.tensor([math.nan if v is None else float(v) for v in per_seed], dtype=torch.float64)
         std = values.std(unbiased=False).item() if len(values) > 1 else 0.0
         return {"mean": values.mean().item(), "std": std, "values": values.tolist()}
     if isinstance(first, list):

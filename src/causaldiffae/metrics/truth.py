@@ -114,7 +114,8 @@ def true_scm(dataset: ImageDataset) -> TrueSCM | None:
 
 
 def _same_structure(a: CausalGraph, b: CausalGraph) -> bool:
-    return a.variables == b.variables and sorted(map(tuple, a.edges)) == sorted(map(tuple, b.edges))
+    """Same variables (in any order) and the same edges."""
+    return sorted(a.variables) == sorted(b.variables) and sorted(map(tuple, a.edges)) == sorted(map(tuple, b.edges))
 
 
 def known_labels(graph: CausalGraph, factual: torch.Tensor, do: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -1,13 +1,16 @@
 """Training checkpoints: weights, EMA weights and optimiser state as safetensors, the rest as JSON.
 
 Each checkpoint is a folder ``RUN/checkpoints/step-XXXXXXXX`` written under a temporary name and renamed,
-so a killed run never leaves a half-written one; ``latest`` picks the newest complete folder.
+so a killed run never leaves a half-written one; ``latest`` picks the newest complete folder. Only names of
+exactly that form are checkpoints: anything else in ``checkpoints/`` is never read, counted or deleted.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +23,12 @@ from ..atomic import atomic_dir
 from ..model import load_state
 
 STATE_NAME = "state.json"
+#: The name of a checkpoint folder: ``step-`` and the step, zero-padded to at least 8 digits.
+NAME = re.compile(r"step-(\d{8,})")
+
+
+class CorruptCheckpoint(ValueError):
+    """A checkpoint whose files cannot be read (truncated, garbage, missing): resuming falls back past it."""
 
 
 @dataclass
@@ -31,16 +40,25 @@ def checkpoint_dir(run: Path) -> Path:
     return run / "checkpoints"
 
 
+def checkpoints(run: Path) -> list[Path]:
+    """The checkpoint folders of a run (names of the form ``step-XXXXXXXX`` only), newest first."""
+    folder = checkpoint_dir(run)
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.iterdir() if NAME.fullmatch(p.name) and p.is_dir()), key=step_of, reverse=True)
+
+
 def latest(run: Path) -> Path | None:
     """The newest complete checkpoint folder of a run, or None."""
-    folder = checkpoint_dir(run)
-    done = sorted(p for p in folder.glob("step-*") if (p / STATE_NAME).is_file()) if folder.is_dir() else []
-    return done[-1] if done else None
+    return next((p for p in checkpoints(run) if (p / STATE_NAME).is_file()), None)
 
 
 def step_of(path: Path) -> int:
     """The training step of a checkpoint folder ``step-XXXXXXXX``."""
-    return int(path.name.removeprefix("step-"))
+    match = NAME.fullmatch(path.name)
+    if match is None:
+        raise ValueError(f"{path} is not a checkpoint folder (step-XXXXXXXX)")
+    return int(match[1])
 
 
 def save(run: Path, step: int, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer, keep: int) -> Path:
@@ -52,17 +70,41 @@ def save(run: Path, step: int, model: nn.Module, ema: nn.Module, optimizer: torc
         save_file(_cpu(ema.state_dict()), str(tmp / "ema.safetensors"))
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         (tmp / STATE_NAME).write_text(json.dumps({"step": step, "optimizer": opt_meta}, indent=1))
-    for old in sorted(checkpoint_dir(run).glob("step-*"))[:-keep]:
+    for old in checkpoints(run)[keep:]:
         shutil.rmtree(old, ignore_errors=True)
     return target
 
 
+def resume(run: Path, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer,
+           warn: Callable[[str], None] | None = None) -> int:
+    """Load the newest intact checkpoint of ``run`` and return its step; corrupt newer ones are skipped, and
+    ``warn`` is told which and why."""
+    found = checkpoints(run)
+    if not found:
+        raise nothing_to_resume(run)
+    skipped: list[str] = []
+    for path in found:
+        try:
+            step = load(path, model, ema, optimizer).step
+        except CorruptCheckpoint as err:
+            skipped.append(str(err))
+            continue
+        if skipped and warn is not None:
+            warn(f"{'; '.join(skipped)}; resuming from the newest intact one, {path.name} (step {step})")
+        return step
+    raise CorruptCheckpoint(f"no intact checkpoint in {checkpoint_dir(run)} to resume from: {'; '.join(skipped)}")
+
+
+def nothing_to_resume(run: Path) -> ValueError:
+    """The error for resuming a folder without checkpoints, saying what the folder holds instead."""
+    what = "stopped before its first checkpoint" if (run / "config.yaml").is_file() else "is not a training run"
+    return ValueError(f"{run} holds no checkpoint to resume from ({checkpoint_dir(run)}/step-XXXXXXXX): it {what}; "
+                      "drop --resume to start a run there (with --overwrite if it holds files)")
+
+
 def load(path: Path, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer) -> TrainingState:
     """Restore model, EMA and optimiser in place from a checkpoint folder; errors name the bad file."""
-    try:
-        meta = json.loads((path / STATE_NAME).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"corrupt checkpoint file {path / STATE_NAME}: {err}") from None
+    meta = _read_state(path)
     model_state, ema_state, opt_tensors = (_read(path / name) for name in
                                            ("model.safetensors", "ema.safetensors", "optimizer.safetensors"))
     load_state(model, model_state, path / "model.safetensors")
@@ -71,14 +113,36 @@ def load(path: Path, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Op
         optimizer.load_state_dict(_unflatten_optimizer(opt_tensors, meta["optimizer"]))
     except (KeyError, ValueError, RuntimeError) as err:
         raise ValueError(f"checkpoint {path} has an optimiser state that does not fit this model: {err}") from None
-    return TrainingState(step=int(meta["step"]))
+    return TrainingState(step=meta["step"])
+
+
+def _read_state(path: Path) -> dict:
+    """state.json: a mapping with the folder's step and the optimiser's JSON part, or CorruptCheckpoint."""
+    file = path / STATE_NAME
+    try:
+        meta = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CorruptCheckpoint(f"corrupt checkpoint {path.name}: {file} is unreadable ({err})") from None
+    problem = None
+    if not isinstance(meta, dict):
+        problem = f"holds a {type(meta).__name__}, not a mapping"
+    elif type(meta.get("step")) is not int:
+        problem = "has no integer step" if "step" not in meta else f"has step {meta['step']!r}, not an integer"
+    elif meta["step"] != step_of(path):
+        problem = f"says step {meta['step']}, but the folder is {path.name}"
+    elif not (isinstance(meta.get("optimizer"), dict) and isinstance(meta["optimizer"].get("scalars"), dict)
+              and isinstance(meta["optimizer"].get("param_groups"), list)):
+        problem = "has no optimizer section with param_groups and scalars"
+    if problem:
+        raise CorruptCheckpoint(f"corrupt checkpoint {path.name}: {file} {problem}")
+    return meta
 
 
 def _read(file: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(file))
     except (OSError, SafetensorError, ValueError) as err:
-        raise ValueError(f"corrupt checkpoint file {file}: {err}") from None
+        raise CorruptCheckpoint(f"corrupt checkpoint {file.parent.name}: file {file} is unreadable ({err})") from None
 
 
 def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

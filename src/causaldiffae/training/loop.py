@@ -29,32 +29,51 @@ from ..diffusion import ddim
 from ..graph import CausalGraph
 from ..images import save_grid
 from ..model import CausalDiffAE, ModelConfig
-from . import checkpoint
+from . import checkpoint, run_folder
 from .config import RunConfig
 
 METRICS = ("step", "loss", "mse", "kl", "label", "gamma", "lr", "img_per_s", "elapsed_s")
 
 
-def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bool = True) -> Path:
-    """Train a CausalDiffAE into ``out`` and return the folder; ``from_pretrained(out)`` loads the EMA model."""
+def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bool = True, *,
+          overwrite: bool = False, allow_config_change: bool = False) -> Path:
+    """Train a CausalDiffAE into ``out`` and return the folder; ``from_pretrained(out)`` loads the EMA model.
+
+    ``out`` must be new or empty, unless ``resume`` (continue from its newest intact checkpoint, with the run's
+    config but for its budget and logging, unless ``allow_config_change``) or ``overwrite`` (replace the files
+    of an earlier run there). The folder is locked while the run trains (see run_folder)."""
     run, tc = Path(out), config.train
-    previous = checkpoint.latest(run)
-    if previous is not None and not resume:
-        raise ValueError(f"{run} already holds checkpoints; pass --resume to continue it or choose a new --out")
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in --out and --overwrite starts a new one: pass one of them")
+    if allow_config_change and not resume:
+        raise ValueError("--allow-config-change goes with --resume (a new run takes any config)")
     # cpu=True also on machines without a GPU: that is how accelerate runs several CPU processes (torchrun)
     accelerator = Accelerator(mixed_precision=tc.mixed_precision, cpu=tc.cpu or not torch.cuda.is_available())
-    with accelerator.main_process_first():
-        graph, model_config, train_set, grid_set = _prepare_data(config)
+    main = accelerator.is_main_process
+    with run_folder.lock(run, _warn, enabled=main):
+        with accelerator.main_process_first():
+            if main:
+                run_folder.prepare(run, resume, overwrite, _warn)
+            graph, model_config, train_set, grid_set = _prepare_data(config)
+        resolved = {**config.to_dict(), "graph": graph.to_dict()}
+        if resume:
+            run_folder.check_config(run, resolved, allow_config_change)
+        _train(accelerator, run, config, resolved, model_config, train_set, grid_set, resume, progress)
+    return run
 
+
+def _train(accelerator: Accelerator, run: Path, config: RunConfig, resolved: dict, model_config: ModelConfig,
+           train_set: ImageDataset, grid_set: ImageDataset, resume: bool, progress: bool) -> None:
+    tc = config.train
     torch.manual_seed(tc.seed)
     model = CausalDiffAE(model_config)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     step = 0
-    if resume and previous is not None:
-        step = checkpoint.load(previous, model, ema, optimizer).step
+    if resume:
+        step = checkpoint.resume(run, model, ema, optimizer, _warn if accelerator.is_main_process else None)
+    saved = step if resume else None  # the step of the newest checkpoint this run can rely on
     if accelerator.is_main_process:
-        resolved = {**config.to_dict(), "graph": graph.to_dict()}
         write_text(run / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
         _truncate_metrics(run / "metrics.csv", step)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -101,18 +120,21 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
         if accelerator.is_main_process and tc.checkpoint_every and step % tc.checkpoint_every == 0:
             checkpoint.save(run, step, accelerator.unwrap_model(model), ema, optimizer, tc.keep_checkpoints)
             ema.save_pretrained(run)  # the run folder loads with from_pretrained while it trains
+            saved = step
     bar.close()
     stop.restore()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        done = checkpoint.latest(run)
-        if done is None or done.name != f"step-{step:08d}":
+        if saved != step:
             checkpoint.save(run, step, accelerator.unwrap_model(model), ema, optimizer, tc.keep_checkpoints)
             ema.save_pretrained(run)
         if not (run / "samples" / f"step-{step:08d}-samples.png").exists():
             write_grids(ema, grid_set, run / "samples", step, tc.grid_steps, tc.seed)
     accelerator.end_training()
-    return run
+
+
+def _warn(message: str) -> None:
+    print(f"causaldiffae: warning: {message}", file=sys.stderr)
 
 
 class _GracefulStop:
