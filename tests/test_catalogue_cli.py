@@ -12,8 +12,10 @@ import json
 import math
 import os
 import shutil
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from causaldiffae import CausalDiffAE, ModelConfig, counterfactual, memory
@@ -68,8 +71,10 @@ def assets(tmp_path_factory, tiny_dataset) -> dict[str, Path]:
     write_dataset(root / "reordered", reordered, rows, images)
     lacking = CausalGraph(GRAPH.nodes[:3], tuple(e for e in GRAPH.edges if "shadow_position" not in e))
     write_dataset(root / "lacking", lacking, rows, images)
+    unlabelled = [{**r, "split": "val", "shadow_length": math.nan} if i < 8 else r for i, r in enumerate(rows)]
+    write_dataset(root / "val-unlabelled", GRAPH, unlabelled, images)  # no shadow_length label in val
     return {"model": root / "model", "nan-model": root / "nan-model", "data": tiny_dataset,
-            "reordered": root / "reordered", "lacking": root / "lacking"}
+            "reordered": root / "reordered", "lacking": root / "lacking", "val-unlabelled": root / "val-unlabelled"}
 
 
 def _snapshot(root: Path) -> dict[str, str]:
@@ -119,6 +124,20 @@ def _file(tmp: Path, name: str, text: str = "mine\n") -> Path:
     return tmp / name
 
 
+def _png_header(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header claims width x height pixels (its data holds far fewer)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def _image_cf(a, t, image: Path):
+    return ["counterfactual", str(a["model"]), "--image", str(image), "--steps", "2", "--out", str(t / "cf.png")]
+
+
 CASES = {
     # file system: one line naming the path the user gave (never the temporary file of an atomic write)
     "out-is-a-folder": lambda t, a: (_sample(a, _folder(t, "grid.png")), ["grid.png", "folder"]),
@@ -128,6 +147,25 @@ CASES = {
                                         "--out", str(t / "cf.png")], ["pic.png"]),
     "config-is-a-folder": lambda t, a: (["train", str(_folder(t, "cfg.yaml")), "--out", str(t / "run")],
                                         ["cfg.yaml"]),
+    # --image is read as a dataset's images are: header checked before decoding, errors naming the file
+    "image-bomb-header": lambda t, a: (_image_cf(a, t, _png_header(t / "big.png", 8000, 8000)),
+                                       ["big.png", "8000x8000"]),
+    "image-not-an-image": lambda t, a: (_image_cf(a, t, _file(t, "pic.png")), ["pic.png", "not an image"]),
+    # output folders: refused up front, before any work or progress bar
+    "evaluate-out-under-a-file": lambda t, a: (["evaluate", str(a["model"]), "--data", str(a["data"]), "--predictors",
+                                                str(t / "none"), "--out", str(_file(t, "plain") / "report")],
+                                               ["plain", "is a file"]),
+    "tune-out-is-a-file": lambda t, a: (["tune", str(a["model"]), "--data", str(a["data"]), "--out",
+                                         str(_file(t, "plain"))], ["plain", "is a file"]),
+    "predictors-out-under-a-file": lambda t, a: (["predictors", "train", str(a["data"]), "--steps", "1", "--out",
+                                                  str(_file(t, "plain") / "p")], ["plain", "is a file"]),
+    "data-pendulum-out-under-a-file": lambda t, a: (["data", "pendulum", "--size", "8", "--out",
+                                                     str(_file(t, "plain") / "ds")], ["plain", "is a file"]),
+    # tune: a variable with no labels in the chosen split, named with the split
+    "tune-variable-unlabelled-in-split": lambda t, a: (["tune", str(a["model"]), "--data", str(a["val-unlabelled"]),
+                                                        "--out", str(t / "tune"), "--n", "2", "--steps", "2",
+                                                        "--depths", "1", "--guidance", "1"],
+                                                       ["shadow_length", "'val'"]),
     # requests too large for the memory: refused up front with the estimate
     "sample-n-1e8": lambda t, a: (_sample(a, t / "s.png")[:2] + ["--n", "100000000", "--out", str(t / "s.png")],
                                   ["--n 100,000,000", "GiB"]),
@@ -190,6 +228,38 @@ def test_labels_are_matched_by_name_when_the_graph_lists_them_in_another_order(t
     assert json.loads(out2.with_suffix(".json").read_text())["factual_labels"] == ordered["factual_labels"]
 
 
+def test_image_inputs_are_read_as_dataset_images(tmp_path):
+    """--image goes through the dataset's reader: a 16-bit grey PNG is scaled, not clipped to white."""
+    from types import SimpleNamespace
+
+    from causaldiffae.cli import _inputs
+
+    path = tmp_path / "deep.png"
+    Image.fromarray(np.full((TINY_SIZE, TINY_SIZE), 32768, dtype=np.uint16)).save(path)
+    grey = SimpleNamespace(config=SimpleNamespace(channels=1, image_size=TINY_SIZE, num_classes=0))
+    x, labels, names, classes = _inputs(SimpleNamespace(image=[str(path)], cls=None), grey)
+    assert x.shape == (1, 1, TINY_SIZE, TINY_SIZE) and labels is None and classes is None and names == [str(path)]
+    assert torch.allclose(x, torch.full_like(x, 128 / 255))
+
+
+def test_an_error_under_a_progress_bar_gets_a_line_of_its_own(monkeypatch, capsys):
+    from tqdm.auto import tqdm
+    from tqdm.std import tqdm as std_tqdm
+
+    from causaldiffae import cli
+
+    def failing(args):
+        bar = tqdm(total=10, desc="work")
+        bar.update(3)
+        raise ValueError("the disk is gone")
+
+    monkeypatch.setattr(cli, "_data_check", failing)
+    assert exit_code(["data", "check", "anywhere"]) == 2
+    err = capsys.readouterr().err
+    assert err.endswith("\ncausaldiffae: error: the disk is gone\n") and "Traceback" not in err, repr(err)
+    assert not list(std_tqdm._instances)  # closed: none redraws itself over the error later
+
+
 # -- faults of the file system that need a mount (root) or an unprivileged user ----------------------------
 
 
@@ -219,6 +289,25 @@ def test_read_only_file_system(tmpfs, assets, capsys):
     assert exit_code(_sample(assets, ro / "grid.png")) == 2
     line = _one_line(capsys, str(ro / "grid.png"))
     assert "Read-only" in line and ".tmp" not in line
+    assert list(ro.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["evaluate", "tune", "predictors"])
+def test_outputs_on_a_read_only_file_system_are_refused_up_front(command, tmpfs, assets, capsys, monkeypatch):
+    ro = tmpfs("ro,size=64k")
+    from causaldiffae import evaluation, tune
+    from causaldiffae.metrics import predictors
+
+    def never(*args, **kwargs):
+        raise AssertionError("the work started before the output folder was checked")
+
+    for module, name in ((evaluation, "evaluate_run"), (tune, "tune"), (predictors, "train_predictors")):
+        monkeypatch.setattr(module, name, never)
+    argv = {"evaluate": ["evaluate", str(assets["model"]), "--data", str(assets["data"]), "--predictors", "none"],
+            "tune": ["tune", str(assets["model"]), "--data", str(assets["data"])],
+            "predictors": ["predictors", "train", str(assets["data"])]}[command]
+    assert exit_code([*argv, "--out", str(ro / "out")]) == 2
+    _one_line(capsys, str(ro / "out"), "read-only")
     assert list(ro.iterdir()) == []
 
 
@@ -449,6 +538,38 @@ def test_reports_write_null_for_non_finite_numbers(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "markdown", lambda document: "report\n")
     report.write_report(doc, tmp_path / "out")
     assert _strict_json((tmp_path / "out" / "metrics.json").read_text())["reversibility_l1"] is None
+
+
+def test_tune_results_and_predictors_files_write_null_for_non_finite_numbers(tmp_path):
+    from causaldiffae.metrics.predictors import Predictors, load_predictors, save_predictors
+    from causaldiffae.reproduce import column_value, write_comparison
+    from causaldiffae.tune import write_tuning
+
+    row = {"depth": 1.0, "guidance": 1.0, "true_cf_l1": math.nan, "true_cf_l1_sem": math.inf, "null_l1": 1.0,
+           "null_l1_sem": 0.0, "paired_difference": 0.0, "paired_sem": math.nan, "within_one_sem": True}
+    result = {"settings": {"split": "val", "seed": 0, "steps": 2}, "criterion": "true_cf_l1", "images": 2,
+              "grid": [row], "lowest": {"depth": 1.0, "guidance": 1.0}, "best": {"depth": 1.0, "guidance": 1.0}}
+    write_tuning(result, tmp_path / "tune", "run", "data")
+    grid = _strict_json((tmp_path / "tune" / "tune.json").read_text())["grid"][0]
+    assert grid["true_cf_l1"] is None and grid["true_cf_l1_sem"] is None and grid["null_l1"] == 1.0
+
+    doc = {"settings": {"n": 1, "seeds": [0, 1], "steps": 1, "depth": 0.7, "guidance": 1, "abduction": "ddim"},
+           "predictors": {}, "summary": {"dci": {"disentanglement": {"mean": math.nan, "std": math.nan}}},
+           "seeds": [{"realism": {"fid": math.nan}}, {"realism": {"fid": math.inf}}]}
+    write_comparison("toy", {"causaldiffae": doc, "other": [doc, doc]}, tmp_path, "none")
+    results = _strict_json((tmp_path / "results.json").read_text())
+    assert results["training_seeds"] == {"causaldiffae": 1, "other": 2}
+    assert column_value({"realism": {"fid": None}}, ("realism", "fid")) is None  # a null reads as no value
+
+    judges = Predictors(GRAPH, TINY_SIZE, 3, width=4)
+    judges.held_out_split = "test"
+    judges.held_out = {"angle": {"mae": math.nan, "mae_normalized": math.inf, "n": 0}}
+    judges.training_settings = {"seconds": math.nan}
+    save_predictors(judges, tmp_path / "p")
+    assert _strict_json((tmp_path / "p" / "predictors.json").read_text())["held_out"]["angle"]["mae"] is None
+    loaded = load_predictors(tmp_path / "p")
+    assert loaded.held_out["angle"] == {"mae": None, "mae_normalized": None, "n": 0}
+    assert "n/a" in report.fmt(loaded.held_out["angle"]["mae"])
 
 
 # -- property-based: the parsers a user feeds ----------------------------------------------------------------

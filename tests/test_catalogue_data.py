@@ -445,6 +445,21 @@ def test_with_variables_reorders_by_name(tmp_path):
         ds.with_variables(["size", "weight"])
 
 
+def test_a_variable_without_labels_in_a_split_is_named_not_a_crash(tmp_path):
+    """TrueSCM draws do() values over the labels' range where the graph declares none: an unlabelled column is a
+    ValueError naming the variable and the split, not a crash in torch.min."""
+    from causaldiffae.metrics.truth import TrueSCM
+
+    root = _make(tmp_path / "d")
+    _replace_in_csv(root, ",-1.0\n", ",\n")  # the one test row of 'colour' loses its label (img1)
+    _replace_in_csv(root, ",-3.0\n", ",\n")
+    test = load_dataset(root).split("test")
+    assert torch.isnan(test.labels[:, 1]).all()
+    with pytest.raises(ValueError, match=r"'colour' has no labels in the test split"):
+        TrueSCM("pendulum", test).value_range("colour")
+    assert TrueSCM("pendulum", test).value_range("size") == (0.5, 1.5)
+
+
 def test_counterfactual_reads_labels_by_name_from_a_reordered_dataset(tmp_path, capsys):
     torch.manual_seed(0)
     config = ModelConfig(graph=pendulum.GRAPH, image_size=16, channels=3, latent_dim=4, encoder_channels=8,

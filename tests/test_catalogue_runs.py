@@ -217,6 +217,17 @@ def _sample_out_checkpoint(tmp, finished, data):
         "file of the model"
 
 
+def _evaluate_out_checkpoints(tmp, finished, data):
+    run = _copy(tmp, finished)
+    return ["evaluate", str(run), "--predictors", str(tmp / "none"), "--out", str(run / "checkpoints")], [tmp], \
+        "file of the model"
+
+
+def _tune_out_checkpoint(tmp, finished, data):
+    run = _copy(tmp, finished)
+    return ["tune", str(run), "--out", str(run / "checkpoints" / "step-00000002")], [tmp], "file of the model"
+
+
 REFUSALS = {
     "lock held by a live process": _locked_by_live_process,
     "lock held on another host": _locked_on_another_host,
@@ -238,6 +249,8 @@ REFUSALS = {
     "counterfactual --out an input image": _counterfactual_out_is_input,
     "sample --out RUN/model.safetensors": _sample_out_weights,
     "sample --out into a checkpoint": _sample_out_checkpoint,
+    "evaluate --out RUN/checkpoints": _evaluate_out_checkpoints,
+    "tune --out into a checkpoint": _tune_out_checkpoint,
 }
 
 
@@ -424,3 +437,25 @@ def test_datasets_replace_only_their_own_folder(tmp_path):
         write_dataset(mine, graph, rows, images)
     assert [p.name for p in mine.iterdir()] == ["labels.csv"]
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_demo_resumes_only_from_a_checkpoint(tmp_path, finished, monkeypatch):
+    """A demo killed during its first checkpoint write leaves an empty checkpoints/: it starts again, not resumes."""
+    from causaldiffae import demo
+
+    class Stop(Exception):
+        pass
+
+    resumed = []
+
+    def fake_train(config, run, resume=False, **kwargs):
+        resumed.append(resume)
+        raise Stop
+
+    monkeypatch.setattr(demo, "train", fake_train)
+    (tmp_path / "empty" / "run" / "checkpoints").mkdir(parents=True)
+    shutil.copytree(finished, tmp_path / "done" / "run")
+    for out in (tmp_path / "empty", tmp_path / "done"):
+        with pytest.raises(Stop):
+            demo.run_demo(out, train_minutes=0.01)
+    assert resumed == [False, True]

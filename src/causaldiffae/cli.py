@@ -26,6 +26,7 @@ from .counterfactual import DEFAULT_DEPTH, DEFAULT_GUIDANCE
 def _data_pendulum(args: argparse.Namespace) -> None:
     from .data import pendulum
 
+    _output_folder(args.out, beside=True)
     out = pendulum.generate(args.out, args.size)
     print(f"wrote 7,308 Pendulum images ({args.size}x{args.size}) to {out}")
 
@@ -35,6 +36,7 @@ def _data_morphomnist(args: argparse.Namespace) -> None:
 
     from .data import morphomnist
 
+    _output_folder(args.out, beside=True)
     if args.published:
         out = morphomnist.convert_published(args.published, args.out, args.size)
     else:
@@ -48,6 +50,7 @@ def _data_morphomnist(args: argparse.Namespace) -> None:
 def _data_circuit(args: argparse.Namespace) -> None:
     from .data import circuit
 
+    _output_folder(args.out, beside=True)
     out = circuit.convert(args.npz, args.out, args.size, args.test_fraction, args.seed)
     print(f"wrote CausalCircuit ({args.size}x{args.size}) to {out}")
 
@@ -151,22 +154,20 @@ def _inputs(args: argparse.Namespace, model: Any) -> tuple[Any, list[dict[str, f
     and their classes for a model with a class condition."""
     import numpy as np
     import torch
-    from PIL import Image
+
+    from .data.image_folder import read_image
 
     if args.image:
         shape = (model.config.channels, model.config.image_size, model.config.image_size)
         images = []
         for path in args.image:
-            try:
-                with Image.open(path) as img:
-                    arr = np.asarray(img.convert("L" if shape[0] == 1 else "RGB"), dtype=np.float32) / 255
-                    channels = len(img.getbands())
-            except FileNotFoundError:
-                raise FileNotFoundError(f"image not found: {path}") from None
-            except OSError as err:
-                raise ValueError(f"image {path} is unreadable: {err}") from None
+            if os.path.isdir(path):
+                raise ValueError(f"image {str(path)!r} is a folder; name an image file")
+            img = read_image(path)  # 8-bit "L" or "RGB": size limit, 16-bit scaled, errors naming the file
+            channels = len(img.getbands())
+            arr = np.asarray(img.convert("L" if shape[0] == 1 else "RGB"), dtype=np.float32) / 255
             arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-            if arr.shape != shape or channels not in (shape[0], shape[0] + 1):
+            if arr.shape != shape or channels != shape[0]:
                 raise ValueError(f"image {path} has {channels} channel(s) and size {img.size[0]}x{img.size[1]}; "
                                  f"the model expects {shape[0]} channel(s) of {shape[1]}x{shape[2]}")
             images.append(torch.from_numpy(arr))
@@ -277,6 +278,32 @@ def _outputs(args: argparse.Namespace, *paths: Path) -> None:
             raise ValueError(f"--out {args.out}: {path} is a folder; name a file, e.g. {path / 'out.png'}")
 
 
+def _output_folder(out: str | Path, run: str | Path | None = None, names: Sequence[str] = (),
+                   beside: bool = False) -> None:
+    """Refuse up front, before any work or progress bar, an output folder ``out`` that cannot be made or written
+    (a file in the way, a read-only file system, no permission), and one where the outputs ``names`` would replace
+    a file of the model in ``run``. ``beside``: the folder is written beside itself and renamed into place (a
+    dataset), so its parent must be writable."""
+    from .training.run_folder import is_run_file
+
+    path = Path(os.path.abspath(out))
+    for name in names:
+        if run is not None and is_run_file(Path(run), path / name):
+            raise ValueError(f"--out {out}: {path / name} would replace a file of the model in {run}, which an "
+                             "output must never replace; choose another folder")
+    if os.path.lexists(path) and not path.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder: choose a folder for the outputs")
+    probe = path.parent if beside else path
+    while not os.path.lexists(probe) and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"--out {out}: {probe} is a file, so no folder can be made under it")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        read_only = hasattr(os, "statvfs") and bool(os.statvfs(probe).f_flag & getattr(os, "ST_RDONLY", 1))
+        reason = "a read-only file system" if read_only else "no permission to write there"
+        raise ValueError(f"--out {out}: cannot write in {probe} ({reason})")
+
+
 def _sample(args: argparse.Namespace) -> None:
     import torch
 
@@ -311,8 +338,9 @@ PREDICTOR_SIZES = {"pendulum": 32, "morphomnist": 28}
 
 def _predictors_train(args: argparse.Namespace) -> None:
     from .data import GENERATORS, load_dataset, open_dataset
-    from .metrics.predictors import interventional_lines, save_predictors, train_predictors
+    from .metrics.predictors import CONFIG_NAME, WEIGHTS_NAME, interventional_lines, save_predictors, train_predictors
 
+    _output_folder(args.out, names=(CONFIG_NAME, WEIGHTS_NAME))
     if Path(args.data).is_dir():
         data = load_dataset(args.data, args.size, resize=args.size is not None, class_column=args.class_column)
     elif args.data in GENERATORS:
@@ -355,6 +383,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     from .model import load_config
 
     settings = _settings(args)
+    _output_folder(args.out, args.run, ("metrics.json", "report.md", "guidance-sweep.png"))
     dataset = _dataset(args, load_config(Path(args.run)).image_size)
     report = evaluate_run(args.run, dataset, args.predictors, args.out, settings, device="cpu" if args.cpu else None)
     print(f"wrote {report}, {report.parent / 'metrics.json'} and the plots in {report.parent}")
@@ -368,6 +397,7 @@ def _tune(args: argparse.Namespace) -> None:
 
     settings = TuneSettings(tuple(_floats(args.depths, "--depths")), tuple(_floats(args.guidance, "--guidance")),
                             args.n, args.steps, args.split, args.seed, args.batch_size)
+    _output_folder(args.out, args.run, ("tune.json", "tune.md"))
     dataset = _dataset(args, load_config(Path(args.run)).image_size)
     model = _load_model(args.run)
     predictors = load_predictors(args.predictors, device=next(model.parameters()).device) if args.predictors else None
@@ -701,12 +731,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError, FloatingPointError, MemoryError, RuntimeError) as err:
         if os.environ.get("CAUSALDIFFAE_DEBUG") or (isinstance(err, RuntimeError) and not _out_of_memory(err)):
             raise
+        _end_progress_bars()
         print(f"causaldiffae: error: {describe(err, out)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("causaldiffae: interrupted (a training run continues with --resume)", file=sys.stderr)
         return 130
     return 0
+
+
+def _end_progress_bars() -> None:
+    """Close the progress bars an error left open, so that the error line starts a line of its own (and no bar
+    redraws itself over it later, when it is garbage-collected)."""
+    std = sys.modules.get("tqdm.std")
+    for bar in list(getattr(getattr(std, "tqdm", None), "_instances", None) or []):
+        try:
+            bar.close()
+        except Exception:  # a bar that cannot draw any more must not hide the error
+            pass
 
 
 def describe(err: BaseException, out: str | None = None) -> str:

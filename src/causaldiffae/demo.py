@@ -16,7 +16,7 @@ from .counterfactual import DEFAULT_DEPTH, sweep
 from .data import pendulum
 from .images import save_grid
 from .model import CausalDiffAE
-from .training import load_run_config, train
+from .training import checkpoint, load_run_config, train
 
 SHIPPED = Path(__file__).parent / "pretrained" / "pendulum"
 
@@ -40,7 +40,8 @@ def run_demo(out: str | Path, model_dir: str | Path | None = None, train_minutes
     if train_minutes is not None:
         config = load_run_config(SHIPPED / "config.yaml", [f"train.max_minutes={train_minutes}",
                                                            "train.max_steps=1000000"])
-        model_dir = train(config, out / "run", resume=(out / "run" / "checkpoints").is_dir())
+        # resume only from a checkpoint: a run killed in its first checkpoint write leaves checkpoints/ empty
+        model_dir = train(config, out / "run", resume=checkpoint.latest(out / "run") is not None)
     model = CausalDiffAE.from_pretrained(model_dir or SHIPPED)
     if tuple(model.graph.variables) != pendulum.VARIABLES:
         raise ValueError(f"the demo needs a Pendulum model (variables {list(pendulum.VARIABLES)}), "

@@ -24,7 +24,7 @@ from .data import open_dataset
 from .data.base import ImageDataset
 from .evaluation import evaluate_run, portable
 from .metrics.predictors import save_predictors, train_predictors
-from .metrics.report import fmt, table
+from .metrics.report import fmt, table, to_json
 from .metrics.suite import Settings, summarize
 from .training import checkpoint, load_run_config, train
 
@@ -340,8 +340,8 @@ def write_comparison(dataset: str, rows: Mapping[str, dict | Sequence[dict]], ou
             "\n## Predictors (held-out MAE, normalised)\n",
             ", ".join(f"{k}: {e['mae_normalized']:.4g}" for k, e in first["predictors"].items()
                       if isinstance(e, dict) and e.get("mae_normalized") is not None) + "\n"]
-    write_text(out / "results.json", json.dumps({"dataset": dataset, "budget": budget, "training_seeds": counts,
-                                                 "values": values, "dci": dci, "beaten": beaten}, indent=1) + "\n")
+    write_text(out / "results.json", to_json({"dataset": dataset, "budget": budget, "training_seeds": counts,
+                                              "values": values, "dci": dci, "beaten": beaten}))  # NaN/inf as null
     write_text(out / "results.md", "\n".join(text))
     return out / "results.md"
 

@@ -10,7 +10,6 @@ intervened variable when predictors are given, and the null intervention's L1 to
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from .counterfactual import sweep
 from .data.base import ImageDataset
 from .metrics.effectiveness import normalized
 from .metrics.predictors import Predictors
-from .metrics.report import fmt, table
+from .metrics.report import fmt, table, to_json
 from .metrics.suite import pixel_l1
 from .metrics.truth import true_scm
 from .model import CausalDiffAE
@@ -75,6 +74,9 @@ def tune(model: CausalDiffAE, dataset: ImageDataset, settings: TuneSettings | No
         rows = picks[i:: len(names)]
         column = data.labels[:, graph.index(name)].float()
         column = column[~torch.isnan(column)]
+        if not len(column):
+            raise ValueError(f"variable {name!r} has no labels in the {s.split!r} split, so no do() value can be "
+                             "drawn for it: label some of its images, or tune on another split (--split)")
         queries.append((name, rows, column[torch.randint(len(column), (len(rows),), generator=g)]))
     truths = {name: scm.counterfactual(rows.tolist(), {name: values})[0] for name, rows, values in queries} \
         if scm is not None else {}
@@ -152,7 +154,7 @@ def write_tuning(result: dict, out: str | Path, run: str, data: str) -> Path:
     """tune.json and tune.md (the grid as a table, the chosen knobs and the command) into ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "tune.json", json.dumps({"run": run, "data": data, **result}, indent=1) + "\n")
+    write_text(out / "tune.json", to_json({"run": run, "data": data, **result}))  # NaN/inf as null
     s, keys = result["settings"], [k for k in ("true_cf_l1", "effectiveness", "null_l1") if k in result["grid"][0]]
     headers = {"true_cf_l1": "true-cf L1 (0-255)", "effectiveness": "effectiveness (norm. MAE, intervened var.)",
                "null_l1": "null-intervention L1 (0-255)"}

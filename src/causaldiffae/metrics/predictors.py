@@ -341,7 +341,9 @@ def save_predictors(predictors: Predictors, directory: str | Path) -> Path:
     tensors = {k: v.detach().cpu().contiguous() for k, v in predictors.state_dict().items()}
     with atomic_path(directory / WEIGHTS_NAME) as tmp:
         save_file(tensors, str(tmp), metadata={"format": FORMAT})
-    write_text(directory / CONFIG_NAME, json.dumps(predictors.describe(), indent=2) + "\n")
+    from .report import to_json  # here: report imports this module
+
+    write_text(directory / CONFIG_NAME, to_json(predictors.describe(), indent=2))  # NaN/inf as null
     return directory
 
 

@@ -51,6 +51,10 @@ class TrueSCM:
             return float(declared[0]), float(declared[1])
         column = self.dataset.labels[:, self.variables.index(name)].float()
         column = column[~torch.isnan(column)]
+        if not len(column):
+            splits = "/".join(sorted(set(self.dataset.splits))) or "no"
+            raise ValueError(f"variable {name!r} has no labels in the {splits} split of {self.dataset.root} and the "
+                             "graph declares no range for it, so no do() value can be drawn for it")
         return float(column.min()), float(column.max())
 
     def random_values(self, name: str, count: int, generator: torch.Generator) -> torch.Tensor:
