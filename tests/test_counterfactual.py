@@ -67,6 +67,21 @@ def test_noise_abduction_is_q_sample_at_the_top_of_the_trajectory(images, depth,
     assert torch.allclose(x_T, expected)
 
 
+def test_fresh_noise_is_decoded_with_clipping_an_inversion_without(images, monkeypatch):
+    """Decoding fresh noise clips the predicted x0 to [-1, 1] as the reference does; an inverted x_T must not be
+    clipped (the inversion would no longer be undone exactly)."""
+    import importlib
+
+    cf = importlib.import_module("causaldiffae.counterfactual")  # the package exports a function of that name
+    seen: list[bool] = []
+    real = cf.decode
+    monkeypatch.setattr(cf, "decode", lambda *args, clip=False, **kw: seen.append(clip) or real(*args, **kw))
+    model = _model()
+    counterfactual(model, images, {}, steps=4, abduction="noise", generator=torch.Generator().manual_seed(0))
+    counterfactual(model, images, {}, steps=4, abduction="ddim")
+    assert seen == [True, False]
+
+
 def test_guidance_is_batched_and_equals_the_separate_evaluations(images):
     model = _model()
     z = model.encode(images).z

@@ -167,7 +167,7 @@ def sweep(model: CausalDiffAE, x: Images, columns: Sequence[tuple[Mapping[str, V
         picked = [i for i, (_, wi) in enumerate(queries) if wi == w]
         repeated = None if classes is None else torch.as_tensor(classes).repeat(len(picked))
         images = decode(model, x_T.repeat(len(picked), 1, 1, 1), torch.cat([queries[i][0] for i in picked]),
-                        steps, w, depth, repeated)
+                        steps, w, depth, repeated, clip=abduction == "noise")  # fresh noise: clip as the reference
         for i, chunk in zip(picked, images.chunk(len(picked)), strict=True):
             outputs[i] = chunk
     images = torch.stack(outputs[: len(columns)])  # type: ignore[arg-type]
