@@ -684,13 +684,15 @@ def _depth(text: str) -> float:
 
 
 def _seed_list(text: str) -> list[int]:
+    from .metrics.suite import parse_seeds
+
     try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"takes comma-separated integers, got {text!r}") from None
-    if not seeds or len(set(seeds)) != len(seeds):
+        seeds = parse_seeds(text, "--train-seeds")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    if len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(f"takes distinct comma-separated integers, got {text!r}")
-    return seeds
+    return list(seeds)
 
 
 def _image_size(text: str) -> int:

@@ -24,7 +24,7 @@ from .metrics.effectiveness import normalized
 from .metrics.predictors import Predictors
 from .metrics.report import fmt, table, to_json
 from .metrics.suite import pixel_l1
-from .metrics.truth import true_scm
+from .metrics.truth import known_labels, true_scm
 from .model import CausalDiffAE
 
 
@@ -101,7 +101,7 @@ def tune(model: CausalDiffAE, dataset: ImageDataset, settings: TuneSettings | No
                         entry.setdefault("true_cf_l1", []).append(pixel_l1(cf, truth))
                     if predictors is not None:
                         predicted = normalized(graph, predictors.predict(cf).float().cpu())
-                        intended = normalized(graph, _intended(batch["labels"].float(), graph.index(name), value))
+                        intended = normalized(graph, known_labels(graph, batch["labels"].float(), {name: value}))
                         column = graph.index(name)
                         entry.setdefault("effectiveness", []).append((predicted - intended)[:, column].abs())
                 bar.update(len(index))
@@ -141,13 +141,6 @@ def _mean_sem(values: torch.Tensor) -> tuple[float, float]:
     """Mean and standard error of the mean (0 for a single value)."""
     sem = (values.std() / math.sqrt(len(values))).item() if len(values) > 1 else 0.0
     return values.mean().item(), sem
-
-
-def _intended(labels: torch.Tensor, column: int, value: torch.Tensor) -> torch.Tensor:
-    """The factual labels with the intervened column set (only that column is scored)."""
-    out = labels.clone()
-    out[:, column] = value
-    return out
 
 
 def write_tuning(result: dict, out: str | Path, run: str, data: str) -> Path:

@@ -429,14 +429,14 @@ def _mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return ((a.float().cpu() - b.float().cpu()) * 255).pow(2).mean(dim=(1, 2, 3))
 
 
-def parse_seeds(text: str) -> tuple[int, ...]:
-    """'0,1,2' -> (0, 1, 2) with a clear error."""
+def parse_seeds(text: str, flag: str = "--seeds") -> tuple[int, ...]:
+    """'0,1,2' -> (0, 1, 2) with a clear error naming ``flag``."""
     try:
         seeds = tuple(int(s) for s in text.split(",") if s.strip())
     except ValueError:
-        raise ValueError(f"--seeds takes comma-separated integers, got {text!r}") from None
+        raise ValueError(f"{flag} takes comma-separated integers, got {text!r}") from None
     if not seeds:
-        raise ValueError("--seeds is empty")
+        raise ValueError(f"{flag} is empty")
     return seeds
 
 
