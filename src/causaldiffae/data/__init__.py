@@ -11,9 +11,9 @@ from .base import ImageDataset, load_dataset, write_dataset
 
 #: Built-in datasets: name -> generator(out, size) that writes the dataset layout.
 GENERATORS: dict[str, Callable[..., Path]] = {"pendulum": pendulum.generate, "morphomnist": morphomnist.generate}
-#: Layout versions of the generated folders: a new version (Pendulum's validation split, v2) is generated into a
+#: Layout versions of the generated folders: a new version (the validation splits, v2) is generated into a
 #: new cache folder instead of silently reusing an old layout.
-LAYOUTS: dict[str, int] = {"pendulum": 2, "morphomnist": 1}
+LAYOUTS: dict[str, int] = {"pendulum": 2, "morphomnist": 2}
 
 
 def cache_dir() -> Path:

