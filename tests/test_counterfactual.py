@@ -153,8 +153,8 @@ def test_sample_is_reproducible_and_in_range():
 
 
 def test_sample_decodes_fresh_noise_from_the_top_of_the_full_trajectory(monkeypatch):
-    """x_T ~ N(0, I) is the state at the top timestep (depth 1.0), not at the counterfactual inversion depth:
-    T = 100, 10 steps -> the denoiser sees 90, 80, ..., 0 (depth 0.7 would start at 63, stride 7)."""
+    """x_T ~ N(0, I) is the state at t = T - 1 (trailing spacing), not at the counterfactual inversion depth:
+    T = 100, 10 steps -> the denoiser sees 99, 89, ..., 9 (leading spacing would start at 90, depth 0.7 at 63)."""
     model = _model()
     seen: list[int] = []
     eps = model.eps
@@ -165,7 +165,7 @@ def test_sample_decodes_fresh_noise_from_the_top_of_the_full_trajectory(monkeypa
 
     monkeypatch.setattr(model, "eps", recording_eps)
     sample(model, {"angle": 10.0}, 2, steps=10, generator=torch.Generator().manual_seed(0))
-    assert seen == [90, 80, 70, 60, 50, 40, 30, 20, 10, 0]
+    assert seen == [99, 89, 79, 69, 59, 49, 39, 29, 19, 9]
 
 
 # -- command line --------------------------------------------------------------------------------------

@@ -77,6 +77,23 @@ def test_timesteps_depth_restricts_trajectory() -> None:
     assert max(ddim.timesteps(1000, 3, depth=0.3)) < 300
 
 
+def test_trailing_timesteps_end_at_the_last_training_timestep() -> None:
+    assert ddim.timesteps(1000, 50, spacing="trailing") == list(range(19, 1000, 20))
+    assert ddim.timesteps(1000, 1, spacing="trailing") == [999]
+    assert ddim.timesteps(1000, 3, spacing="trailing") == [332, 666, 999]  # round(333.3) - 1, round(666.7) - 1
+    assert ddim.timesteps(1000, 4, depth=0.5, spacing="trailing") == [124, 249, 374, 499]
+    with pytest.raises(ValueError, match="spacing"):
+        ddim.timesteps(1000, 4, spacing="linspace")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("steps", [10, 50, 30])
+def test_timesteps_match_diffusers_trailing(steps: int) -> None:
+    diffusers = pytest.importorskip("diffusers")
+    reference = diffusers.DDIMScheduler(num_train_timesteps=1000, timestep_spacing="trailing")
+    reference.set_timesteps(steps)
+    assert ddim.timesteps(1000, steps, spacing="trailing") == reference.timesteps.flip(0).tolist()
+
+
 @pytest.mark.parametrize(
     "args, match",
     [
@@ -226,6 +243,9 @@ def test_denoiser_timesteps_for_sample_and_invert(schedule: NoiseSchedule) -> No
     seen.clear()
     ddim.sample(recording_denoiser, x, schedule, steps=5)
     assert seen == [800, 600, 400, 200, 0]
+    seen.clear()
+    ddim.sample(recording_denoiser, x, schedule, steps=5, spacing="trailing")
+    assert seen == [999, 799, 599, 399, 199]
 
 
 def test_gradients_are_not_disabled_and_inference_mode_works(schedule: NoiseSchedule) -> None:

@@ -96,16 +96,19 @@ def abduct_noise(model: CausalDiffAE, x: Images, z: torch.Tensor, steps: int = 5
 
 @torch.inference_mode()
 def decode(model: CausalDiffAE, x_T: torch.Tensor, z: torch.Tensor, steps: int = 50, guidance: float = 1.0,
-           depth: float = DEFAULT_DEPTH, classes: torch.Tensor | None = None, clip: bool = False) -> torch.Tensor:
+           depth: float = DEFAULT_DEPTH, classes: torch.Tensor | None = None, clip: bool = False,
+           spacing: ddim.Spacing = "leading") -> torch.Tensor:
     """DDIM decoding of x_T with latents z (B, n, d) and guidance weight w -> images in [0, 1]; ``clip`` the
-    predicted x0 only when x_T is fresh noise, not an inversion."""
+    predicted x0 only when x_T is fresh noise, not an inversion; ``spacing="trailing"`` when x_T is pure noise
+    (the trajectory then starts at t = T - 1; see ``ddim.timesteps``)."""
     x_T = _tensor(model, x_T, "x_T")
     z = _latents(model, z, len(x_T))
     _check_knobs(steps, depth)
     _check_guidance(guidance)
     cond = model.condition(z, x_T.shape[0], classes)
     x0 = _in_calls(model, len(x_T), guidance, lambda s: ddim.sample(guided_denoiser(model, cond[s], guidance), x_T[s],
-                                                                    model.schedule, steps, depth, clip=clip))
+                                                                    model.schedule, steps, depth, clip=clip,
+                                                                    spacing=spacing))
     _check_finite(x0, "decoded images", guidance)
     return ((x0 + 1) / 2).clamp(0, 1)
 
@@ -185,7 +188,7 @@ def sample(model: CausalDiffAE, do: Mapping[str, Value], n: int, steps: int = 50
 
     Roots not in ``do`` take a value drawn uniformly from their range (or the normalised N(0, 1) when the
     graph gives none); other variables follow their mechanisms with zero exogenous noise; x_T ~ N(0, I) is the
-    state at the top of the full trajectory (depth 1.0), not at the inversion depth of counterfactuals.
+    state at t = T - 1 (the full trajectory in "trailing" spacing), not at the inversion depth of counterfactuals.
     """
     if isinstance(n, bool) or not isinstance(n, Integral) or n < 1:
         raise ValueError(f"n must be a positive integer (the number of images), got {n!r}")
@@ -206,7 +209,7 @@ def sample(model: CausalDiffAE, do: Mapping[str, Value], n: int, steps: int = 50
     z = model.intervene(Latents(zeros, zeros, zeros, zeros), values)  # every block is a root or descendant
     x_T = torch.randn((n, model.config.channels, model.config.image_size, model.config.image_size),
                       generator=generator).to(device)
-    return decode(model, x_T, z, steps, guidance, depth=1.0, classes=classes, clip=True)
+    return decode(model, x_T, z, steps, guidance, depth=1.0, classes=classes, clip=True, spacing="trailing")
 
 
 def _check_knobs(steps: int, depth: float) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -35,13 +36,17 @@ from .schedule import NoiseSchedule
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 """eps = denoiser(x_t, t): predicted noise (B, ...) for x_t (B, ...) at LongTensor timesteps t (B,) on
 x_t's device. The caller closes over the condition (e.g. the semantic code) and any guidance."""
+#: Where a trajectory's K timesteps sit: "leading" starts at 0 (inversion), "trailing" ends at T - 1 (sampling).
+Spacing = Literal["leading", "trailing"]
 
 
-def timesteps(num_train_timesteps: int, steps: int, depth: float = 1.0) -> list[int]:
+def timesteps(num_train_timesteps: int, steps: int, depth: float = 1.0, spacing: Spacing = "leading") -> list[int]:
     """Ascending training timesteps [tau_1, ..., tau_K] of a `steps`-step DDIM trajectory.
 
-    "Leading" spacing, as diffusers' DDIMScheduler does: tau_i = (i - 1) * (span // steps), so the list
-    starts at 0; with depth = 1 and span = T it is diffusers' `set_timesteps(steps)` in ascending order.
+    "leading" (diffusers' DDIMScheduler default): tau_i = (i - 1) * (span // steps), so the list starts at 0;
+    with depth = 1 it is diffusers' `set_timesteps(steps)` in ascending order. Its top, T - T/K (980 for
+    T = 1000, K = 50), is not pure noise, so generation from N(0, I) uses "trailing" (Lin et al. 2024, "Common diffusion noise schedules and sample steps are flawed"):
+    tau_i = round(i * span / steps) - 1, whose top is span - 1 (T - 1 at depth 1).
     `depth` in (0, 1] restricts the trajectory to [0, depth * T) (span = round(depth * T)): depth = 0.5
     inverts only to about t = T/2, keeping part of the image in x_{tau_K}.
     """
@@ -55,6 +60,10 @@ def timesteps(num_train_timesteps: int, steps: int, depth: float = 1.0) -> list[
             f"steps must lie in [1, {span}] (= round(depth * num_train_timesteps) with depth={depth}, "
             f"num_train_timesteps={num_train_timesteps}), got {steps}"
         )
+    if spacing == "trailing":
+        return [round((i + 1) * span / steps) - 1 for i in range(steps)]
+    if spacing != "leading":
+        raise ValueError(f"spacing must be 'leading' or 'trailing', got {spacing!r}")
     stride = span // steps
     return [i * stride for i in range(steps)]
 
@@ -128,14 +137,16 @@ def sample(
     depth: float = 1.0,
     progress: bool = False,
     clip: bool = False,
+    spacing: Spacing = "leading",
 ) -> Tensor:
     """Decode x_{tau_K} (B, ...) down to the clean image x_0 (B, ...) in `steps` DDIM steps.
 
     The denoiser is evaluated at each tau_K, ..., tau_1 on the current point; the last step goes from tau_1
     to alpha_bar = 1. Use the same (steps, depth) as the `invert` call that produced x_T. ``clip`` clamps
-    each predicted x0 to [-1, 1], which steadies generation from pure noise (leave it off after inversion).
+    each predicted x0 to [-1, 1] and ``spacing="trailing"`` starts at t = T - 1: both for generation from
+    pure noise (leave them off after inversion).
     """
-    trajectory = timesteps(schedule.num_timesteps, steps, depth)
+    trajectory = timesteps(schedule.num_timesteps, steps, depth, spacing)
     targets = [-1] + trajectory[:-1]  # targets[i] is the level below trajectory[i]
     x = x_T
     for i in _progress(list(range(steps - 1, -1, -1)), progress, "DDIM sample"):

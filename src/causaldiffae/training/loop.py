@@ -222,7 +222,7 @@ def write_grids(model: CausalDiffAE, images: ImageDataset, folder: Path, step: i
     x_T = ddim.invert(denoiser, x0 * 2 - 1, model.schedule, steps)
     recon = (ddim.sample(denoiser, x_T, model.schedule, steps) + 1) / 2
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(x0)
-    samples = (ddim.sample(denoiser, noise, model.schedule, steps, clip=True) + 1).clamp(0, 2) / 2
+    samples = (ddim.sample(denoiser, noise, model.schedule, steps, clip=True, spacing="trailing") + 1).clamp(0, 2) / 2
     save_grid(folder / f"step-{step:08d}-reconstruction.png", [x0, recon], ["data", "recon"])
     save_grid(folder / f"step-{step:08d}-samples.png", [x0, samples], ["data", "sample"])
 
