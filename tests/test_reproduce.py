@@ -68,21 +68,24 @@ def test_parallel_train_command_sets_what_the_sequential_training_sets(tmp_path)
 
 def test_reproduce_trains_and_evaluates_every_seed_in_both_paths(tmp_path, monkeypatch):
     """Training and evaluation stubbed: the sequential pass and the --jobs commands cover the same runs."""
-    trained, evaluated, commands = [], [], {}
+    trained, evaluated, commands, data_used = [], [], {}, []
 
     def fake_evaluate(run, data, predictors, out, settings, progress):
         evaluated.append((run, out, settings.abduction, settings.depth))
         return _document([1.0, 1.0], abduction=settings.abduction, depth=settings.depth)
 
     monkeypatch.setattr(rp, "open_dataset", lambda *args: type("Data", (), {"root": tmp_path / "data"})())
-    monkeypatch.setattr(rp, "_train", lambda config, run, steps, progress, seed=None: trained.append((run, seed)))
+    monkeypatch.setattr(rp, "_train", lambda config, run, steps, progress, seed=None, data_sets=():
+                        trained.append((run, seed)) or data_used.append(data_sets))
     monkeypatch.setattr(rp, "_evaluate", fake_evaluate)
     monkeypatch.setattr(rp, "_parallel", lambda jobs, logs, n: commands.update(jobs))
     (tmp_path / "predictors").mkdir()
     (tmp_path / "predictors" / "predictors.json").write_text("{}")
     out = tmp_path / "out"
     rp.reproduce("pendulum", out, 3, SMALL, CONFIGS, predictors=tmp_path / "predictors", jobs=2, progress=False,
-                 train_seeds=[0, 1])
+                 train_seeds=[0, 1], data_root=tmp_path / "own")
+    own = ["data.name=folder", f"data.root={(tmp_path / 'own').resolve()}"]  # --data: every run trains on it
+    assert data_used == [own] * 10
     assert sorted(trained) == sorted((out / e / f"seed-{s}", s) for e in ("causaldiffae", "causaldiffae-no-dropout",
                                      "diffae-aligned", "diffae-unaligned", "label-ddim") for s in (0, 1))
     assert len(evaluated) == 7 * 2
@@ -92,7 +95,7 @@ def test_reproduce_trains_and_evaluates_every_seed_in_both_paths(tmp_path, monke
             "noise", 0.7) in evaluated
     assert sorted(k for k in commands if k.startswith("train-")) == sorted(f"train-{r.parent.name}-{r.name}"
                                                                            for r, _ in trained)
-    assert commands["train-label-ddim-seed-1"][-2:] == ["--set", "train.seed=1"]
+    assert commands["train-label-ddim-seed-1"][-6:] == ["--set", "train.seed=1", "--set", own[0], "--set", own[1]]
     assert len([k for k in commands if k.startswith("evaluate-")]) == 7 * 2
     depth1 = commands["evaluate-causaldiffae-noise-abduction-depth1-seed-0"]
     assert depth1[depth1.index("--depth") + 1] == "1.0" and depth1[depth1.index("--abduction") + 1] == "noise"

@@ -412,7 +412,7 @@ def _reproduce(args: argparse.Namespace) -> None:
 
     use = dict(_pair(item, "--use") for item in args.use)
     table = reproduce(args.dataset, args.out, args.train_steps, _settings(args), args.configs, use,
-                      args.predictors, args.jobs, train_seeds=args.train_seeds)
+                      args.predictors, args.jobs, train_seeds=args.train_seeds, data_root=args.data)
     print(f"wrote {table}")
 
 
@@ -638,6 +638,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="evaluate this model folder as entry NAME instead of training it, e.g. "
                          "causaldiffae=src/causaldiffae/pretrained/pendulum (repeatable)")
     rp.add_argument("--predictors", help="use these predictors (default: train them into OUT/predictors)")
+    rp.add_argument("--data", metavar="DIR", help="a dataset folder of the same variables that replaces the "
+                                                  "configs' (e.g. the 70,000 digits of `data morphomnist --mnist`)")
     rp.add_argument("--jobs", type=_positive_int, default=1,
                     help="run the trainings, then the evaluations, as this many parallel processes (default 1)")
     rp.add_argument("--train-seeds", type=_seed_list, metavar="S,S,...",

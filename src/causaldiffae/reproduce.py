@@ -67,7 +67,8 @@ PLANS = {name: _plan(name) for name in ("pendulum", "morphomnist")}
 
 def reproduce(dataset: str, out: str | Path, steps: int, settings: Settings, configs: str | Path = "configs",
               use: Mapping[str, str] | None = None, predictors: str | Path | None = None, jobs: int = 1,
-              progress: bool = True, train_seeds: Sequence[int] | None = None) -> Path:
+              progress: bool = True, train_seeds: Sequence[int] | None = None,
+              data_root: str | Path | None = None) -> Path:
     """Run the whole comparison for ``dataset`` into ``out``; returns the path of results.md.
 
     ``steps`` is every trained model's budget (train.max_steps); ``use`` maps an entry name to an existing model
@@ -75,7 +76,9 @@ def reproduce(dataset: str, out: str | Path, steps: int, settings: Settings, con
     ``jobs`` > 1 runs the trainings, then the evaluations, as that many parallel processes (one GPU holds them).
     ``train_seeds`` trains every model once per seed (train.seed) into ``out/NAME/seed-S`` and reports the mean
     and spread over them; None, or only the config's own seed, trains once into ``out/NAME``. Entries that reuse
-    another's run evaluate each of its seeds; a model from ``use`` is one run, evaluated once.
+    another's run evaluate each of its seeds; a model from ``use`` is one run, evaluated once. ``data_root``
+    replaces the configs' dataset by a folder of the same variables (e.g. all 70,000 MNIST digits written by
+    ``causaldiffae data morphomnist --mnist``): every model trains on it and is evaluated on its test split.
     """
     if dataset not in PLANS:
         raise ValueError(f"reproduce knows {', '.join(PLANS)}, not {dataset!r}")
@@ -84,18 +87,20 @@ def reproduce(dataset: str, out: str | Path, steps: int, settings: Settings, con
     unknown = sorted(set(use) - {e.name for e in plan})
     if unknown:
         raise ValueError(f"--use names unknown entries {unknown}; entries are {[e.name for e in plan]}")
-    base = load_run_config(_config_path(configs, plan[0].config))
+    data_sets = [] if data_root is None else ["data.name=folder", f"data.root={Path(data_root).resolve()}"]
+    base = load_run_config(_config_path(configs, plan[0].config), data_sets)
     data = open_dataset(base.data.name, base.data.root, base.data.image_size, base.data.resize, progress,
                         base.data.class_column)
     predictors = Path(predictors) if predictors else out / "predictors"
-    if not (predictors / "predictors.json").is_file():
-        save_predictors(train_predictors(data, progress=progress), predictors)
+    if not (predictors / "predictors.json").is_file():  # with the models' class condition, class_kept is measured
+        save_predictors(train_predictors(data, base.data.class_column, progress=progress), predictors)
     seeds = training_seeds(train_seeds, base.train.seed)
     runs = {e.name: plan_runs(e, out, seeds, use) for e in plan}
     trained = [e for e in plan if e.reuse is None and e.name not in use]
     evals = {e.name: entry_settings(e, settings) for e in plan}
     if jobs > 1:  # the same work as below, in parallel processes; the sequential pass then reuses all of it
-        _parallel({f"train-{e.name}{_suffix(r.seed)}": _train_args(_config_path(configs, e.config), r, steps)
+        _parallel({f"train-{e.name}{_suffix(r.seed)}": _train_args(_config_path(configs, e.config), r, steps,
+                                                                   data_sets)
                    for e in trained for r in runs[e.name] if not _finished(r.run, steps)}, out / "logs", jobs)
         _parallel({f"evaluate-{e.name}{_suffix(r.seed)}": ["evaluate", str(r.run), "--predictors", str(predictors),
                                                            "--out", str(r.eval), *_flags(evals[e.name])]
@@ -106,7 +111,7 @@ def reproduce(dataset: str, out: str | Path, steps: int, settings: Settings, con
     for entry in plan:
         for r in runs[entry.name]:
             if entry in trained:
-                _train(_config_path(configs, entry.config), r.run, steps, progress, r.seed)
+                _train(_config_path(configs, entry.config), r.run, steps, progress, r.seed, data_sets)
         rows[entry.name] = [_evaluate(r.run, data, predictors, r.eval, evals[entry.name], progress)
                             for r in runs[entry.name]]
     budget = (f"{steps} training steps of each config's batch size, training seeds "
@@ -156,14 +161,15 @@ def _suffix(seed: int | None) -> str:
     return "" if seed is None else f"-seed-{seed}"
 
 
-def _overrides(steps: int, seed: int | None) -> list[str]:
-    """The --set overrides of a trained run: the step budget and, unless it is the config's own, the seed."""
-    return [f"train.max_steps={steps}"] + ([] if seed is None else [f"train.seed={seed}"])
+def _overrides(steps: int, seed: int | None, data_sets: Sequence[str] = ()) -> list[str]:
+    """The --set overrides of a trained run: the step budget, unless it is the config's own the seed, and the
+    dataset folder that replaces the config's."""
+    return [f"train.max_steps={steps}", *([] if seed is None else [f"train.seed={seed}"]), *data_sets]
 
 
-def _train_args(config_path: Path, run: Run, steps: int) -> list[str]:
+def _train_args(config_path: Path, run: Run, steps: int, data_sets: Sequence[str] = ()) -> list[str]:
     """The train command of one run (what ``_train`` does in this process)."""
-    sets = [arg for item in _overrides(steps, run.seed) for arg in ("--set", item)]
+    sets = [arg for item in _overrides(steps, run.seed, data_sets) for arg in ("--set", item)]
     return (["train", str(config_path), "--out", str(run.run), *sets]
             + (["--resume"] if checkpoint.latest(run.run) else []))
 
@@ -207,10 +213,11 @@ def _finished(run: Path, steps: int) -> bool:
     return previous is not None and checkpoint.step_of(previous) >= steps and (run / "model.safetensors").is_file()
 
 
-def _train(config_path: Path, run: Path, steps: int, progress: bool, seed: int | None = None) -> None:
+def _train(config_path: Path, run: Path, steps: int, progress: bool, seed: int | None = None,
+           data_sets: Sequence[str] = ()) -> None:
     """Train to ``steps`` unless the run already got there; a partial run resumes from its checkpoint."""
     if not _finished(run, steps):
-        config = load_run_config(config_path, _overrides(steps, seed))
+        config = load_run_config(config_path, _overrides(steps, seed, data_sets))
         train(config, run, resume=checkpoint.latest(run) is not None, progress=progress)
 
 
