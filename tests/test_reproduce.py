@@ -164,3 +164,61 @@ def test_intervened_column_reads_numbers_and_errors():
             "gap_closed": {"do(a)": {"a": 0.5}, "do(b)": {"b": 1.0}}}
     assert rp.column_value(seed, ("effectiveness", "*", "@")) == pytest.approx(0.3)  # (0.2 + 0.4) / 2, no multi
     assert rp.column_value(seed, ("gap_closed", "*", "@")) == pytest.approx(0.75)
+
+
+def test_measured_columns_read_the_intervened_variable_below_truth():
+    """'@' inside a path: truth -> do(X) -> morphometry -> X; the class kept averages over do(X)."""
+    seed = {"truth": {"do(a)": {"morphometry": {"a": {"mae_normalized": 0.1}, "b": {"mae_normalized": 7.0}}},
+                      "do(b)": {"morphometry": {"a": {"mae_normalized": 7.0}, "b": {"mae_normalized": 0.3}}}},
+            "class_kept": {"do(a)": {"model": 0.9, "oracle": 1.0}, "do(b)": {"model": 1.0, "oracle": 1.0},
+                           "multi": {"model": 0.0}}}
+    assert rp.column_value(seed, ("truth", "*", "morphometry", "@")) == pytest.approx(0.2)
+    assert rp.column_value(seed, ("class_kept", "*", "model")) == pytest.approx(0.95)
+
+
+def test_label_fraction_entries_and_only():
+    entries = rp.label_fraction_entries("morphomnist", [0.1, 1.0, 0.3, 0.1])
+    assert [(e.name, e.sets, e.label_fraction) for e in entries] == [
+        ("causaldiffae-labels-0.3", ("data.label_fraction=0.3",), 0.3),
+        ("causaldiffae-labels-0.1", ("data.label_fraction=0.1",), 0.1)]
+    assert all(e.config == "morphomnist.yaml" and e.reuse is None for e in entries)
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        rp.label_fraction_entries("pendulum", [0.0])
+    plan = rp.PLANS["pendulum"] + entries
+    picked = rp.select(plan, ["causaldiffae-noise-abduction", "causaldiffae-labels-0.1"])
+    assert [e.name for e in picked] == ["causaldiffae", "causaldiffae-noise-abduction", "causaldiffae-labels-0.1"]
+    with pytest.raises(ValueError, match="unknown entries"):
+        rp.select(plan, ["nope"])
+
+
+def test_weak_supervision_table_and_plot(tmp_path):
+    """Rows by labelled share, largest first; columns nobody has (here all but FID) are left out of the table."""
+    rows = {"causaldiffae-labels-0.1": _document([3.0]), "causaldiffae": _document([1.0]),
+            "causaldiffae-labels-0.3": _document([2.0])}
+    for doc, mae in zip(rows.values(), (0.5, 0.1, 0.2), strict=True):
+        doc["seeds"][0]["effectiveness"] = {"do(a)": {"a": {"mae_normalized": mae}}}
+    fractions = {"causaldiffae": 1.0, "causaldiffae-labels-0.3": 0.3, "causaldiffae-labels-0.1": 0.1}
+    rp.write_comparison("toy", rows, tmp_path, "none", fractions=fractions)
+    text = (tmp_path / "results.md").read_text()
+    assert "true-cf L1" not in text.split("## Where")[0] and "| FID |" in text
+    weak = text.split("## Weak supervision")[1]
+    assert re.findall(r"\| (0\.1|0\.3|1) \| (\S+) \| ([\d.]+)", weak) == [
+        ("1", "causaldiffae", "0.1"), ("0.3", "causaldiffae-labels-0.3", "0.2"),
+        ("0.1", "causaldiffae-labels-0.1", "0.5")]
+    assert (tmp_path / "weak-supervision.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((tmp_path / "results.json").read_text())["label_fractions"] == fractions
+
+
+def test_reproduce_trains_label_fraction_entries_with_their_fraction(tmp_path, monkeypatch):
+    trained = []
+    monkeypatch.setattr(rp, "open_dataset", lambda *args: type("Data", (), {"root": tmp_path / "data"})())
+    monkeypatch.setattr(rp, "_train", lambda config, run, steps, progress, seed=None, data_sets=():
+                        trained.append((run.name, list(data_sets))))
+    monkeypatch.setattr(rp, "_evaluate", lambda *args: _document([1.0]))
+    (tmp_path / "predictors").mkdir()
+    (tmp_path / "predictors" / "predictors.json").write_text("{}")
+    rp.reproduce("pendulum", tmp_path / "out", 3, SMALL, CONFIGS, predictors=tmp_path / "predictors", progress=False,
+                 label_fractions=[0.1], only=["causaldiffae", "causaldiffae-labels-0.1"])
+    assert trained == [("causaldiffae", []), ("causaldiffae-labels-0.1", ["data.label_fraction=0.1"])]
+    text = (tmp_path / "out" / "results.md").read_text()
+    assert "## Weak supervision" in text and "None of the curve's metrics applies" in text

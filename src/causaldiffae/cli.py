@@ -412,7 +412,8 @@ def _reproduce(args: argparse.Namespace) -> None:
 
     use = dict(_pair(item, "--use") for item in args.use)
     table = reproduce(args.dataset, args.out, args.train_steps, _settings(args), args.configs, use,
-                      args.predictors, args.jobs, train_seeds=args.train_seeds, data_root=args.data)
+                      args.predictors, args.jobs, train_seeds=args.train_seeds, data_root=args.data,
+                      label_fractions=args.label_fractions or (), only=args.only)
     print(f"wrote {table}")
 
 
@@ -640,6 +641,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--predictors", help="use these predictors (default: train them into OUT/predictors)")
     rp.add_argument("--data", metavar="DIR", help="a dataset folder of the same variables that replaces the "
                                                   "configs' (e.g. the 70,000 digits of `data morphomnist --mnist`)")
+    rp.add_argument("--label-fractions", type=_fraction_list, metavar="F,F,...",
+                    help="also train CausalDiffAE on these shares of the training labels (entries "
+                         "causaldiffae-labels-F) and add the weak-supervision table and plot, e.g. 0.3,0.1,0.03")
+    rp.add_argument("--only", type=lambda text: [n for n in text.split(",") if n], metavar="NAME,...",
+                    help="run only these entries (and the runs they reuse), e.g. causaldiffae,causaldiffae-labels-0.1")
     rp.add_argument("--jobs", type=_positive_int, default=1,
                     help="run the trainings, then the evaluations, as this many parallel processes (default 1)")
     rp.add_argument("--train-seeds", type=_seed_list, metavar="S,S,...",
@@ -695,6 +701,17 @@ def _seed_list(text: str) -> list[int]:
     if len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(f"takes distinct comma-separated integers, got {text!r}")
     return list(seeds)
+
+
+def _fraction_list(text: str) -> list[float]:
+    """Comma-separated shares in (0, 1], e.g. 0.3,0.1,0.03."""
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes comma-separated numbers in (0, 1], got {text!r}") from None
+    if not values or not all(0 < v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"takes comma-separated numbers in (0, 1], got {text!r}")
+    return values
 
 
 def _image_size(text: str) -> int:

@@ -24,7 +24,7 @@ from .data import open_dataset
 from .data.base import ImageDataset
 from .evaluation import evaluate_run, portable
 from .metrics.predictors import save_predictors, train_predictors
-from .metrics.report import fmt, table, to_json
+from .metrics.report import fmt, pyplot, save_figure, table, to_json
 from .metrics.suite import Settings, summarize
 from .training import checkpoint, load_run_config, train
 
@@ -42,6 +42,10 @@ class Entry:
     """Inversion depth of its counterfactuals; None = the evaluation settings' depth."""
     guidance: float | None = None
     """Guidance weight of its counterfactuals; None = the evaluation settings' weight."""
+    sets: tuple[str, ...] = ()
+    """--set overrides of its training on top of its config (e.g. a labelled fraction)."""
+    label_fraction: float = 1.0
+    """The share of training labels it sees (data.label_fraction): the weak-supervision curve's x."""
 
 
 def _plan(dataset: str) -> list[Entry]:
@@ -65,10 +69,33 @@ def _plan(dataset: str) -> list[Entry]:
 PLANS = {name: _plan(name) for name in ("pendulum", "morphomnist")}
 
 
+def label_fraction_entries(dataset: str, fractions: Sequence[float]) -> list[Entry]:
+    """CausalDiffAE trained with only a share f of the training labels (data.label_fraction = f), one entry per
+    f < 1 (f = 1 is the causaldiffae entry itself): the weak-supervision curve."""
+    bad = [f for f in fractions if not 0 < f <= 1]
+    if bad:
+        raise ValueError(f"label fractions must lie in (0, 1], got {bad}")
+    return [Entry(f"causaldiffae-labels-{f:g}", f"{dataset}.yaml", sets=(f"data.label_fraction={f}",),
+                  label_fraction=f) for f in sorted(set(fractions), reverse=True) if f < 1]
+
+
+def select(plan: Sequence[Entry], only: Sequence[str] | None) -> list[Entry]:
+    """The entries named in ``only`` (all when None), with the entries whose runs they reuse."""
+    if only is None:
+        return list(plan)
+    names = {e.name for e in plan}
+    unknown = sorted(set(only) - names)
+    if unknown:
+        raise ValueError(f"--only names unknown entries {unknown}; entries are {sorted(names)}")
+    wanted = set(only) | {e.reuse for e in plan if e.name in only and e.reuse}
+    return [e for e in plan if e.name in wanted]
+
+
 def reproduce(dataset: str, out: str | Path, steps: int, settings: Settings, configs: str | Path = "configs",
               use: Mapping[str, str] | None = None, predictors: str | Path | None = None, jobs: int = 1,
               progress: bool = True, train_seeds: Sequence[int] | None = None,
-              data_root: str | Path | None = None) -> Path:
+              data_root: str | Path | None = None, label_fractions: Sequence[float] = (),
+              only: Sequence[str] | None = None) -> Path:
     """Run the whole comparison for ``dataset`` into ``out``; returns the path of results.md.
 
     ``steps`` is every trained model's budget (train.max_steps); ``use`` maps an entry name to an existing model
@@ -79,11 +106,13 @@ def reproduce(dataset: str, out: str | Path, steps: int, settings: Settings, con
     another's run evaluate each of its seeds; a model from ``use`` is one run, evaluated once. ``data_root``
     replaces the configs' dataset by a folder of the same variables (e.g. all 70,000 MNIST digits written by
     ``causaldiffae data morphomnist --mnist``): every model trains on it and is evaluated on its test split.
+    ``label_fractions`` adds CausalDiffAE trained on that share of the labels (``label_fraction_entries``) and the
+    weak-supervision curve to the report; ``only`` keeps the named entries (``select``).
     """
     if dataset not in PLANS:
         raise ValueError(f"reproduce knows {', '.join(PLANS)}, not {dataset!r}")
     out, configs, use = Path(out), Path(configs), dict(use or {})
-    plan = PLANS[dataset]
+    plan = select(PLANS[dataset] + label_fraction_entries(dataset, label_fractions), only)
     unknown = sorted(set(use) - {e.name for e in plan})
     if unknown:
         raise ValueError(f"--use names unknown entries {unknown}; entries are {[e.name for e in plan]}")
@@ -100,7 +129,7 @@ def reproduce(dataset: str, out: str | Path, steps: int, settings: Settings, con
     evals = {e.name: entry_settings(e, settings) for e in plan}
     if jobs > 1:  # the same work as below, in parallel processes; the sequential pass then reuses all of it
         _parallel({f"train-{e.name}{_suffix(r.seed)}": _train_args(_config_path(configs, e.config), r, steps,
-                                                                   data_sets)
+                                                                   [*e.sets, *data_sets])
                    for e in trained for r in runs[e.name] if not _finished(r.run, steps)}, out / "logs", jobs)
         _parallel({f"evaluate-{e.name}{_suffix(r.seed)}": ["evaluate", str(r.run), "--predictors", str(predictors),
                                                            "--out", str(r.eval), *_flags(evals[e.name])]
@@ -111,13 +140,14 @@ def reproduce(dataset: str, out: str | Path, steps: int, settings: Settings, con
     for entry in plan:
         for r in runs[entry.name]:
             if entry in trained:
-                _train(_config_path(configs, entry.config), r.run, steps, progress, r.seed, data_sets)
+                _train(_config_path(configs, entry.config), r.run, steps, progress, r.seed, [*entry.sets, *data_sets])
         rows[entry.name] = [_evaluate(r.run, data, predictors, r.eval, evals[entry.name], progress)
                             for r in runs[entry.name]]
     budget = (f"{steps} training steps of each config's batch size, training seeds "
               f"{[base.train.seed] if seeds == [None] else seeds}"
               + (f"; models from elsewhere (one run each): {dict(use)}" if use else ""))
-    return write_comparison(dataset, rows, out, budget)
+    fractions = {e.name: e.label_fraction for e in plan if e.name == "causaldiffae" or e.label_fraction < 1}
+    return write_comparison(dataset, rows, out, budget, fractions=fractions if len(fractions) > 1 else None)
 
 
 class Run(NamedTuple):
@@ -249,9 +279,16 @@ class Column(NamedTuple):
 
 COLUMNS = [
     Column("effectiveness (norm. MAE, intervened var.)", ("effectiveness", "*", "@")),
+    Column("no-op floor (norm. MAE, intervened var.)", ("noop_floor", "*", "@"), "floor"),
     Column("oracle (norm. MAE, intervened var.)", ("oracle", "*", "@"), "floor"),
     Column("gap closed (intervened var.)", ("gap_closed", "*", "@"), "higher"),
     Column("effectiveness (norm. MAE, all vars)", ("effectiveness", "*", "**")),
+    # MorphoMNIST: thickness and intensity measured on the images (morphometry), beside both floors
+    Column("measured (norm. MAE, intervened var.)", ("truth", "*", "morphometry", "@")),
+    Column("measured no-op floor", ("truth", "*", "morphometry_noop", "@"), "floor"),
+    Column("measured oracle", ("truth", "*", "morphometry_oracle", "@"), "floor"),
+    Column("class kept", ("class_kept", "*", "model"), "higher"),
+    Column("oracle class kept", ("class_kept", "*", "oracle"), "floor"),
     Column("true-cf L1", ("truth", "*", "l1")),
     Column("composition L1 (1)", ("composition", "l1_1")),
     Column("composition L1 (10)", ("composition", "l1_10")),
@@ -268,8 +305,8 @@ COLUMNS = [
 
 def column_value(metrics: dict, path: tuple[str, ...]) -> float | None:
     """One comparison number from one seed's metrics: '*' averages over the single-variable interventions do(X);
-    after it '@' takes the intervened variable's entry (its normalised MAE, or the number itself) and '**' the mean
-    over every variable's normalised MAE."""
+    after it '@' stands for the intervened variable X (its entry's normalised MAE, or the number itself) and '**'
+    for the mean over every variable's normalised MAE."""
     if "*" not in path:
         return _number(_get(metrics, path))
     star = path.index("*")
@@ -280,8 +317,8 @@ def column_value(metrics: dict, path: tuple[str, ...]) -> float | None:
     for key, sub in node.items():
         if not key.startswith("do("):
             continue
-        if rest == ("@",):
-            entry = _get(sub, (key[3:-1],))
+        if "@" in rest:
+            entry = _get(sub, tuple(key[3:-1] if part == "@" else part for part in rest))
             values.append(_number(entry.get("mae_normalized") if isinstance(entry, dict) else entry))
         elif rest == ("**",):
             per = [_number(e.get("mae_normalized")) for e in sub.values()]
@@ -313,22 +350,25 @@ def _number(entry: object) -> float | None:
 
 
 def write_comparison(dataset: str, rows: Mapping[str, dict | Sequence[dict]], out: Path, budget: str,
-                     reference: str = "causaldiffae") -> Path:
+                     reference: str = "causaldiffae", fractions: Mapping[str, float] | None = None) -> Path:
     """results.md (the table, the budget, where a model beats ``reference``) and results.json, from evaluation
     documents (metrics.json) by model name: one document or one per training seed. A row of one training seed
     shows the mean ± std over its evaluation seeds; a row of several, the mean ± std over the training seeds of
-    each evaluation's mean (``training_summary``), and that spread is what the beats rule then uses."""
+    each evaluation's mean (``training_summary``), and that spread is what the beats rule then uses. Columns no
+    row has (the measured ones off MorphoMNIST) are left out. ``fractions`` (row name -> labelled share) adds
+    the weak-supervision table and ``weak-supervision.png``."""
     docs = {name: [doc] if isinstance(doc, Mapping) else list(doc) for name, doc in rows.items()}
     values = {name: {c.header: training_summary(d, c.path) for c in COLUMNS} for name, d in docs.items()}
     dci = {name: _dci_summary(d) for name, d in docs.items()}
     counts = {name: len(d) for name, d in docs.items()}
-    headers = [c.header for c in COLUMNS]
+    shown = [c for c in COLUMNS if any(v[c.header] is not None for v in values.values())]
+    headers = [c.header for c in shown]
     lines = [[name, str(counts[name])] + [fmt(v[h]) for h in headers]
              + [fmt(dci[name].get("disentanglement")), fmt(dci[name].get("completeness"))]
              for name, v in values.items()]
     ours = values.get(reference, {})
     beaten = [f"{name} beats {reference} on {h}: {fmt(v[h])} vs {fmt(ours[h])}" for name, v in values.items()
-              if name != reference for c in COLUMNS for h in [c.header] if _beats(v[h], ours.get(h), c.better)]
+              if name != reference for c in shown for h in [c.header] if _beats(v[h], ours.get(h), c.better)]
     first = next(iter(docs.values()))[0]
     s = first["settings"]
     text = [f"# Comparison on {dataset}\n",
@@ -347,10 +387,44 @@ def write_comparison(dataset: str, rows: Mapping[str, dict | Sequence[dict]], ou
             "\n## Predictors (held-out MAE, normalised)\n",
             ", ".join(f"{k}: {e['mae_normalized']:.4g}" for k, e in first["predictors"].items()
                       if isinstance(e, dict) and e.get("mae_normalized") is not None) + "\n"]
+    if fractions:
+        text += weak_supervision(values, fractions, out)
     write_text(out / "results.json", to_json({"dataset": dataset, "budget": budget, "training_seeds": counts,
-                                              "values": values, "dci": dci, "beaten": beaten}))  # NaN/inf as null
+                                              "values": values, "dci": dci, "beaten": beaten,
+                                              "label_fractions": dict(fractions or {})}))  # NaN/inf as null
     write_text(out / "results.md", "\n".join(text))
     return out / "results.md"
+
+
+#: The weak-supervision curve's y axes: effectiveness (measured where the images are measured) and the truth.
+CURVE = ["effectiveness (norm. MAE, intervened var.)", "measured (norm. MAE, intervened var.)",
+         "gap closed (intervened var.)", "true-cf L1"]
+
+
+def weak_supervision(values: Mapping[str, Mapping[str, dict | None]], fractions: Mapping[str, float],
+                     out: Path) -> list[str]:
+    """The weak-supervision section of results.md (a table by labelled share) and ``out/weak-supervision.png``:
+    each curve column against the share of training labels, with its spread as error bars."""
+    names = sorted((n for n in fractions if n in values), key=lambda n: -fractions[n])
+    curves = [h for h in CURVE if any(values[n].get(h) is not None for n in names)]
+    head = ["\n## Weak supervision\n",
+            "CausalDiffAE trained with only a share of the training labels (data.label_fraction; the others hidden "
+            "from the label term, the same images and budget).\n"]
+    if not curves:
+        return [*head, "None of the curve's metrics applies to these evaluations.\n"]
+    fig, axes = pyplot().subplots(1, len(curves), figsize=(4 * len(curves), 3.2), squeeze=False)
+    for ax, header in zip(axes[0], curves, strict=True):
+        points = [(fractions[n], values[n][header]) for n in names if values[n].get(header) is not None]
+        ax.errorbar([f for f, _ in points], [v["mean"] for _, v in points], yerr=[v["std"] for _, v in points],
+                    marker="o", capsize=3)
+        ax.set_xscale("log")
+        ax.set_xlabel("share of training labels")
+        ax.set_title(header, fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, out / "weak-supervision.png")
+    lines = [[f"{fractions[n]:g}", n, *(fmt(values[n].get(h)) for h in curves)] for n in names]
+    return [*head, table(["labelled share", "model", *curves], lines), "\n![weak supervision](weak-supervision.png)\n"]
 
 
 def training_summary(documents: Sequence[dict], path: tuple[str, ...]) -> dict | None:

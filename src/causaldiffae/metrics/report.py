@@ -174,13 +174,25 @@ def markdown(doc: dict) -> str:
     return "\n".join(parts)
 
 
-def _plot_sweep(sweep: dict, path: Path, title: str) -> None:
+def pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend (no display needed), imported only when plotting."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 4))
+    return plt
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """Write a figure as a PNG atomically and free it."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    pyplot().close(fig)
+
+
+def _plot_sweep(sweep: dict, path: Path, title: str) -> None:
+    fig, ax = pyplot().subplots(figsize=(5, 4))
     xs = [e["composition_l1"]["mean"] for e in sweep.values()]
     ys = [e["effectiveness"]["mean"] for e in sweep.values()]
     ax.plot(xs, ys, "o-")
@@ -190,6 +202,4 @@ def _plot_sweep(sweep: dict, path: Path, title: str) -> None:
     ax.set_ylabel("effectiveness: normalised MAE")
     ax.set_title(f"guidance sweep {title}", fontsize=9)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
