@@ -28,7 +28,7 @@ def mnist_root(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("with_digit", [False, True])
 def test_morphomnist_config_trains_and_counterfactuals(mnist_root, tmp_path, with_digit):
-    extra = ["data.class_column=digit", "model.num_classes=10"] if with_digit else []
+    extra = [] if with_digit else ["data.class_column=null", "model.num_classes=0"]  # the config has the digit
     run = tmp_path / "run"
     argv = ["train", str(CONFIGS / "morphomnist.yaml"), "--out", str(run), "--set", "data.name=folder",
             "--set", f"data.root={mnist_root}", "--set", "train.max_steps=20"]
@@ -37,6 +37,7 @@ def test_morphomnist_config_trains_and_counterfactuals(mnist_root, tmp_path, wit
     assert main(argv) == 0
     model = CausalDiffAE.from_pretrained(run)
     assert model.config.channels == 1 and model.config.image_size == 28
+    assert model.config.num_classes == (10 if with_digit else 0)
     out = tmp_path / "cf.png"
     assert main(["counterfactual", str(run), "--do", "thickness=1:5:3", "--index", "0:2", "--steps", "2",
                  "--out", str(out)]) == 0

@@ -183,12 +183,14 @@ def sweep(model: CausalDiffAE, x: Images, columns: Sequence[tuple[Mapping[str, V
 
 @torch.inference_mode()
 def sample(model: CausalDiffAE, do: Mapping[str, Value], n: int, steps: int = 50, guidance: float = 1.0,
-           generator: torch.Generator | None = None, classes: torch.Tensor | None = None) -> torch.Tensor:
+           generator: torch.Generator | None = None, classes: torch.Tensor | None = None,
+           spacing: ddim.Spacing = "trailing") -> torch.Tensor:
     """New images (n, C, H, W) in [0, 1] with the given variables set: no factual image needed.
 
     Roots not in ``do`` take a value drawn uniformly from their range (or the normalised N(0, 1) when the
     graph gives none); other variables follow their mechanisms with zero exogenous noise; x_T ~ N(0, I) is the
-    state at t = T - 1 (the full trajectory in "trailing" spacing), not at the inversion depth of counterfactuals.
+    state at t = T - 1 (the full trajectory in "trailing" spacing), not at the inversion depth of counterfactuals;
+    ``spacing="leading"`` starts at T - T/steps instead (compared in ``benchmarks/samples_from_noise.py``).
     """
     if isinstance(n, bool) or not isinstance(n, Integral) or n < 1:
         raise ValueError(f"n must be a positive integer (the number of images), got {n!r}")
@@ -209,7 +211,7 @@ def sample(model: CausalDiffAE, do: Mapping[str, Value], n: int, steps: int = 50
     z = model.intervene(Latents(zeros, zeros, zeros, zeros), values)  # every block is a root or descendant
     x_T = torch.randn((n, model.config.channels, model.config.image_size, model.config.image_size),
                       generator=generator).to(device)
-    return decode(model, x_T, z, steps, guidance, depth=1.0, classes=classes, clip=True, spacing="trailing")
+    return decode(model, x_T, z, steps, guidance, depth=1.0, classes=classes, clip=True, spacing=spacing)
 
 
 def _check_knobs(steps: int, depth: float) -> None:
