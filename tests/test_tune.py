@@ -73,3 +73,23 @@ def test_cli_writes_the_table(identity, tmp_path, tiny_dataset, capsys):
     assert exit_code(["tune", str(tmp_path / "model"), "--data", str(tiny_dataset), "--out", str(out),
                       "--split", "val"]) == 2
     assert "no 'val' split" in capsys.readouterr().err
+
+
+def test_morphomnist_cells_report_measured_error_and_class_kept(tmp_path):
+    """On MorphoMNIST each cell also measures the intervened variable (morphometry) and, with a classifier, the
+    share of counterfactuals read as the factual class: a model that returns its input keeps every class (1.0)
+    and is measured as far off as its input, the same in every cell."""
+    from causaldiffae.data import morphomnist
+    from causaldiffae.metrics.predictors import Predictors
+
+    root = morphomnist.generate(tmp_path / "mm", limit=4, progress=False, workers=1)
+    data = load_dataset(root, 28, class_column="digit")
+    torch.manual_seed(0)
+    model = CausalDiffAE(ModelConfig(graph=data.graph.to_dict(), image_size=28, channels=1, num_classes=10,
+                                     **TINY)).eval()
+    predictors = Predictors(data.graph, 28, 1, width=4, num_classes=10, class_column="digit").eval()
+    grid = TuneSettings(depths=(0.5, 1.0), weights=(1.0,), n=4, steps=2, split="val", batch_size=4)
+    result = tune(model, data, grid, predictors=predictors, progress=False)
+    assert [r["class_kept"] for r in result["grid"]] == [1.0, 1.0]
+    measured = [r["measured"] for r in result["grid"]]
+    assert measured[0] > 0 and measured[0] == pytest.approx(measured[1], abs=1e-3)

@@ -5,7 +5,9 @@ split stays untouched). For each depth, ``n`` validation images are abducted onc
 gets a do() on one variable (variables in turn, values drawn from the split's labels, as the evaluation suite
 draws them) and is decoded at every guidance weight, with and without the intervention. Scored per (depth, w):
 the L1 to the true counterfactual where the SCM is known (the criterion), the predictors' error on the
-intervened variable when predictors are given, and the null intervention's L1 to the input (composition).
+intervened variable when predictors are given (and the share of images whose class their classifier reads as
+before), on MorphoMNIST the intervened variable's error measured by morphometry, and the null intervention's L1
+to the input (composition).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from .metrics.effectiveness import normalized
 from .metrics.predictors import Predictors
 from .metrics.report import fmt, table, to_json
 from .metrics.suite import pixel_l1
-from .metrics.truth import known_labels, true_scm
+from .metrics.truth import known_labels, morphometry_labels, true_scm
 from .model import CausalDiffAE
 
 
@@ -99,11 +101,17 @@ def tune(model: CausalDiffAE, dataset: ImageDataset, settings: TuneSettings | No
                     if scm is not None:
                         truth = truths[name][start: start + s.batch_size]
                         entry.setdefault("true_cf_l1", []).append(pixel_l1(cf, truth))
+                    intended = normalized(graph, known_labels(graph, batch["labels"].float(), {name: value}))
+                    column = graph.index(name)
                     if predictors is not None:
                         predicted = normalized(graph, predictors.predict(cf).float().cpu())
-                        intended = normalized(graph, known_labels(graph, batch["labels"].float(), {name: value}))
-                        column = graph.index(name)
                         entry.setdefault("effectiveness", []).append((predicted - intended)[:, column].abs())
+                        if predictors.classifier is not None:
+                            kept = predictors.predict_class(cf) == predictors.predict_class(x)
+                            entry.setdefault("class_kept", []).append(kept.float().cpu())
+                    if scm is not None and scm.kind == "morphomnist":  # thickness and intensity measured
+                        measured = normalized(graph, morphometry_labels(cf))
+                        entry.setdefault("measured", []).append((measured - intended)[:, column].abs())
                 bar.update(len(index))
     bar.close()
     criterion = "true_cf_l1" if scm is not None else "effectiveness"
@@ -148,9 +156,11 @@ def write_tuning(result: dict, out: str | Path, run: str, data: str) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "tune.json", to_json({"run": run, "data": data, **result}))  # NaN/inf as null
-    s, keys = result["settings"], [k for k in ("true_cf_l1", "effectiveness", "null_l1") if k in result["grid"][0]]
+    s = result["settings"]
     headers = {"true_cf_l1": "true-cf L1 (0-255)", "effectiveness": "effectiveness (norm. MAE, intervened var.)",
+               "measured": "measured (norm. MAE, intervened var.)", "class_kept": "class kept",
                "null_l1": "null-intervention L1 (0-255)"}
+    keys = [k for k in headers if k in result["grid"][0]]
     rows = [[fmt(r["depth"]), fmt(r["guidance"])] + [f"{r[k]:.4g} ± {r[k + '_sem']:.2g}" for k in keys]
             + [f"{r['paired_difference']:+.3g} ± {r['paired_sem']:.2g}", "yes" if r["within_one_sem"] else "no"]
             for r in sorted(result["grid"], key=lambda r: (r["depth"], r["guidance"]))]
