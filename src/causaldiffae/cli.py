@@ -195,22 +195,10 @@ def _classes(args: argparse.Namespace, model: Any, n: int) -> Any:
 
 
 def _dataset(args: argparse.Namespace, size: int) -> Any:
-    """The dataset the run was trained on (RUN/config.yaml), or --data DIR, at the model's image size, with its
-    label columns in the model's variable order (matched by name, so a reordered graph.yaml swaps nothing)."""
-    from .data import load_dataset, open_dataset
-    from .graph import CausalGraph
-    from .model import load_config
-    from .training import load_run_config
+    """The dataset the run was trained on (RUN/config.yaml), or --data DIR (see ``run_data.run_dataset``)."""
+    from .run_data import run_dataset
 
-    variables = CausalGraph.from_dict(load_config(Path(args.run)).graph).variables
-    run_config = Path(args.run) / "config.yaml"
-    data = load_run_config(run_config).data if run_config.is_file() else None
-    column = data.class_column if data else None
-    if args.data:
-        return load_dataset(args.data, size, resize=True, class_column=column).with_variables(variables)
-    if data is None:
-        raise ValueError(f"{args.run} has no config.yaml naming its dataset: pass --data DIR or --image FILE")
-    return open_dataset(data.name, data.root, size, data.resize, class_column=column).with_variables(variables)
+    return run_dataset(args.run, args.data, size)
 
 
 def _counterfactual(args: argparse.Namespace) -> None:

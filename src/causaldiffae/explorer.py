@@ -1,0 +1,320 @@
+"""The counterfactual explorer's engine: everything the web page shows, without the web page.
+
+``causaldiffae explore RUN`` serves it with Gradio (``explore_app.py``); this module holds no UI code, so the
+tests drive it directly. One image is chosen at a time (from the test split or uploaded); its abduction (the
+encoder's latents and the DDIM inversion x_T) is cached per (depth, steps), so a slider move only decodes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .counterfactual import DEFAULT_DEPTH, DEFAULT_GUIDANCE, abduct_noise, decode
+from .data.base import ImageDataset
+from .data.image_folder import MAX_PIXELS
+from .graph import CausalGraph
+from .images import save_grid, to_uint8
+from .metrics.report import pyplot
+from .metrics.truth import TrueSCM, true_scm
+from .model import CausalDiffAE, Latents
+
+#: Abductions kept per explorer (image x depth x steps); each is one x_T of the model's image size.
+CACHE_SIZE = 32
+#: How many test images the gallery shows.
+GALLERY_SIZE = 48
+#: Pixels of the longer side at which images are shown (nearest-neighbour upscaling keeps pixels visible).
+DISPLAY_SIZE = 192
+#: Gain of the difference map: |counterfactual - factual| times this, clipped to 1.
+DIFF_GAIN = 4.0
+
+
+@dataclass
+class Choice:
+    """The chosen image: where it came from, its pixels (1, C, H, W), class, latents and known labels."""
+
+    source: str
+    x: torch.Tensor
+    classes: torch.Tensor | None
+    latents: Latents
+    estimate: dict[str, float]
+    row: int | None = None
+    factual: dict[str, float] | None = None
+
+
+@dataclass
+class Result:
+    """One counterfactual query: the images (H, W, C) uint8 at display size and the numbers beside them."""
+
+    do: dict[str, float]
+    factual: np.ndarray
+    reconstruction: np.ndarray
+    counterfactual: np.ndarray
+    difference: np.ndarray
+    truth: np.ndarray | None
+    estimate: dict[str, float]
+    estimate_cf: dict[str, float]
+    intervened: list[str]
+    affected: list[str]
+    seconds: float
+    settings: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self, source: str) -> dict[str, Any]:
+        """The query and its numbers, as the page offers them for download."""
+        return {"image": source, "do": self.do, **self.settings, "estimate_factual": self.estimate,
+                "estimate_counterfactual": self.estimate_cf, "intervened": self.intervened,
+                "affected": self.affected, "seconds": round(self.seconds, 3)}
+
+
+class Explorer:
+    """A model, the test images of its dataset (optional) and the state of one chosen image."""
+
+    def __init__(self, model: CausalDiffAE, dataset: ImageDataset | None = None, name: str = "model") -> None:
+        self.model, self.name = model.eval(), name
+        self.graph: CausalGraph = model.graph
+        self.test = None
+        if dataset is not None:
+            self.test = dataset.split("test") if "test" in dataset.splits else dataset
+        self.scm: TrueSCM | None = true_scm(self.test) if self.test is not None else None
+        self.choice: Choice | None = None
+        self._cache: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+
+    # -- choosing an image -------------------------------------------------------------------------------
+    def gallery(self, count: int = GALLERY_SIZE) -> list[tuple[np.ndarray, str]]:
+        """The first ``count`` test images (H, W, C) uint8 with a caption (file name)."""
+        if self.test is None:
+            return []
+        rows = list(range(min(count, len(self.test))))
+        images = to_uint8(self.test.batch(rows)["image"])
+        return [(_display(im), self.test.files[r]) for im, r in zip(images, rows, strict=True)]
+
+    def choose(self, row: int) -> Choice:
+        """Test image ``row`` becomes the chosen image."""
+        if self.test is None:
+            raise ValueError("this explorer has no dataset: upload an image instead")
+        if not 0 <= row < len(self.test):
+            raise ValueError(f"there is no test image {row} (the split has {len(self.test)})")
+        batch = self.test.batch([row])
+        labels = batch["labels"][0].tolist()
+        factual = {v: float(x) for v, x in zip(self.graph.variables, labels, strict=True) if not np.isnan(x)}
+        return self._set(self.test.files[row], batch["image"], batch.get("class"), row, factual)
+
+    def upload(self, path: str | Path, cls: int | None = None) -> Choice:
+        """An image file of the user's: read, converted to the model's channels and resized to its size when it
+        is square; anything else is refused with a message that says why."""
+        try:
+            with Image.open(path) as img:
+                if img.width * img.height > MAX_PIXELS:
+                    raise ValueError(f"the upload has {img.width}x{img.height} pixels, more than {MAX_PIXELS:,}")
+                img.load()
+                image = img.convert("L" if self.model.config.channels == 1 else "RGB")
+        except (OSError, Image.DecompressionBombError) as err:
+            raise ValueError(f"the upload is not an image this page can read ({type(err).__name__}: {err})") from None
+        if image.width != image.height:
+            raise ValueError(f"the upload is {image.width}x{image.height}: the model takes square images "
+                             f"({self.model.config.image_size}x{self.model.config.image_size}); crop it first")
+        size = self.model.config.image_size
+        if image.size != (size, size):
+            image = image.resize((size, size), Image.Resampling.LANCZOS)
+        array = np.asarray(image, dtype=np.float32) / 255
+        x = torch.from_numpy(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))[None]
+        return self._set(Path(path).name, x, self._classes(cls), None, None)
+
+    def _classes(self, cls: int | None) -> torch.Tensor | None:
+        k = self.model.config.num_classes
+        if not k:
+            return None
+        if cls is None or not 0 <= int(cls) < k:
+            raise ValueError(f"this model is also conditioned on a class: pick one of 0..{k - 1}")
+        return torch.tensor([int(cls)])
+
+    def set_class(self, cls: int) -> Choice:
+        """Another class condition for the chosen image (a model trained with one)."""
+        choice = self._current()
+        choice.classes = self._classes(cls)
+        self._cache = OrderedDict((k, v) for k, v in self._cache.items() if k[0] != id(choice))
+        return choice
+
+    def _set(self, source: str, x: torch.Tensor, classes: torch.Tensor | None, row: int | None,
+             factual: dict[str, float] | None) -> Choice:
+        x = self.model.prepare_images(x)
+        with torch.inference_mode():
+            latents = self.model.encode(x)
+            estimate = self.model.read_labels(latents.z)[0].tolist()
+        self.choice = Choice(source, x, classes, latents, dict(zip(self.graph.variables, estimate, strict=True)),
+                             row, factual)
+        return self.choice
+
+    def _current(self) -> Choice:
+        if self.choice is None:
+            raise ValueError("choose a test image or upload one first")
+        return self.choice
+
+    # -- counterfactuals ---------------------------------------------------------------------------------
+    def abduct(self, depth: float, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_T of the chosen image at (depth, steps) and its reconstruction (do = {}, w = 1): inverted and decoded
+        once, then served from the cache."""
+        choice = self._current()
+        key = (id(choice), float(depth), int(steps))
+        if key not in self._cache:
+            x_T = abduct_noise(self.model, choice.x, choice.latents.z, steps, depth, classes=choice.classes)
+            recon = decode(self.model, x_T, choice.latents.z, steps, 1.0, depth, choice.classes)
+            self._cache[key] = (x_T, recon)
+            while len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+        self._cache.move_to_end(key)
+        return self._cache[key]
+
+    def check_do(self, do: dict[str, float]) -> dict[str, float]:
+        """Values by variable name, each a finite number inside the variable's range (where it has one)."""
+        out = {}
+        for name, value in do.items():
+            if name not in self.graph.variables:
+                raise ValueError(f"unknown variable {name!r}; the graph has {', '.join(self.graph.variables)}")
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"{name} = {value!r} is not a number") from None
+            if not np.isfinite(number):
+                raise ValueError(f"{name} = {value!r} is not a finite number")
+            lo_hi = self.graph[name].range
+            if lo_hi and not lo_hi[0] <= number <= lo_hi[1]:
+                raise ValueError(f"{name} = {number:g} lies outside its range [{lo_hi[0]:g}, {lo_hi[1]:g}]")
+            out[name] = number
+        return out
+
+    def query(self, do: dict[str, float], guidance: float = DEFAULT_GUIDANCE, depth: float = DEFAULT_DEPTH,
+              steps: int = 50) -> Result:
+        """The chosen image under ``do`` (variable name -> value; empty reconstructs): decoded from the cached
+        abduction, with the reconstruction, an amplified difference map and, where the SCM is known and the image
+        is a test image, the true counterfactual."""
+        choice, do = self._current(), self.check_do(do)
+        start = time.perf_counter()
+        x_T, recon = self.abduct(depth, steps)
+        z_cf = self.model.intervene(choice.latents, do) if do else choice.latents.z
+        cf = decode(self.model, x_T, z_cf, steps, guidance, depth, choice.classes) if do else recon
+        seconds = time.perf_counter() - start
+        truth = None
+        if self.scm is not None and choice.row is not None and do:
+            truth = self.scm.counterfactual([choice.row], {k: torch.tensor([v]) for k, v in do.items()})[0]
+        with torch.inference_mode():
+            estimate_cf = self.model.read_labels(z_cf)[0].tolist()
+        difference = ((cf - choice.x).abs().mean(dim=1, keepdim=True) * DIFF_GAIN).clamp(0, 1)
+        return Result(
+            do=do, factual=_display(to_uint8(choice.x)[0]), reconstruction=_display(to_uint8(recon)[0]),
+            counterfactual=_display(to_uint8(cf)[0]), difference=_display(_heat(difference[0, 0])),
+            truth=None if truth is None else _display(to_uint8(truth)[0]), estimate=dict(choice.estimate),
+            estimate_cf=dict(zip(self.graph.variables, estimate_cf, strict=True)), intervened=sorted(do),
+            affected=sorted(self.graph.affected(do) - set(do)) if do else [], seconds=seconds,
+            settings={"guidance": float(guidance), "depth": float(depth), "steps": int(steps)})
+
+    def traversal(self, name: str, k: int = 7, guidance: float = DEFAULT_GUIDANCE, depth: float = DEFAULT_DEPTH,
+                  steps: int = 50, low: float | None = None, high: float | None = None) -> tuple[np.ndarray, list]:
+        """``k`` counterfactuals of the chosen image with ``name`` set to evenly spaced values between ``low``
+        and ``high`` (default: the variable's range): one strip image (H, k*W, C) and the values."""
+        choice = self._current()
+        if not 2 <= int(k) <= 16:
+            raise ValueError(f"a traversal has 2 to 16 values, got {k}")
+        if name not in self.graph.variables:
+            raise ValueError(f"unknown variable {name!r}; the graph has {', '.join(self.graph.variables)}")
+        declared = self.graph[name].range  # else one normalisation unit around the estimate
+        spread = self.graph[name].denormalize(1.0) - self.graph[name].denormalize(0.0)
+        lo = float(low if low is not None else (declared[0] if declared else choice.estimate[name] - spread))
+        hi = float(high if high is not None else (declared[1] if declared else choice.estimate[name] + spread))
+        for end in (lo, hi):
+            self.check_do({name: end})
+        values = np.linspace(lo, hi, int(k)).tolist()
+        x_T, _ = self.abduct(depth, steps)
+        z = torch.cat([self.model.intervene(choice.latents, {name: v}) for v in values])
+        classes = None if choice.classes is None else choice.classes.repeat(len(values))
+        images = decode(self.model, x_T.repeat(len(values), 1, 1, 1), z, steps, guidance, depth, classes)
+        strip = np.concatenate([_display(im, DISPLAY_SIZE // 2) for im in to_uint8(images)], axis=1)
+        return strip, values
+
+    # -- the graph and the downloads -------------------------------------------------------------------
+    def graph_image(self, result: Result | None = None) -> np.ndarray:
+        """The causal graph as an RGB image: nodes by topological layer, intervened nodes red, their
+        descendants orange, each labelled with its factual estimate -> counterfactual estimate."""
+        plt = pyplot()
+        order = self.graph.topological_order()
+        layer: dict[str, int] = {}
+        for name in order:
+            layer[name] = 1 + max((layer[p] for p in self.graph.parents(name)), default=-1)
+        columns: dict[int, list[str]] = {}
+        for name in order:
+            columns.setdefault(layer[name], []).append(name)
+        pos = {n: (c, -i + (len(ns) - 1) / 2) for c, ns in columns.items() for i, n in enumerate(ns)}
+        fig, ax = plt.subplots(figsize=(1.2 + 2.4 * len(columns), 1.0 + 1.2 * max(map(len, columns.values()))))
+        for child in order:
+            for parent in self.graph.parents(child):
+                ax.annotate("", xy=pos[child], xytext=pos[parent],
+                            arrowprops={"arrowstyle": "-|>", "color": "0.4", "shrinkA": 28, "shrinkB": 28})
+        for name, (px, py) in pos.items():
+            state = _node_state(name, result)
+            colour = {"intervened": "#d62728", "affected": "#ff9f1c", "other": "#d9d9d9"}[state]
+            text = name if result is None else (f"{name}\n{result.estimate[name]:.3g} → "
+                                                f"{result.estimate_cf[name]:.3g}")
+            ax.text(px, py, text, ha="center", va="center", fontsize=9,
+                    bbox={"boxstyle": "round,pad=0.5", "fc": colour, "ec": "0.2"}, gid=f"node-{name}-{state}")
+        xs, ys = zip(*pos.values(), strict=True)
+        ax.set_xlim(min(xs) - 0.8, max(xs) + 0.8)
+        ax.set_ylim(min(ys) - 0.8, max(ys) + 0.8)
+        ax.axis("off")
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=100)
+        plt.close(fig)
+        return np.asarray(Image.open(buffer).convert("RGB"))
+
+    def save(self, result: Result, out: str | Path) -> tuple[Path, Path]:
+        """The query's grid (factual, reconstruction, counterfactual, difference, truth) as PNG and its JSON."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        shown = [result.factual, result.reconstruction, result.counterfactual, result.difference]
+        names = ["factual", "reconstruction", "counterfactual", "difference x4"]
+        if result.truth is not None:
+            shown.append(result.truth)
+            names.append("true counterfactual")
+        row = torch.stack([torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1).float() / 255
+                           for im in shown])
+        save_grid(out / "counterfactual.png", [row], [], names)
+        from .atomic import write_text
+
+        write_text(out / "query.json", json.dumps(result.to_json(self._current().source), indent=1) + "\n")
+        return out / "counterfactual.png", out / "query.json"
+
+
+def _node_state(name: str, result: Result | None) -> str:
+    if result is not None and name in result.intervened:
+        return "intervened"
+    if result is not None and name in result.affected:
+        return "affected"
+    return "other"
+
+
+def _heat(diff: torch.Tensor) -> np.ndarray:
+    """A difference map (H, W) in [0, 1] as an RGB uint8 heat map (black -> red -> yellow -> white)."""
+    d = diff.clamp(0, 1).cpu().numpy()
+    rgb = np.stack([np.clip(3 * d, 0, 1), np.clip(3 * d - 1, 0, 1), np.clip(3 * d - 2, 0, 1)], axis=-1)
+    return (rgb * 255).round().astype(np.uint8)
+
+
+def _display(image: np.ndarray, size: int = DISPLAY_SIZE) -> np.ndarray:
+    """An image (H, W[, C]) uint8 upscaled by an integer factor with nearest neighbours, as (H', W', 3)."""
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[0] in (1, 3) and image.shape[-1] not in (1, 3):
+        image = image.transpose(1, 2, 0)
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.shape[-1] == 1:
+        image = np.repeat(image, 3, axis=-1)
+    factor = max(1, size // max(image.shape[:2]))
+    return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
