@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 		$(BIN)/python -m pip install --quiet torch==2.13.0 || \
 		$(BIN)/python -m pip install --quiet torch --index-url https://download.pytorch.org/whl/cpu; \
 	fi
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[test,explore]"
 	touch $(STAMP)
 
 test: install

@@ -49,7 +49,11 @@ def test_query_marks_intervened_and_affected_and_reads_the_intervened_value(app)
     labels = dict(zip(pendulum.VARIABLES, app.test.labels[0].tolist(), strict=True))
     truth, _ = pendulum.true_counterfactual(labels, {"angle": 12.5}, TINY_SIZE)
     assert np.array_equal(result.truth, explorer._display(truth))
-    assert app.graph_image(result).shape[-1] == 3
+    svg = app.graph_svg(result)
+    assert svg.startswith("<svg") and svg.count('<g class="node') == 4 and svg.count('class="edge"') == 4
+    assert '<g class="node intervened" data-name="angle">' in svg and "12.5</text>" in svg
+    assert '<g class="node affected" data-name="shadow_length">' in svg
+    assert '<g class="node other" data-name="light">' in svg
     assert [explorer._node_state(v, result) for v in pendulum.VARIABLES] == [
         "intervened", "other", "affected", "affected"]
     empty = app.query({}, **KNOBS)

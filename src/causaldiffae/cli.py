@@ -324,6 +324,24 @@ def _demo(args: argparse.Namespace) -> None:
 PREDICTOR_SIZES = {"pendulum": 32, "morphomnist": 28}
 
 
+def _explore(args: argparse.Namespace) -> None:
+    from .demo import SHIPPED_MODELS
+    from .explore_app import gradio, serve
+    from .explorer import Explorer
+    from .run_data import run_dataset
+
+    gradio()  # a missing optional extra is named before the model and the data load
+    folder = SHIPPED_MODELS.get(args.run, Path(args.run))
+    model = _load_model(str(folder))
+    has_data = args.data or (Path(folder) / "config.yaml").is_file()
+    data = run_dataset(folder, args.data) if has_data else None
+    if data is None:
+        print(f"{folder} names no dataset and no --data was given: the page takes uploaded images only")
+    title = args.run if args.run in SHIPPED_MODELS else Path(args.run).name
+    print(f"causaldiffae explorer of {title}: http://{args.host}:{args.port} (Ctrl+C stops it)")
+    serve(Explorer(model, data, title), title, args.host, args.port)
+
+
 def _predictors_train(args: argparse.Namespace) -> None:
     from .data import GENERATORS, load_dataset, open_dataset
     from .metrics.predictors import CONFIG_NAME, WEIGHTS_NAME, interventional_lines, save_predictors, train_predictors
@@ -545,6 +563,18 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--out", required=True, help="output PNG grid")
     _add_sampling_flags(sm, depth=False)
     sm.set_defaults(func=_sample)
+
+    ex = commands.add_parser("explore", help="a local web page to explore a model's counterfactuals",
+                             description="Serve the counterfactual explorer: pick a test image or upload one, move a "
+                                         "slider per variable (a do() on it), see the causal graph, the "
+                                         "counterfactual, the difference and, where the SCM is known, the truth. "
+                                         "Needs the optional extra: pip install 'causaldiffae[explore]'.")
+    ex.add_argument("run", metavar="RUN", help="a model folder, or a shipped model by name: pendulum, morphomnist")
+    ex.add_argument("--data", help="dataset folder of the gallery (default: the one in RUN/config.yaml)")
+    ex.add_argument("--port", type=_positive_int, default=7860, help="port (default 7860)")
+    ex.add_argument("--host", default="127.0.0.1",
+                    help="address to serve on (default 127.0.0.1: this machine only; 0.0.0.0 exposes the page)")
+    ex.set_defaults(func=_explore)
 
     dm = commands.add_parser("demo", help="counterfactual traversals of the shipped models with a report",
                              description="Render test images of Pendulum and MorphoMNIST, load the shipped models "

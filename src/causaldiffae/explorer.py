@@ -7,7 +7,6 @@ encoder's latents and the DDIM inversion x_T) is cached per (depth, steps), so a
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from collections import OrderedDict
@@ -24,7 +23,6 @@ from .data.base import ImageDataset
 from .data.image_folder import MAX_PIXELS
 from .graph import CausalGraph
 from .images import save_grid, to_uint8
-from .metrics.report import pyplot
 from .metrics.truth import TrueSCM, true_scm
 from .model import CausalDiffAE, Latents
 
@@ -241,10 +239,10 @@ class Explorer:
         return strip, values
 
     # -- the graph and the downloads -------------------------------------------------------------------
-    def graph_image(self, result: Result | None = None) -> np.ndarray:
-        """The causal graph as an RGB image: nodes by topological layer, intervened nodes red, their
-        descendants orange, each labelled with its factual estimate -> counterfactual estimate."""
-        plt = pyplot()
+    def graph_svg(self, result: Result | None = None) -> str:
+        """The causal graph as an SVG: nodes by topological layer, left to right; intervened nodes red, their
+        descendants orange; after a query each node shows its factual estimate -> counterfactual estimate.
+        Every node is a ``<g class="node STATE" data-name="NAME">``, so the page and its tests can find it."""
         order = self.graph.topological_order()
         layer: dict[str, int] = {}
         for name in order:
@@ -252,27 +250,29 @@ class Explorer:
         columns: dict[int, list[str]] = {}
         for name in order:
             columns.setdefault(layer[name], []).append(name)
-        pos = {n: (c, -i + (len(ns) - 1) / 2) for c, ns in columns.items() for i, n in enumerate(ns)}
-        fig, ax = plt.subplots(figsize=(1.2 + 2.4 * len(columns), 1.0 + 1.2 * max(map(len, columns.values()))))
+        width, height = 40 + 200 * len(columns), 30 + 80 * max(map(len, columns.values()))
+        pos = {n: (120 + 200 * c, height / 2 + 80 * (i - (len(ns) - 1) / 2))
+               for c, ns in columns.items() for i, n in enumerate(ns)}
+        parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="causal-graph" width="{width}" height="{height}" '
+                 f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
+                 '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" '
+                 'orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#666"/></marker></defs>']
         for child in order:
             for parent in self.graph.parents(child):
-                ax.annotate("", xy=pos[child], xytext=pos[parent],
-                            arrowprops={"arrowstyle": "-|>", "color": "0.4", "shrinkA": 28, "shrinkB": 28})
-        for name, (px, py) in pos.items():
+                (x0, y0), (x1, y1) = pos[parent], pos[child]
+                parts.append(f'<line class="edge" x1="{x0 + 80}" y1="{y0}" x2="{x1 - 80}" y2="{y1}" stroke="#666" '
+                             f'stroke-width="1.5" marker-end="url(#arrow)"/>')
+        fill = {"intervened": "#d62728", "affected": "#ff9f1c", "other": "#e6e6e6"}
+        for name, (x, y) in pos.items():
             state = _node_state(name, result)
-            colour = {"intervened": "#d62728", "affected": "#ff9f1c", "other": "#d9d9d9"}[state]
-            text = name if result is None else (f"{name}\n{result.estimate[name]:.3g} → "
-                                                f"{result.estimate_cf[name]:.3g}")
-            ax.text(px, py, text, ha="center", va="center", fontsize=9,
-                    bbox={"boxstyle": "round,pad=0.5", "fc": colour, "ec": "0.2"}, gid=f"node-{name}-{state}")
-        xs, ys = zip(*pos.values(), strict=True)
-        ax.set_xlim(min(xs) - 0.8, max(xs) + 0.8)
-        ax.set_ylim(min(ys) - 0.8, max(ys) + 0.8)
-        ax.axis("off")
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=100)
-        plt.close(fig)
-        return np.asarray(Image.open(buffer).convert("RGB"))
+            value = "" if result is None else f"{result.estimate[name]:.3g} → {result.estimate_cf[name]:.3g}"
+            text = "#fff" if state == "intervened" else "#111"
+            parts.append(f'<g class="node {state}" data-name="{_escape(name)}"><rect x="{x - 80}" y="{y - 24}" '
+                         f'width="160" height="48" rx="10" fill="{fill[state]}" stroke="#333"/>'
+                         f'<text x="{x}" y="{y - 4}" text-anchor="middle" fill="{text}" font-weight="bold">'
+                         f'{_escape(name)}</text><text class="value" x="{x}" y="{y + 13}" text-anchor="middle" '
+                         f'fill="{text}">{value}</text></g>')
+        return "".join(parts) + "</svg>"
 
     def save(self, result: Result, out: str | Path) -> tuple[Path, Path]:
         """The query's grid (factual, reconstruction, counterfactual, difference, truth) as PNG and its JSON."""
@@ -298,6 +298,10 @@ def _node_state(name: str, result: Result | None) -> str:
     if result is not None and name in result.affected:
         return "affected"
     return "other"
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
 
 
 def _heat(diff: torch.Tensor) -> np.ndarray:

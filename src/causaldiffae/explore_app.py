@@ -1,0 +1,212 @@
+"""``causaldiffae explore RUN``: the counterfactual explorer as a local web page (Gradio).
+
+The page is a thin layer over ``explorer.Explorer``: a gallery of test images (or an upload), one slider per
+variable in label units (moving one is a do() on it; "reset" undoes it), the causal graph with the intervened
+and affected nodes, the guidance / depth / steps knobs, the factual, reconstruction, counterfactual, difference
+and (where the SCM is known) true counterfactual images, a traversal strip and downloads. Every callback turns
+an error into a message in the page (the element ``#status``); the server keeps serving.
+"""
+
+import functools
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .counterfactual import DEFAULT_DEPTH, DEFAULT_GUIDANCE
+from .explorer import Explorer, Result
+
+#: Default DDIM steps of the page: the counterfactual pipeline's own default.
+DEFAULT_STEPS = 50
+#: Slider resolution: a variable's range in this many steps.
+SLIDER_STEPS = 200
+
+
+def gradio() -> Any:
+    """Gradio, imported on demand (an optional extra), with its usage analytics off: the page calls no one."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    try:
+        import gradio as gr
+    except ImportError:
+        raise ValueError("the explorer needs Gradio: pip install 'causaldiffae[explore]' (make install has it)") \
+            from None
+    return gr
+
+
+def build_app(app: Explorer, title: str) -> Any:
+    """The Gradio Blocks of the explorer page over ``app``."""
+    gr = gradio()
+    graph, variables = app.graph, app.graph.variables
+    ranges = {v: _slider_range(app, v) for v in variables}
+    downloads = Path(tempfile.mkdtemp(prefix="causaldiffae-explore-"))
+    # at most one DDIM step per training timestep of the default trajectory (a tiny test model has T = 100)
+    default_steps = min(DEFAULT_STEPS, round(DEFAULT_DEPTH * app.model.config.num_timesteps))
+    with gr.Blocks(title=f"causaldiffae explorer: {title}", analytics_enabled=False) as page:
+        gr.Markdown(f"# Counterfactual explorer: {title}\nPick a test image (or upload one), then move a slider: "
+                    "each moved slider is a do() on its variable; its descendants follow the model's mechanisms.")
+        status = gr.Markdown("", elem_id="status")
+        intervened = gr.State([])
+        with gr.Row():
+            with gr.Column(scale=1):
+                gallery = gr.Gallery(value=app.gallery(), label="test images", columns=5, height=260,
+                                     object_fit="contain", allow_preview=False, elem_id="gallery")
+                upload = gr.File(label="or upload an image", type="filepath", elem_id="upload")
+                k = app.model.config.num_classes
+                cls = gr.Dropdown(choices=list(range(k)), value=0 if k else None, label="class condition",
+                                  visible=bool(k), elem_id="class")
+                graph_html = gr.HTML(app.graph_svg(), elem_id="graph")
+            with gr.Column(scale=2):
+                with gr.Row():
+                    factual = gr.Image(label="factual", interactive=False, elem_id="factual")
+                    recon = gr.Image(label="reconstruction", interactive=False, elem_id="reconstruction")
+                    cf = gr.Image(label="counterfactual", interactive=False, elem_id="counterfactual")
+                    diff = gr.Image(label="difference x4", interactive=False, elem_id="difference")
+                    truth = gr.Image(label="true counterfactual", interactive=False, visible=app.scm is not None,
+                                     elem_id="truth")
+                timing = gr.Markdown("", elem_id="timing")
+                sliders, resets = {}, {}
+                for v in variables:
+                    lo, hi = ranges[v]
+                    with gr.Row():
+                        units = f" ({graph[v].units})" if graph[v].units else ""
+                        sliders[v] = gr.Slider(lo, hi, value=(lo + hi) / 2, step=(hi - lo) / SLIDER_STEPS,
+                                               label=f"{v}{units}", elem_id=f"slider-{v}", scale=5)
+                        resets[v] = gr.Button("reset", size="sm", elem_id=f"reset-{v}", scale=1)
+                with gr.Row():
+                    guidance = gr.Slider(0.0, 4.0, value=DEFAULT_GUIDANCE, step=0.25, label="guidance weight",
+                                         elem_id="guidance")
+                    depth = gr.Slider(0.1, 1.0, value=DEFAULT_DEPTH, step=0.05, label="inversion depth",
+                                      elem_id="depth")
+                    steps = gr.Slider(5, 100, value=default_steps, step=5, label="DDIM steps", elem_id="steps")
+        with gr.Row():
+            along = gr.Dropdown(choices=variables, value=variables[0], label="traverse", elem_id="traverse-variable")
+            count = gr.Slider(2, 16, value=7, step=1, label="values", elem_id="traverse-count")
+            traverse = gr.Button("traversal", elem_id="traverse")
+            download = gr.Button("download grid and query", elem_id="download")
+        strip = gr.Image(label="traversal", interactive=False, elem_id="strip")
+        files = gr.File(label="downloads", file_count="multiple", interactive=False, elem_id="files")
+
+        knobs = [guidance, depth, steps]
+        shown = [factual, recon, cf, diff, truth, graph_html, timing]
+        values = [sliders[v] for v in variables]
+
+        def show(result: Result) -> list:
+            return [result.factual, result.reconstruction, result.counterfactual, result.difference, result.truth,
+                    app.graph_svg(result), f"counterfactual in {result.seconds:.2f} s (decoding only after the "
+                                           "first query of an image, depth and steps)"]
+
+        def query(names: list[str], w: float, d: float, s: float, *current: float) -> Result:
+            chosen = dict(zip(variables, current, strict=True))
+            return app.query({n: chosen[n] for n in names}, float(w), float(d), int(s))
+
+        def fresh(choice_fn: Callable[[], Any]) -> Callable[..., list]:
+            """Choose an image, put every slider at the model's estimate, show the reconstruction."""
+            def run(w: float, d: float, s: float) -> list:
+                choice = choice_fn()
+                starts = [_clamp(choice.estimate[v], ranges[v]) for v in variables]
+                return ["", [], *show(app.query({}, float(w), float(d), int(s))), *starts]
+            return run
+
+        def on_select(w: float, d: float, s: float, evt: gr.SelectData) -> list:
+            return fresh(lambda: app.choose(int(evt.index)))(w, d, s)
+
+        def on_upload(path: str | None, c: Any, w: float, d: float, s: float) -> list:
+            if not path:
+                return _unchanged(gr, 2 + len(shown) + len(values))
+            return fresh(lambda: app.upload(path, None if c is None else int(c)))(w, d, s)
+
+        def on_class(c: Any, names: list[str], w: float, d: float, s: float, *current: float) -> list:
+            if app.choice is None or c is None:
+                return _unchanged(gr, 1 + len(shown))
+            app.set_class(int(c))
+            return ["", *show(query(names, w, d, s, *current))]
+
+        def on_move(name: str) -> Callable[..., list]:
+            def run(names: list[str], w: float, d: float, s: float, *current: float) -> list:
+                names = names if name in names else [*names, name]
+                return ["", names, *show(query(names, w, d, s, *current))]
+            return run
+
+        def on_reset(name: str) -> Callable[..., list]:
+            def run(names: list[str], w: float, d: float, s: float, *current: float) -> list:
+                if app.choice is None:
+                    return _unchanged(gr, 3 + len(shown))
+                names = [n for n in names if n != name]
+                start = _clamp(app.choice.estimate[name], ranges[name])
+                current = tuple(start if v == name else x for v, x in zip(variables, current, strict=True))
+                return ["", names, *show(query(names, w, d, s, *current)), start]
+            return run
+
+        def on_knob(names: list[str], w: float, d: float, s: float, *current: float) -> list:
+            if app.choice is None:
+                return _unchanged(gr, 1 + len(shown))
+            return ["", *show(query(names, w, d, s, *current))]
+
+        def on_traverse(name: str, n: float, w: float, d: float, s: float) -> list:
+            image, points = app.traversal(name, int(n), float(w), float(d), int(s))
+            return ["", gr.update(value=image, label=f"traversal of {name}: " + ", ".join(f"{p:.3g}" for p in points))]
+
+        def on_download(names: list[str], w: float, d: float, s: float, *current: float) -> list:
+            paths = app.save(query(names, w, d, s, *current), downloads / f"query-{len(os.listdir(downloads))}")
+            return ["", [str(p) for p in paths]]
+
+        gallery.select(_safe(gr, on_select, 2 + len(shown) + len(values)), knobs,
+                       [status, intervened, *shown, *values])
+        upload.upload(_safe(gr, on_upload, 2 + len(shown) + len(values)), [upload, cls, *knobs],
+                      [status, intervened, *shown, *values])
+        cls.input(_safe(gr, on_class, 1 + len(shown)), [cls, intervened, *knobs, *values], [status, *shown])
+        for v in variables:
+            sliders[v].release(_safe(gr, on_move(v), 2 + len(shown)), [intervened, *knobs, *values],
+                               [status, intervened, *shown])
+            resets[v].click(_safe(gr, on_reset(v), 3 + len(shown)), [intervened, *knobs, *values],
+                            [status, intervened, *shown, sliders[v]])
+        for knob in knobs:
+            knob.release(_safe(gr, on_knob, 1 + len(shown)), [intervened, *knobs, *values], [status, *shown])
+        traverse.click(_safe(gr, on_traverse, 2), [along, count, *knobs], [status, strip])
+        download.click(_safe(gr, on_download, 2), [intervened, *knobs, *values], [status, files])
+    return page
+
+
+def _safe(gr: Any, fn: Callable[..., list], outputs: int) -> Callable[..., list]:
+    """``fn`` with any error turned into a message in ``#status`` and every other output left as it was. No
+    ``from __future__ import annotations`` here: Gradio reads ``fn``'s real annotations (``gr.SelectData``)."""
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> list:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - the page shows every failure as a message, never a trace
+            message = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
+            return [f"**Could not do that:** {message}", *_unchanged(gr, outputs - 1)]
+    return run
+
+
+def _unchanged(gr: Any, n: int) -> list:
+    return [gr.update() for _ in range(n)]
+
+
+def _slider_range(app: Explorer, name: str) -> tuple[float, float]:
+    """A variable's declared range, else the test labels' range, else three normalisation units around 0."""
+    declared = app.graph[name].range
+    if declared:
+        return float(declared[0]), float(declared[1])
+    if app.test is not None:
+        column = app.test.labels[:, app.graph.index(name)].float()
+        column = column[~column.isnan()]
+        if len(column) and column.min() < column.max():
+            return float(column.min()), float(column.max())
+    var = app.graph[name]
+    return float(var.denormalize(-3.0)), float(var.denormalize(3.0))
+
+
+def _clamp(value: float, bounds: tuple[float, float]) -> float:
+    return min(max(float(value), bounds[0]), bounds[1])
+
+
+def serve(app: Explorer, title: str, host: str = "127.0.0.1", port: int = 7860, block: bool = True) -> Any:
+    """Build the page and serve it on ``host:port``; ``block=False`` returns the running page (for tests)."""
+    page = build_app(app, title)
+    page.queue(default_concurrency_limit=1)  # one model, one query at a time
+    page.launch(server_name=host, server_port=port, prevent_thread_lock=not block, show_error=False,
+                inbrowser=False, quiet=not block)
+    return page
