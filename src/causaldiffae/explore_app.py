@@ -105,7 +105,8 @@ def build_app(app: Explorer, title: str) -> Any:
             def run(w: float, d: float, s: float) -> list:
                 choice = choice_fn()
                 starts = [_clamp(choice.estimate[v], ranges[v]) for v in variables]
-                return ["", [], *show(app.query({}, float(w), float(d), int(s))), *starts]
+                shown_class = gr.update() if choice.classes is None else int(choice.classes[0])
+                return ["", [], *show(app.query({}, float(w), float(d), int(s))), *starts, shown_class]
             return run
 
         def on_select(w: float, d: float, s: float, evt: gr.SelectData) -> list:
@@ -113,7 +114,7 @@ def build_app(app: Explorer, title: str) -> Any:
 
         def on_upload(path: str | None, c: Any, w: float, d: float, s: float) -> list:
             if not path:
-                return _unchanged(gr, 2 + len(shown) + len(values))
+                return _unchanged(gr, 3 + len(shown) + len(values))
             return fresh(lambda: app.upload(path, None if c is None else int(c)))(w, d, s)
 
         def on_class(c: Any, names: list[str], w: float, d: float, s: float, *current: float) -> list:
@@ -151,10 +152,10 @@ def build_app(app: Explorer, title: str) -> Any:
             paths = app.save(query(names, w, d, s, *current), downloads / f"query-{len(os.listdir(downloads))}")
             return ["", [str(p) for p in paths]]
 
-        gallery.select(_safe(gr, on_select, 2 + len(shown) + len(values)), knobs,
-                       [status, intervened, *shown, *values])
-        upload.upload(_safe(gr, on_upload, 2 + len(shown) + len(values)), [upload, cls, *knobs],
-                      [status, intervened, *shown, *values])
+        gallery.select(_safe(gr, on_select, 3 + len(shown) + len(values)), knobs,
+                       [status, intervened, *shown, *values, cls])
+        upload.upload(_safe(gr, on_upload, 3 + len(shown) + len(values)), [upload, cls, *knobs],
+                      [status, intervened, *shown, *values, cls])
         cls.input(_safe(gr, on_class, 1 + len(shown)), [cls, intervened, *knobs, *values], [status, *shown])
         for v in variables:
             sliders[v].release(_safe(gr, on_move(v), 2 + len(shown)), [intervened, *knobs, *values],
