@@ -121,3 +121,20 @@ def test_traversal_strip_and_downloads(app, tmp_path):
     saved = json.loads(query.read_text())
     assert saved["do"] == {"light": 120.0} and saved["image"] == app.test.files[0] and saved["steps"] == 4
     assert saved["affected"] == ["shadow_length", "shadow_position"]
+
+
+def test_page_helpers_turn_errors_into_messages_and_pick_slider_ranges(app):
+    """Every callback of the page answers a failure with a message for #status and leaves the rest alone."""
+    gr = pytest.importorskip("gradio")
+    from causaldiffae import explore_app
+
+    def fails(value: float) -> list:
+        return app.query({"angle": value}, **KNOBS)
+
+    out = explore_app._safe(gr, fails, 3)(99.0)
+    assert out[0] == "**Could not do that:** choose a test image or upload one first" and len(out) == 3
+    assert explore_app._slider_range(app, "angle") == (-36.0, 38.7)  # the graph's declared range
+    assert explore_app._clamp(50.0, (-36.0, 38.7)) == 38.7
+    page = explore_app.build_app(app, "tiny")
+    labels = {getattr(b, "label", None) for b in page.blocks.values()}
+    assert {"angle (degrees)", "guidance weight", "inversion depth", "DDIM steps", "traversal"} <= labels

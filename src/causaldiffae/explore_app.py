@@ -82,6 +82,8 @@ def build_app(app: Explorer, title: str) -> Any:
         with gr.Row():
             along = gr.Dropdown(choices=variables, value=variables[0], label="traverse", elem_id="traverse-variable")
             count = gr.Slider(2, 16, value=7, step=1, label="values", elem_id="traverse-count")
+            first, last = (gr.Number(value=None, label=f"{end} (empty: the range's end)", elem_id=f"traverse-{end}")
+                           for end in ("from", "to"))
             traverse = gr.Button("traversal", elem_id="traverse")
             download = gr.Button("download grid and query", elem_id="download")
         strip = gr.Image(label="traversal", interactive=False, elem_id="strip")
@@ -144,8 +146,9 @@ def build_app(app: Explorer, title: str) -> Any:
                 return _unchanged(gr, 1 + len(shown))
             return ["", *show(query(names, w, d, s, *current))]
 
-        def on_traverse(name: str, n: float, w: float, d: float, s: float) -> list:
-            image, points = app.traversal(name, int(n), float(w), float(d), int(s))
+        def on_traverse(name: str, n: float, low: float | None, high: float | None, w: float, d: float,
+                        s: float) -> list:
+            image, points = app.traversal(name, int(n), float(w), float(d), int(s), low, high)
             return ["", gr.update(value=image, label=f"traversal of {name}: " + ", ".join(f"{p:.3g}" for p in points))]
 
         def on_download(names: list[str], w: float, d: float, s: float, *current: float) -> list:
@@ -164,7 +167,7 @@ def build_app(app: Explorer, title: str) -> Any:
                             [status, intervened, *shown, sliders[v]])
         for knob in knobs:
             knob.release(_safe(gr, on_knob, 1 + len(shown)), [intervened, *knobs, *values], [status, *shown])
-        traverse.click(_safe(gr, on_traverse, 2), [along, count, *knobs], [status, strip])
+        traverse.click(_safe(gr, on_traverse, 2), [along, count, first, last, *knobs], [status, strip])
         download.click(_safe(gr, on_download, 2), [intervened, *knobs, *values], [status, files])
     return page
 
