@@ -323,7 +323,7 @@ def test_cache_dir_follows_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("CAUSALDIFFAE_CACHE", str(tmp_path / "elsewhere"))
     assert cache_dir() == tmp_path / "elsewhere"
     assert dataset_root("pendulum", None, 16) == tmp_path / "elsewhere" / "pendulum-16-v2"  # layout 2: val split
-    assert dataset_root("morphomnist", None, 28) == tmp_path / "elsewhere" / "morphomnist-28"
+    assert dataset_root("morphomnist", None, 28) == tmp_path / "elsewhere" / "morphomnist-28-v2"  # val split too
     assert dataset_root("pendulum", tmp_path / "mine", 16) == tmp_path / "mine"
 
 
