@@ -7,7 +7,8 @@ so the real image with the same labels is known. Per DDIM spacing (leading: the 
 T - T/steps; trailing, the default of ``sample()``: at T - 1): the per-image colour cast (largest per-channel
 mean difference, 0-255, between a sample and the test image with its labels; the same between two test
 images with the same labels would be 0 for Pendulum), the spread of per-image channel means, and how well the
-samples carry their labels: Pendulum's predictors (normalised MAE per variable) or MorphoMNIST's morphometry.
+samples carry their labels: Pendulum's predictors (normalised MAE per variable) or MorphoMNIST's morphometry,
+and for MorphoMNIST whether they show the digit asked for (the shipped digit classifier's agreement).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from causaldiffae.metrics.effectiveness import attribute_errors
 from causaldiffae.metrics.predictors import load_predictors
 from causaldiffae.metrics.truth import morphometry_labels
 
-PREDICTORS = {"pendulum": SHIPPED_MODELS["pendulum"].parent / "pendulum-predictors"}
+PREDICTORS = {name: SHIPPED_MODELS[name].parent / f"{name}-predictors" for name in ("pendulum", "morphomnist")}
 
 
 def main() -> None:
@@ -59,16 +60,19 @@ def main() -> None:
         entry = {"colour_cast": (means - real_means).abs().max(dim=1).values.mean().item(),
                  "channel_mean_std": means.std(dim=0).tolist(), "real_channel_mean_std": real_means.std(dim=0).tolist(),
                  "seconds": round(seconds, 2)}
-        if dataset in PREDICTORS:
-            read = load_predictors(PREDICTORS[dataset]).predict(images)
-            entry["labels_read"] = "predictors"
+        predictors = load_predictors(PREDICTORS[dataset]) if dataset in PREDICTORS else None
+        if dataset == "morphomnist" or predictors is None:  # measured: the morphometry needs no trained reader
+            read, entry["labels_read"] = morphometry_labels(images), "morphometry"
         else:
-            read = morphometry_labels(images)
-            entry["labels_read"] = "morphometry"
+            read, entry["labels_read"] = predictors.predict(images), "predictors"
+        if "class" in batch and predictors is not None and predictors.num_classes:
+            entry["class_as_asked"] = (predictors.predict_class(images) == batch["class"]).float().mean().item()
         entry["label_error"] = {k: v["mae_normalized"] for k, v in attribute_errors(model.graph, read, labels).items()}
         results["spacing"][spacing] = entry
         print(f"{spacing:>8}: colour cast {entry['colour_cast']:.2f} (0-255), label error "
-              + ", ".join(f"{k} {v:.3f}" for k, v in entry["label_error"].items()) + f", {seconds:.1f} s")
+              + ", ".join(f"{k} {v:.3f}" for k, v in entry["label_error"].items())
+              + (f", digit as asked {entry['class_as_asked']:.2f}" if "class_as_asked" in entry else "")
+              + f", {seconds:.1f} s")
     out = Path(args.json or f"benchmarks/results/samples_from_noise_{dataset}.json")
     out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {out}")
