@@ -20,7 +20,7 @@ from typing import Any
 
 from . import __version__, memory
 from .atomic import write_text
-from .counterfactual import DEFAULT_DEPTH, DEFAULT_GUIDANCE
+from .knobs import DEFAULT_DEPTH, DEFAULT_GUIDANCE, KNOBS_NAME
 
 
 def _data_pendulum(args: argparse.Namespace) -> None:
@@ -213,7 +213,8 @@ def _counterfactual(args: argparse.Namespace) -> None:
     _outputs(args, out, report_path)
     model = _load_model(args.run)
     fixed, swept = parse_do(args.do, model.graph)
-    weights = _floats(args.guidance, "--guidance")
+    weights = _floats(args.guidance, "--guidance") if args.guidance is not None else [model.knobs.guidance]
+    depth = model.knobs.depth if args.depth is None else args.depth
     if swept and len(weights) > 1:
         raise ValueError("sweep either one --do range or --guidance, not both")
     x, labels, names, classes = _inputs(args, model)
@@ -225,7 +226,7 @@ def _counterfactual(args: argparse.Namespace) -> None:
         headers = [f"w={w:g}" for w in weights] if len(weights) > 1 else ["counterfactual"]
     generator = torch.Generator().manual_seed(args.seed)
     factual = None if labels is None else torch.tensor([[row[v] for v in model.graph.variables] for row in labels])
-    result = sweep(model, x, columns, args.steps, args.abduction, args.depth, reconstruct=True, generator=generator,
+    result = sweep(model, x, columns, args.steps, args.abduction, depth, reconstruct=True, generator=generator,
                    classes=classes, labels=factual)
     images = result.images if len(columns) > 1 else result.images[None]  # (k, B, C, H, W)
     labels_cf = result.labels_cf if len(columns) > 1 else result.labels_cf[None]
@@ -236,8 +237,8 @@ def _counterfactual(args: argparse.Namespace) -> None:
         save_grid(out, rows, [f"image {b}" for b in range(len(x))], ["factual", "recon", *headers])
     variables = model.graph.variables
     report = {
-        "images": names, "factual_labels": labels, "settings": {k: getattr(args, k) for k in
-                                                                ("steps", "depth", "abduction", "seed")},
+        "images": names, "factual_labels": labels,
+        "settings": {"steps": args.steps, "depth": depth, "abduction": args.abduction, "seed": args.seed},
         "model_factual_estimate": [dict(zip(variables, r.tolist(), strict=True)) for r in result.labels],
         "columns": [{"do": do, "guidance": w,
                      "model_counterfactual_estimate": [dict(zip(variables, r.tolist(), strict=True))
@@ -321,6 +322,9 @@ def _demo(args: argparse.Namespace) -> None:
     print(f"wrote {out / 'report.md'} with its grids")
 
 
+#: How --depth and --guidance help texts name their default.
+MODEL_KNOBS = f"the model's own, from its {KNOBS_NAME}, else"
+
 PREDICTOR_SIZES = {"pendulum": 32, "morphomnist": 28}
 
 
@@ -378,7 +382,8 @@ def _predictors_train(args: argparse.Namespace) -> None:
 def _settings(args: argparse.Namespace) -> Any:
     from .metrics.suite import Settings, parse_seeds
 
-    _floats(str(args.guidance), "--guidance")  # finite
+    if args.guidance is not None:
+        _floats(str(args.guidance), "--guidance")  # finite
 
     return Settings(n=args.n, seeds=parse_seeds(args.seeds), steps=args.steps, guidance=args.guidance,
                     depth=args.depth, abduction=args.abduction, batch_size=args.batch_size, subset=args.subset)
@@ -397,6 +402,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 def _tune(args: argparse.Namespace) -> None:
     from .evaluation import portable
+    from .knobs import Knobs, write_knobs
     from .metrics.predictors import load_predictors
     from .model import load_config
     from .tune import TuneSettings, tune, write_tuning
@@ -411,6 +417,10 @@ def _tune(args: argparse.Namespace) -> None:
     table = write_tuning(result, args.out, portable(args.run), portable(dataset.root))
     best = result["best"]
     print(f"chosen on {args.split}: depth {best['depth']:g}, guidance {best['guidance']:g}; wrote {table}")
+    if args.apply:
+        knobs = Knobs(best["depth"], best["guidance"], f"causaldiffae tune on the {args.split} split "
+                      f"({settings.n} images, {settings.steps} DDIM steps; one-standard-error choice)")
+        print(f"wrote {write_knobs(args.run, knobs)}: the model's counterfactuals now use these by default")
 
 
 def _reproduce(args: argparse.Namespace) -> None:
@@ -584,7 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--model", help="a Pendulum or MorphoMNIST model folder to show instead of the shipped ones")
     dm.add_argument("--train-minutes", type=float, help="train a Pendulum model from scratch for this long instead")
     dm.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps (default 50)")
-    dm.add_argument("--depth", type=_depth, default=DEFAULT_DEPTH, help=f"inversion depth (default {DEFAULT_DEPTH})")
+    dm.add_argument("--depth", type=_depth, help=f"inversion depth (default: {MODEL_KNOBS} {DEFAULT_DEPTH})")
     dm.set_defaults(func=_demo)
 
     from .metrics.predictors import DEFAULT_STEPS as DEFAULT_PREDICTOR_STEPS
@@ -640,6 +650,9 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--seed", type=int, default=grid.seed, help=f"seed of the images and values (default {grid.seed})")
     tu.add_argument("--batch-size", type=int, default=grid.batch_size,
                     help=f"images per abduction (default {grid.batch_size})")
+    tu.add_argument("--apply", action="store_true",
+                    help=f"write the chosen knobs into RUN/{KNOBS_NAME}, the depth and weight its counterfactuals "
+                         "then use when none is given")
     tu.set_defaults(func=_tune)
 
     rp = commands.add_parser("reproduce", help="train and evaluate every compared model, write the table",
@@ -678,10 +691,8 @@ def _add_evaluation_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=_positive_int, default=1000, help="interventions per seed (default 1000)")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     parser.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps (default 50)")
-    parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
-                        help=f"guidance weight w (default {DEFAULT_GUIDANCE})")
-    parser.add_argument("--depth", type=_depth, default=DEFAULT_DEPTH,
-                        help=f"inversion depth (default {DEFAULT_DEPTH})")
+    parser.add_argument("--guidance", type=float, help=f"guidance weight w (default: {MODEL_KNOBS} {DEFAULT_GUIDANCE})")
+    parser.add_argument("--depth", type=_depth, help=f"inversion depth (default: {MODEL_KNOBS} {DEFAULT_DEPTH})")
     parser.add_argument("--abduction", choices=["ddim", "noise"], default="ddim", help="x_T abduction (default ddim)")
     parser.add_argument("--batch-size", type=_positive_int, default=50,
                         help="images per abduction (default 50, the fastest on a CPU; a GPU wants a few hundred)")
@@ -691,15 +702,17 @@ def _add_evaluation_flags(parser: argparse.ArgumentParser) -> None:
 
 def _add_sampling_flags(parser: argparse.ArgumentParser, depth: bool) -> None:
     parser.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps (default 50)")
-    default = DEFAULT_GUIDANCE if depth else 1.0  # counterfactuals: the tuned weight; samples: plain conditional
-    parser.add_argument("--guidance", default=f"{default:g}",
-                        help=f"guidance weight w (1 = plain conditional; default {default:g}); a comma list sweeps "
+    # counterfactuals: the model's tuned weight; samples: plain conditional
+    default = f"{MODEL_KNOBS} {DEFAULT_GUIDANCE:g}" if depth else "1"
+    parser.add_argument("--guidance", default=None if depth else "1",
+                        help=f"guidance weight w (1 = plain conditional; default: {default}); a comma list sweeps "
                              "it, e.g. 0,1,2,3")
     parser.add_argument("--seed", type=int, default=0, help="seed of any random draw (default 0)")
     parser.add_argument("--class", dest="cls", type=int, help="class for a model with a class condition (e.g. digit)")
     if depth:
-        parser.add_argument("--depth", type=_depth, default=DEFAULT_DEPTH,
-                            help=f"inversion depth in (0, 1]; 1.0 inverts all the way to x_T (default {DEFAULT_DEPTH})")
+        parser.add_argument("--depth", type=_depth,
+                            help=f"inversion depth in (0, 1]; 1.0 inverts all the way to x_T (default: {MODEL_KNOBS} "
+                                 f"{DEFAULT_DEPTH})")
 
 
 def _depth(text: str) -> float:

@@ -26,12 +26,6 @@ from .model import CausalDiffAE, Latents, Value
 
 Abduction = Literal["ddim", "noise"]
 Images = torch.Tensor | np.ndarray
-#: Inversion depth and guidance weight of a counterfactual when none is given, chosen on Pendulum's validation
-#: split (never test) by `causaldiffae tune` with the shipped model: the lowest error to the true counterfactual
-#: of 18 (depth, guidance) cells, 64 images, 50 steps (true-cf L1 3.24 at 0.4 / 1.5 against 3.72 at the earlier
-#: default 0.7 / 1 and 4.87 at 1.0 / 1; docs/results/pendulum/tune/tune.md). Tune them for your own model.
-DEFAULT_DEPTH = 0.4
-DEFAULT_GUIDANCE = 1.5
 #: Pixels (images x channels x height x width) that one encoder or UNet call sees at most: larger queries run as
 #: several calls, so that the working memory stays bounded however many images and columns are asked for (606
 #: RGB images of 96 px per call, 21,845 of 16 px). The results themselves are checked against the memory up front.
@@ -72,10 +66,12 @@ def guided_denoiser(model: CausalDiffAE, cond: torch.Tensor, guidance: float) ->
 
 
 @torch.inference_mode()
-def abduct_noise(model: CausalDiffAE, x: Images, z: torch.Tensor, steps: int = 50, depth: float = DEFAULT_DEPTH,
+def abduct_noise(model: CausalDiffAE, x: Images, z: torch.Tensor, steps: int = 50, depth: float | None = None,
                  abduction: Abduction = "ddim", generator: torch.Generator | None = None,
                  classes: torch.Tensor | None = None) -> torch.Tensor:
-    """x_T of images x in [0, 1] given their factual latents z: DDIM inversion, or fresh noise at the top."""
+    """x_T of images x in [0, 1] given their factual latents z: DDIM inversion, or fresh noise at the top;
+    ``depth`` None = the model's own (``model.knobs``)."""
+    depth = model.knobs.depth if depth is None else depth
     x = model.prepare_images(x)
     z = _latents(model, z, len(x))
     _check_knobs(steps, depth)
@@ -96,11 +92,12 @@ def abduct_noise(model: CausalDiffAE, x: Images, z: torch.Tensor, steps: int = 5
 
 @torch.inference_mode()
 def decode(model: CausalDiffAE, x_T: torch.Tensor, z: torch.Tensor, steps: int = 50, guidance: float = 1.0,
-           depth: float = DEFAULT_DEPTH, classes: torch.Tensor | None = None, clip: bool = False,
+           depth: float | None = None, classes: torch.Tensor | None = None, clip: bool = False,
            spacing: ddim.Spacing = "leading") -> torch.Tensor:
     """DDIM decoding of x_T with latents z (B, n, d) and guidance weight w -> images in [0, 1]; ``clip`` the
     predicted x0 only when x_T is fresh noise, not an inversion; ``spacing="trailing"`` when x_T is pure noise
-    (the trajectory then starts at t = T - 1; see ``ddim.timesteps``)."""
+    (the trajectory then starts at t = T - 1; see ``ddim.timesteps``); ``depth`` None = the model's own."""
+    depth = model.knobs.depth if depth is None else depth
     x_T = _tensor(model, x_T, "x_T")
     z = _latents(model, z, len(x_T))
     _check_knobs(steps, depth)
@@ -115,7 +112,7 @@ def decode(model: CausalDiffAE, x_T: torch.Tensor, z: torch.Tensor, steps: int =
 
 @torch.inference_mode()
 def counterfactual(model: CausalDiffAE, x: Images, do: Mapping[str, Value], steps: int = 50,
-                   guidance: float = DEFAULT_GUIDANCE, abduction: Abduction = "ddim", depth: float = DEFAULT_DEPTH,
+                   guidance: float | None = None, abduction: Abduction = "ddim", depth: float | None = None,
                    reconstruct: bool = False, generator: torch.Generator | None = None,
                    return_details: bool = False, classes: torch.Tensor | None = None,
                    labels: torch.Tensor | None = None) -> torch.Tensor | Counterfactual:
@@ -126,7 +123,9 @@ def counterfactual(model: CausalDiffAE, x: Images, do: Mapping[str, Value], step
     out NaN or inf (a model whose weights hold NaN) instead of black images.
 
     A value is a scalar or one value per image; several variables at once are one joint intervention;
-    ``do={}`` reconstructs. ``depth`` in (0, 1] inverts only part of the way (1.0 = all the way to x_T).
+    ``do={}`` reconstructs. ``depth`` in (0, 1] inverts only part of the way (1.0 = all the way to x_T);
+    ``guidance`` and ``depth`` None take the model's own knobs (``model.knobs``: its ``knobs.json``, else the
+    global defaults 1.5 and 0.4).
     ``reconstruct`` also decodes the factual latents in the same batch. Returns the images, or a
     ``Counterfactual`` with x_T, z, z_cf and the model's label estimates when ``return_details``.
     ``classes`` (B,) is the extra class condition of a model trained with one (``num_classes > 0``);
@@ -137,21 +136,22 @@ def counterfactual(model: CausalDiffAE, x: Images, do: Mapping[str, Value], step
 
 
 @torch.inference_mode()
-def sweep(model: CausalDiffAE, x: Images, columns: Sequence[tuple[Mapping[str, Value], float]],
-          steps: int = 50, abduction: Abduction = "ddim", depth: float = DEFAULT_DEPTH, reconstruct: bool = False,
+def sweep(model: CausalDiffAE, x: Images, columns: Sequence[tuple[Mapping[str, Value], float | None]],
+          steps: int = 50, abduction: Abduction = "ddim", depth: float | None = None, reconstruct: bool = False,
           generator: torch.Generator | None = None, classes: torch.Tensor | None = None,
           labels: torch.Tensor | None = None) -> Counterfactual:
     """Several (do, guidance) queries of the same images with one abduction: a traversal or guidance sweep.
 
     Returns a ``Counterfactual`` whose ``images``, ``z_cf`` and ``labels_cf`` carry a leading column axis
     (k, B, ...); the decodes of all columns (and the reconstruction) run as one batch per weight, in calls of at
-    most ``MAX_PIXELS_PER_CALL`` pixels.
+    most ``MAX_PIXELS_PER_CALL`` pixels. A weight or ``depth`` of None is the model's own (``model.knobs``).
     """
+    depth = model.knobs.depth if depth is None else depth
     x = model.prepare_images(x)
     if x.min() < 0 or x.max() > 1:
         raise ValueError(f"images must lie in [0, 1], got values in [{x.min().item():.3g}, {x.max().item():.3g}]")
     _check_knobs(steps, depth)
-    columns = _columns(columns)
+    columns = _columns(columns, model.knobs.guidance)
     outputs_per_image = 2 * (len(columns) + reconstruct)  # the decoded images and the x_T repeated for them
     memory.check(outputs_per_image * x[0].numel() * x.element_size() * len(x),
                  f"a sweep of {len(columns):,} columns over {len(x):,} images", "ask for fewer columns or images",
@@ -227,14 +227,17 @@ def _check_guidance(guidance: float) -> None:
         raise ValueError(f"guidance must be a finite number (1 = plain conditional), got {guidance!r}")
 
 
-def _columns(columns: Sequence[tuple[Mapping[str, Value], float]]) -> list[tuple[Mapping[str, Value], float]]:
-    """Sweep columns as (do mapping, finite guidance weight) pairs; anything else is refused by name."""
+def _columns(columns: Sequence[tuple[Mapping[str, Value], float | None]],
+             default: float) -> list[tuple[Mapping[str, Value], float]]:
+    """Sweep columns as (do mapping, finite guidance weight) pairs, a weight of None = ``default``; anything else
+    is refused by name."""
     out = []
     for i, column in enumerate(columns):
         if not isinstance(column, (tuple, list)) or len(column) != 2 or not isinstance(column[0], Mapping):
             raise ValueError(f"sweep column {i} must be a pair (do mapping, guidance weight), got {column!r}")
-        _check_guidance(column[1])
-        out.append((column[0], column[1]))
+        weight = default if column[1] is None else column[1]
+        _check_guidance(weight)
+        out.append((column[0], weight))
     if not out:
         raise ValueError("sweep needs at least one (do, guidance) column")
     return out

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .atomic import write_text
-from .counterfactual import DEFAULT_DEPTH, DEFAULT_GUIDANCE, sweep
+from .counterfactual import sweep
 from .data import morphomnist, pendulum
 from .images import save_grid
 from .model import CausalDiffAE
@@ -95,10 +95,11 @@ def dataset_of(model: CausalDiffAE) -> str:
 
 
 def run_demo(out: str | Path, model_dir: str | Path | None = None, train_minutes: float | None = None,
-             steps: int = 50, depth: float = DEFAULT_DEPTH, n_images: int = 4, n_values: int = 7,
-             guidance: float = DEFAULT_GUIDANCE) -> Path:
+             steps: int = 50, depth: float | None = None, n_images: int = 4, n_values: int = 7,
+             guidance: float | None = None) -> Path:
     """Write the demo grids and ``report.md`` into ``out``: of ``model_dir`` alone when given, of the Pendulum
-    model trained from scratch for ``train_minutes`` when given, else of every shipped model."""
+    model trained from scratch for ``train_minutes`` when given, else of every shipped model. A depth or weight
+    of None is each model's own (``model.knobs``)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if train_minutes is not None:
@@ -112,9 +113,10 @@ def run_demo(out: str | Path, model_dir: str | Path | None = None, train_minutes
         model = CausalDiffAE.from_pretrained(folder)
         prefix = "" if model_dir else f"{name}-"
         title = f"`{model_dir}`" if model_dir else f"the shipped {name} model"
-        parts.append(_model_section(model, title, out, prefix, steps, depth, guidance, n_images, n_values))
-    report = (f"# causaldiffae demo\n\n{steps} DDIM steps, inversion depth {depth}, guidance {guidance}, "
-              f"{n_images} test images, {n_values} values per variable.\n\n" + "\n".join(parts))
+        parts.append(_model_section(model, title, out, prefix, steps, *model.knobs.resolve(depth, guidance),
+                                    n_images, n_values))
+    report = (f"# causaldiffae demo\n\n{steps} DDIM steps, {n_images} test images, {n_values} values per "
+              "variable.\n\n" + "\n".join(parts))
     write_text(out / "report.md", report)
     return out
 
@@ -145,7 +147,8 @@ def _model_section(model: CausalDiffAE, title: str, out: Path, prefix: str, step
     recon = sweep(model, x, [({}, 1.0)], steps, depth=depth, classes=classes).images  # one column: (B, C, H, W)
     save_grid(out / f"{prefix}reconstruction.png", [x, recon], ["data", "recon"])
     recon_err = (recon - x).abs().mean().item()
-    return (f"## {title}\n\n### Reconstruction (do = {{}})\n\n![reconstruction]({prefix}reconstruction.png)\n\n"
+    return (f"## {title}\n\nInversion depth {depth:g}, guidance {guidance:g}.\n\n"
+            f"### Reconstruction (do = {{}})\n\n![reconstruction]({prefix}reconstruction.png)\n\n"
             f"Top: test images; bottom: DDIM inversion then decoding with the factual latents. They should be "
             f"indistinguishable (mean absolute error {recon_err:.4f}).\n\n" + "\n".join(sections))
 

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .counterfactual import DEFAULT_DEPTH, DEFAULT_GUIDANCE
 from .explorer import Explorer, Result
 
 #: Default DDIM steps of the page: the counterfactual pipeline's own default.
@@ -41,7 +40,8 @@ def build_app(app: Explorer, title: str) -> Any:
     ranges = {v: _slider_range(app, v) for v in variables}
     downloads = Path(tempfile.mkdtemp(prefix="causaldiffae-explore-"))
     # at most one DDIM step per training timestep of the default trajectory (a tiny test model has T = 100)
-    default_steps = min(DEFAULT_STEPS, round(DEFAULT_DEPTH * app.model.config.num_timesteps))
+    knobs = app.model.knobs  # the model's own depth and weight (knobs.json), else the global defaults
+    default_steps = min(DEFAULT_STEPS, round(knobs.depth * app.model.config.num_timesteps))
     with gr.Blocks(title=f"causaldiffae explorer: {title}", analytics_enabled=False) as page:
         gr.Markdown(f"# Counterfactual explorer: {title}\nPick a test image (or upload one), then move a slider: "
                     "each moved slider is a do() on its variable; its descendants follow the model's mechanisms.")
@@ -74,9 +74,9 @@ def build_app(app: Explorer, title: str) -> Any:
                                                label=f"{v}{units}", elem_id=f"slider-{v}", scale=5)
                         resets[v] = gr.Button("reset", size="sm", elem_id=f"reset-{v}", scale=1)
                 with gr.Row():
-                    guidance = gr.Slider(0.0, 4.0, value=DEFAULT_GUIDANCE, step=0.25, label="guidance weight",
+                    guidance = gr.Slider(0.0, 4.0, value=knobs.guidance, step=0.25, label="guidance weight",
                                          elem_id="guidance")
-                    depth = gr.Slider(0.1, 1.0, value=DEFAULT_DEPTH, step=0.05, label="inversion depth",
+                    depth = gr.Slider(0.1, 1.0, value=knobs.depth, step=0.05, label="inversion depth",
                                       elem_id="depth")
                     steps = gr.Slider(5, 100, value=default_steps, step=5, label="DDIM steps", elem_id="steps")
         with gr.Row():

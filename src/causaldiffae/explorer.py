@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .counterfactual import DEFAULT_DEPTH, DEFAULT_GUIDANCE, abduct_noise, decode
+from .counterfactual import abduct_noise, decode
 from .data.base import ImageDataset
 from .data.image_folder import MAX_PIXELS
 from .graph import CausalGraph
@@ -190,12 +190,13 @@ class Explorer:
             out[name] = number
         return out
 
-    def query(self, do: dict[str, float], guidance: float = DEFAULT_GUIDANCE, depth: float = DEFAULT_DEPTH,
+    def query(self, do: dict[str, float], guidance: float | None = None, depth: float | None = None,
               steps: int = 50) -> Result:
         """The chosen image under ``do`` (variable name -> value; empty reconstructs): decoded from the cached
         abduction, with the reconstruction, an amplified difference map and, where the SCM is known and the image
-        is a test image, the true counterfactual."""
+        is a test image, the true counterfactual. A depth or weight of None is the model's own."""
         choice, do = self._current(), self.check_do(do)
+        depth, guidance = self.model.knobs.resolve(depth, guidance)
         start = time.perf_counter()
         x_T, recon = self.abduct(depth, steps)
         z_cf = self.model.intervene(choice.latents, do) if do else choice.latents.z
@@ -215,11 +216,12 @@ class Explorer:
             affected=sorted(self.graph.affected(do) - set(do)) if do else [], seconds=seconds,
             settings={"guidance": float(guidance), "depth": float(depth), "steps": int(steps)})
 
-    def traversal(self, name: str, k: int = 7, guidance: float = DEFAULT_GUIDANCE, depth: float = DEFAULT_DEPTH,
+    def traversal(self, name: str, k: int = 7, guidance: float | None = None, depth: float | None = None,
                   steps: int = 50, low: float | None = None, high: float | None = None) -> tuple[np.ndarray, list]:
         """``k`` counterfactuals of the chosen image with ``name`` set to evenly spaced values between ``low``
         and ``high`` (default: the variable's range): one strip image (H, k*W, C) and the values."""
         choice = self._current()
+        depth, guidance = self.model.knobs.resolve(depth, guidance)
         if not 2 <= int(k) <= 16:
             raise ValueError(f"a traversal has 2 to 16 values, got {k}")
         if name not in self.graph.variables:

@@ -24,6 +24,7 @@ from .causal_layer import CausalLayer
 from .diffusion import NoiseSchedule
 from .encoder import Encoder
 from .graph import CausalGraph
+from .knobs import Knobs, read_knobs
 from .unet import UNet
 
 CONFIG_NAME, WEIGHTS_NAME, FORMAT = "model_config.json", "model.safetensors", "causaldiffae"
@@ -113,6 +114,7 @@ class CausalDiffAE(nn.Module):
         # learned null condition (of z and class together) for condition dropout and guidance
         self.null_cond = nn.Parameter(torch.zeros(n * d + config.num_classes))
         self.schedule = NoiseSchedule(config.num_timesteps, config.beta_schedule, config.beta_start, config.beta_end)
+        self.knobs = Knobs()  # depth and guidance of counterfactuals that name none; from_pretrained reads knobs.json
 
     # -- abduction and action ----------------------------------------------------------------------
     def encode(self, x: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None,
@@ -275,10 +277,12 @@ class CausalDiffAE(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> CausalDiffAE:
-        """Load a folder written by ``save_pretrained`` (a training run's folder included)."""
+        """Load a folder written by ``save_pretrained`` (a training run's folder included), with its
+        ``knobs.json`` when it has one (see ``knobs.py``)."""
         directory = Path(directory)
         config = load_config(directory)
         model = cls(config)
+        model.knobs = read_knobs(directory)
         weights = directory / WEIGHTS_NAME
         if not weights.is_file():
             raise FileNotFoundError(f"no {WEIGHTS_NAME} in {directory}")

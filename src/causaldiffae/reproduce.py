@@ -23,6 +23,7 @@ from .atomic import write_text
 from .data import open_dataset
 from .data.base import ImageDataset
 from .evaluation import evaluate_run, portable
+from .knobs import read_knobs
 from .metrics.predictors import save_predictors, train_predictors
 from .metrics.report import fmt, pyplot, save_figure, table, to_json
 from .metrics.suite import Settings, summarize
@@ -206,9 +207,11 @@ def _train_args(config_path: Path, run: Run, steps: int, data_sets: Sequence[str
 
 def _flags(settings: Settings) -> list[str]:
     """Settings -> the evaluate command's flags."""
+    knobs = [arg for flag, value in (("--guidance", settings.guidance), ("--depth", settings.depth))
+             if value is not None for arg in (flag, str(value))]  # None: the run's own knobs
     return ["--n", str(settings.n), "--seeds", ",".join(map(str, settings.seeds)), "--steps", str(settings.steps),
-            "--guidance", str(settings.guidance), "--depth", str(settings.depth), "--abduction", settings.abduction,
-            "--batch-size", str(settings.batch_size), "--subset", str(settings.subset)]
+            *knobs, "--abduction", settings.abduction, "--batch-size", str(settings.batch_size),
+            "--subset", str(settings.subset)]
 
 
 def _parallel(commands: dict[str, list[str]], logs: Path, jobs: int) -> None:
@@ -257,7 +260,8 @@ def _evaluated(run: Path, out: Path, settings: Settings) -> bool:
     if not done.is_file():
         return False
     document = json.loads(done.read_text())
-    return document.get("settings") == json.loads(json.dumps(asdict(settings))) and document.get("run") == portable(run)
+    wanted = asdict(settings.resolved(read_knobs(run)))  # a depth or weight of None: the run's own knobs
+    return document.get("settings") == json.loads(json.dumps(wanted)) and document.get("run") == portable(run)
 
 
 def _evaluate(run: Path, data: ImageDataset, predictors: Path, out: Path, settings: Settings,

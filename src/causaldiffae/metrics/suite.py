@@ -20,14 +20,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from tqdm.auto import tqdm
 
 from .. import memory
-from ..counterfactual import DEFAULT_DEPTH, DEFAULT_GUIDANCE, Abduction, counterfactual, sweep
+from ..counterfactual import Abduction, counterfactual, sweep
 from ..data.base import ImageDataset
+from ..knobs import Knobs
 from ..model import CausalDiffAE
 from . import dci, minimality, realism
 from .effectiveness import attribute_errors, movement, non_descendant_change, normalized
@@ -44,8 +45,9 @@ class Settings:
     n: int = 1000
     seeds: tuple[int, ...] = (0, 1, 2)
     steps: int = 50
-    guidance: float = DEFAULT_GUIDANCE
-    depth: float = DEFAULT_DEPTH
+    guidance: float | None = None
+    """None: the model's own (``model.knobs``, its knobs.json or the global defaults); so is ``depth``."""
+    depth: float | None = None
     abduction: Abduction = "ddim"
     batch_size: int = 50
     """Images per abduction; 50 is the fastest on a CPU, a GPU wants a few hundred."""
@@ -63,6 +65,11 @@ class Settings:
                              f"subset={self.subset}, cycles={self.cycles}, steps={self.steps}")
         if not self.seeds:
             raise ValueError("give at least one seed")
+
+    def resolved(self, knobs: Knobs) -> Settings:
+        """These settings with a depth or weight of None replaced by ``knobs``'."""
+        depth, guidance = knobs.resolve(self.depth, self.guidance)
+        return replace(self, depth=depth, guidance=guidance)
 
 
 @dataclass
@@ -88,7 +95,7 @@ def evaluate(model: CausalDiffAE, dataset: ImageDataset, predictors: Predictors,
     ``on_examples(name, rows, row_labels, column_labels)`` receives example grids (factual, reconstruction,
     counterfactual and, where the SCM is known, the truth) of the first seed.
     """
-    settings = settings or Settings()
+    settings = (settings or Settings()).resolved(model.knobs)
     dataset = dataset.with_variables(model.graph.variables)  # matched by name; names a missing variable
     if list(predictors.variables) != model.graph.variables:
         raise ValueError(f"the predictors read {list(predictors.variables)}, the model has {model.graph.variables}")
