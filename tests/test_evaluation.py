@@ -144,6 +144,9 @@ def test_summarize_gives_mean_and_spread():
     assert out["a"] == {"mean": 2.0, "std": 1.0, "values": [1.0, 3.0]}
     assert out["b"]["c"]["std"] == 0 and out["l"]["mean"] == [2.0, 4.0] and out["flag"] is True
     assert fmt(out["a"]) == "2 ± 1"
+    # nothing to measure (do(root) of a graph whose other variables all descend from it): a dash, not "nan ± nan"
+    assert fmt({"mean": float("nan"), "std": float("nan"), "values": [float("nan")] * 2}) == "–"
+    assert fmt({"mean": None, "std": None, "values": [None, None]}) == "–"
 
 
 def test_parse_seeds_names_bad_input():
@@ -359,6 +362,11 @@ def test_morphomnist_scores_morphometry_against_the_true_counterfactual(tmp_path
     assert "## The class kept" in report and "| do(thickness) | 1 |" in report
     for row in ("| do(thickness) |", "| do(thickness): no-op floor |", "| do(thickness): oracle |"):
         assert row in report.split("### Morphometry")[1]
+    # the instrument's own table: the classifier's accuracy beside the regressors' errors
+    result["predictors"] = {"thickness": {"mae": 0.1, "mae_normalized": 0.04, "n": 4}, "digit": {"accuracy": 0.75,
+                                                                                                 "n": 4}}
+    instrument = markdown(metrics_document(result, {})).split("## Effectiveness")[0]
+    assert "| thickness | 0.1 | 0.04 |" in instrument and "| digit | accuracy 0.75 | – |" in instrument
 
 
 def test_class_kept_needs_a_classifier(results):

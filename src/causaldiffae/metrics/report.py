@@ -50,9 +50,12 @@ def _finite(value: Any) -> Any:
 
 
 def fmt(entry: Any, digits: int = 4) -> str:
-    """{"mean", "std"} -> 'mean ± std' (std only when several seeds); numbers as is; missing -> 'n/a'."""
+    """{"mean", "std"} -> 'mean ± std' (std only when several seeds); numbers as is; missing -> 'n/a'; a mean
+    of NaN or null (a metric with nothing to measure, e.g. the non-descendants of a variable that has none) -> '–'."""
     if isinstance(entry, dict) and "mean" in entry:
         mean, std, n = entry["mean"], entry["std"], len(entry.get("values", [0, 0]))
+        if mean is None or not math.isfinite(mean):
+            return "–"
         return f"{mean:.{digits}g} ± {std:.2g}" if n > 1 else f"{mean:.{digits}g}"
     if isinstance(entry, float):
         return f"{entry:.{digits}g}"
@@ -75,7 +78,8 @@ def markdown(doc: dict) -> str:
              f"Wall time {doc.get('seconds', 0):.0f} s on {doc.get('device', '?')}.\n",
              "## Anti-causal predictors (held-out test error)\n",
              table(["variable", "MAE", "MAE (normalised)"],
-                   [[v, fmt(e.get("mae")), fmt(e.get("mae_normalized"))] for v, e in doc["predictors"].items()
+                   [[v, f"accuracy {fmt(e['accuracy'])}", "–"] if "accuracy" in e else
+                    [v, fmt(e.get("mae")), fmt(e.get("mae_normalized"))] for v, e in doc["predictors"].items()
                     if isinstance(e, dict)])]
     checked = doc.get("predictors_interventional") or {}
     if checked:
@@ -133,7 +137,7 @@ def markdown(doc: dict) -> str:
                     [[fmt(comp.get("l1_1")), fmt(comp.get(f"l1_{s['cycles']}")), fmt(summary["reversibility_l1"])]])]
     parts += ["## Minimality\n", "Change of the non-descendants' predictions (normalised) and CLD (Melistas et al. "
               "2024; lower is better) on the predictors' features, each beside the oracle's (the true "
-              "counterfactual's).\n",
+              "counterfactual's); `–`: the intervened variables have no non-descendants.\n",
               table(["intervention", "non-descendant change", "oracle", "CLD", "oracle CLD", "p1", "p2"],
                     [[k, fmt(m["non_descendant_change"]), fmt(m.get("oracle_non_descendant_change")), fmt(m["cld"]),
                       fmt(m.get("oracle_cld")), fmt(m["cld_p1"]), fmt(m["cld_p2"])]
