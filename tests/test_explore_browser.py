@@ -93,6 +93,14 @@ def test_slider_graph_and_broken_upload_in_a_real_browser(url, tmp_path, capsys)
 
         page.locator("#reset-angle").click()  # the server still serves: undo the do() and see the graph follow
         page.wait_for_selector('#graph g.node.other[data-name="angle"]')
+
+        # a traversal of the first variable (angle) between two typed ends: its strip names the values
+        page.locator("#traverse-from textarea, #traverse-from input").first.fill("-20")
+        page.locator("#traverse-to textarea, #traverse-to input").first.fill("20")
+        page.locator("#traverse").click()
+        page.wait_for_selector("#strip img")
+        assert "traversal of angle: -20, " in page.locator("#strip").inner_text()
+        assert ", 20" in page.locator("#strip").inner_text()
         browser.close()
     with capsys.disabled():
         print(f"\nexplorer: counterfactual shown {latency:.2f} s after the slider move (tiny model, 16 px)")

@@ -135,6 +135,13 @@ def test_page_helpers_turn_errors_into_messages_and_pick_slider_ranges(app):
     assert out[0] == "**Could not do that:** choose a test image or upload one first" and len(out) == 3
     assert explore_app._slider_range(app, "angle") == (-36.0, 38.7)  # the graph's declared range
     assert explore_app._clamp(50.0, (-36.0, 38.7)) == 38.7
+    assert explore_app._start(57.86465835571289, (54.0, 132.3)) == 57.86  # 4 significant digits, in range
+    assert explore_app._start(-40.123, (-36.0, 38.7)) == -36.0
+    assert explore_app._end("", "from") is None and explore_app._end("  ", "to") is None  # the range's end
+    assert explore_app._end(" -12.5 ", "from") == -12.5
+    for bad in ("abc", "nan", "inf"):
+        with pytest.raises(ValueError, match=f"traversal 'to': '{bad}' is not a"):
+            explore_app._end(bad, "to")
     page = explore_app.build_app(app, "tiny")
     labels = {getattr(b, "label", None) for b in page.blocks.values()}
     assert {"angle (degrees)", "guidance weight", "inversion depth", "DDIM steps", "traversal"} <= labels

@@ -8,6 +8,7 @@ an error into a message in the page (the element ``#status``); the server keeps 
 """
 
 import functools
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -82,7 +83,7 @@ def build_app(app: Explorer, title: str) -> Any:
         with gr.Row():
             along = gr.Dropdown(choices=variables, value=variables[0], label="traverse", elem_id="traverse-variable")
             count = gr.Slider(2, 16, value=7, step=1, label="values", elem_id="traverse-count")
-            first, last = (gr.Number(value=None, label=f"{end} (empty: the range's end)", elem_id=f"traverse-{end}")
+            first, last = (gr.Textbox("", label=end, placeholder="empty: the range's end", elem_id=f"traverse-{end}")
                            for end in ("from", "to"))
             traverse = gr.Button("traversal", elem_id="traverse")
             download = gr.Button("download grid and query", elem_id="download")
@@ -106,7 +107,7 @@ def build_app(app: Explorer, title: str) -> Any:
             """Choose an image, put every slider at the model's estimate, show the reconstruction."""
             def run(w: float, d: float, s: float) -> list:
                 choice = choice_fn()
-                starts = [_clamp(choice.estimate[v], ranges[v]) for v in variables]
+                starts = [_start(choice.estimate[v], ranges[v]) for v in variables]
                 shown_class = gr.update() if choice.classes is None else int(choice.classes[0])
                 return ["", [], *show(app.query({}, float(w), float(d), int(s))), *starts, shown_class]
             return run
@@ -136,7 +137,7 @@ def build_app(app: Explorer, title: str) -> Any:
                 if app.choice is None:
                     return _unchanged(gr, 3 + len(shown))
                 names = [n for n in names if n != name]
-                start = _clamp(app.choice.estimate[name], ranges[name])
+                start = _start(app.choice.estimate[name], ranges[name])
                 current = tuple(start if v == name else x for v, x in zip(variables, current, strict=True))
                 return ["", names, *show(query(names, w, d, s, *current)), start]
             return run
@@ -146,9 +147,9 @@ def build_app(app: Explorer, title: str) -> Any:
                 return _unchanged(gr, 1 + len(shown))
             return ["", *show(query(names, w, d, s, *current))]
 
-        def on_traverse(name: str, n: float, low: float | None, high: float | None, w: float, d: float,
-                        s: float) -> list:
-            image, points = app.traversal(name, int(n), float(w), float(d), int(s), low, high)
+        def on_traverse(name: str, n: float, low: str, high: str, w: float, d: float, s: float) -> list:
+            image, points = app.traversal(name, int(n), float(w), float(d), int(s), _end(low, "from"),
+                                          _end(high, "to"))
             return ["", gr.update(value=image, label=f"traversal of {name}: " + ", ".join(f"{p:.3g}" for p in points))]
 
         def on_download(names: list[str], w: float, d: float, s: float, *current: float) -> list:
@@ -205,6 +206,26 @@ def _slider_range(app: Explorer, name: str) -> tuple[float, float]:
 
 def _clamp(value: float, bounds: tuple[float, float]) -> float:
     return min(max(float(value), bounds[0]), bounds[1])
+
+
+def _start(estimate: float, bounds: tuple[float, float]) -> float:
+    """A slider's starting value: the model's estimate inside the slider's range, to 4 significant digits (the
+    page shows the number; 57.86465835571289 claims a precision the estimate does not have)."""
+    return _clamp(float(f"{float(estimate):.4g}"), bounds)
+
+
+def _end(text: str | None, name: str) -> float | None:
+    """A traversal end typed into its box: empty = the range's own end, else a finite number."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"traversal '{name}': {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"traversal '{name}': {text!r} is not a finite number")
+    return value
 
 
 def serve(app: Explorer, title: str, host: str = "127.0.0.1", port: int = 7860, block: bool = True) -> Any:
