@@ -227,7 +227,7 @@ def _counterfactual(args: argparse.Namespace) -> None:
     generator = torch.Generator().manual_seed(args.seed)
     factual = None if labels is None else torch.tensor([[row[v] for v in model.graph.variables] for row in labels])
     result = sweep(model, x, columns, args.steps, args.abduction, depth, reconstruct=True, generator=generator,
-                   classes=classes, labels=factual)
+                   classes=classes, labels=factual, solver=args.solver)
     images = result.images if len(columns) > 1 else result.images[None]  # (k, B, C, H, W)
     labels_cf = result.labels_cf if len(columns) > 1 else result.labels_cf[None]
     if len(columns) == 1:
@@ -238,7 +238,8 @@ def _counterfactual(args: argparse.Namespace) -> None:
     variables = model.graph.variables
     report = {
         "images": names, "factual_labels": labels,
-        "settings": {"steps": args.steps, "depth": depth, "abduction": args.abduction, "seed": args.seed},
+        "settings": {"steps": args.steps, "depth": depth, "abduction": args.abduction, "solver": args.solver,
+                     "seed": args.seed},
         "model_factual_estimate": [dict(zip(variables, r.tolist(), strict=True)) for r in result.labels],
         "columns": [{"do": do, "guidance": w,
                      "model_counterfactual_estimate": [dict(zip(variables, r.tolist(), strict=True))
@@ -386,7 +387,8 @@ def _settings(args: argparse.Namespace) -> Any:
         _floats(str(args.guidance), "--guidance")  # finite
 
     return Settings(n=args.n, seeds=parse_seeds(args.seeds), steps=args.steps, guidance=args.guidance,
-                    depth=args.depth, abduction=args.abduction, batch_size=args.batch_size, subset=args.subset)
+                    depth=args.depth, abduction=args.abduction, solver=args.solver, batch_size=args.batch_size,
+                    subset=args.subset)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -408,7 +410,7 @@ def _tune(args: argparse.Namespace) -> None:
     from .tune import TuneSettings, tune, write_tuning
 
     settings = TuneSettings(tuple(_floats(args.depths, "--depths")), tuple(_floats(args.guidance, "--guidance")),
-                            args.n, args.steps, args.split, args.seed, args.batch_size)
+                            args.n, args.steps, args.split, args.seed, args.batch_size, args.solver)
     _output_folder(args.out, args.run, ("tune.json", "tune.md"))
     dataset = _dataset(args, load_config(Path(args.run)).image_size)
     model = _load_model(args.run)
@@ -562,6 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_flags(cf, depth=True)
     cf.add_argument("--abduction", choices=["ddim", "noise"], default="ddim",
                     help="x_T by DDIM inversion, or the reference's fresh noise (for comparison)")
+    _add_solver_flag(cf)
     cf.set_defaults(func=_counterfactual)
 
     sm = commands.add_parser("sample", help="generate new images with given variable values",
@@ -650,6 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--seed", type=int, default=grid.seed, help=f"seed of the images and values (default {grid.seed})")
     tu.add_argument("--batch-size", type=int, default=grid.batch_size,
                     help=f"images per abduction (default {grid.batch_size})")
+    _add_solver_flag(tu)
     tu.add_argument("--apply", action="store_true",
                     help=f"write the chosen knobs into RUN/{KNOBS_NAME}, the depth and weight its counterfactuals "
                          "then use when none is given")
@@ -694,6 +698,7 @@ def _add_evaluation_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance", type=float, help=f"guidance weight w (default: {MODEL_KNOBS} {DEFAULT_GUIDANCE})")
     parser.add_argument("--depth", type=_depth, help=f"inversion depth (default: {MODEL_KNOBS} {DEFAULT_DEPTH})")
     parser.add_argument("--abduction", choices=["ddim", "noise"], default="ddim", help="x_T abduction (default ddim)")
+    _add_solver_flag(parser)
     parser.add_argument("--batch-size", type=_positive_int, default=50,
                         help="images per abduction (default 50, the fastest on a CPU; a GPU wants a few hundred)")
     parser.add_argument("--subset", type=int, default=50,
@@ -713,6 +718,12 @@ def _add_sampling_flags(parser: argparse.ArgumentParser, depth: bool) -> None:
         parser.add_argument("--depth", type=_depth,
                             help=f"inversion depth in (0, 1]; 1.0 inverts all the way to x_T (default: {MODEL_KNOBS} "
                                  f"{DEFAULT_DEPTH})")
+
+
+def _add_solver_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--solver", choices=["ddim", "dpm++2m"], default="ddim",
+                        help="decoder: ddim, or dpm++2m (second order at the same network calls; the inversion "
+                             "stays DDIM) (default ddim)")
 
 
 def _depth(text: str) -> float:

@@ -21,10 +21,13 @@ import numpy as np
 import torch
 
 from . import memory
-from .diffusion import ddim
+from .diffusion import ddim, dpm_solver
 from .model import CausalDiffAE, Latents, Value
 
 Abduction = Literal["ddim", "noise"]
+#: The decoder of x_T: DDIM (first order) or DPM-Solver++(2M) (second order, the same calls; diffusion/dpm_solver.py).
+Solver = Literal["ddim", "dpm++2m"]
+SOLVERS: dict[str, ddim.Sampler] = {"ddim": ddim.sample, "dpm++2m": dpm_solver.sample}
 Images = torch.Tensor | np.ndarray
 #: Pixels (images x channels x height x width) that one encoder or UNet call sees at most: larger queries run as
 #: several calls, so that the working memory stays bounded however many images and columns are asked for (606
@@ -93,19 +96,22 @@ def abduct_noise(model: CausalDiffAE, x: Images, z: torch.Tensor, steps: int = 5
 @torch.inference_mode()
 def decode(model: CausalDiffAE, x_T: torch.Tensor, z: torch.Tensor, steps: int = 50, guidance: float = 1.0,
            depth: float | None = None, classes: torch.Tensor | None = None, clip: bool = False,
-           spacing: ddim.Spacing = "leading") -> torch.Tensor:
+           spacing: ddim.Spacing = "leading", solver: Solver = "ddim") -> torch.Tensor:
     """DDIM decoding of x_T with latents z (B, n, d) and guidance weight w -> images in [0, 1]; ``clip`` the
     predicted x0 only when x_T is fresh noise, not an inversion; ``spacing="trailing"`` when x_T is pure noise
-    (the trajectory then starts at t = T - 1; see ``ddim.timesteps``); ``depth`` None = the model's own."""
+    (the trajectory then starts at t = T - 1; see ``ddim.timesteps``); ``depth`` None = the model's own;
+    ``solver`` "dpm++2m" decodes with the second-order multistep solver over the same timesteps."""
     depth = model.knobs.depth if depth is None else depth
     x_T = _tensor(model, x_T, "x_T")
     z = _latents(model, z, len(x_T))
     _check_knobs(steps, depth)
     _check_guidance(guidance)
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {solver!r}")
     cond = model.condition(z, x_T.shape[0], classes)
-    x0 = _in_calls(model, len(x_T), guidance, lambda s: ddim.sample(guided_denoiser(model, cond[s], guidance), x_T[s],
-                                                                    model.schedule, steps, depth, clip=clip,
-                                                                    spacing=spacing))
+    x0 = _in_calls(model, len(x_T), guidance, lambda s: SOLVERS[solver](guided_denoiser(model, cond[s], guidance),
+                                                                        x_T[s], model.schedule, steps, depth,
+                                                                        clip=clip, spacing=spacing))
     _check_finite(x0, "decoded images", guidance)
     return ((x0 + 1) / 2).clamp(0, 1)
 
@@ -115,7 +121,7 @@ def counterfactual(model: CausalDiffAE, x: Images, do: Mapping[str, Value], step
                    guidance: float | None = None, abduction: Abduction = "ddim", depth: float | None = None,
                    reconstruct: bool = False, generator: torch.Generator | None = None,
                    return_details: bool = False, classes: torch.Tensor | None = None,
-                   labels: torch.Tensor | None = None) -> torch.Tensor | Counterfactual:
+                   labels: torch.Tensor | None = None, solver: Solver = "ddim") -> torch.Tensor | Counterfactual:
     """Counterfactual images of ``x`` (B, C, H, W) in [0, 1] under ``do`` = {name: value in label units}.
 
     ``x`` is a tensor or numpy array of any float type (converted to the model's); an empty batch, NaN or inf
@@ -129,9 +135,11 @@ def counterfactual(model: CausalDiffAE, x: Images, do: Mapping[str, Value], step
     ``reconstruct`` also decodes the factual latents in the same batch. Returns the images, or a
     ``Counterfactual`` with x_T, z, z_cf and the model's label estimates when ``return_details``.
     ``classes`` (B,) is the extra class condition of a model trained with one (``num_classes > 0``);
-    ``labels`` (B, n) the factual labels that the label-conditional baseline needs in place of an encoder.
+    ``labels`` (B, n) the factual labels that the label-conditional baseline needs in place of an encoder;
+    ``solver`` the decoder ("dpm++2m": second order at the same calls; the inversion stays DDIM).
     """
-    result = sweep(model, x, [(do, guidance)], steps, abduction, depth, reconstruct, generator, classes, labels)
+    result = sweep(model, x, [(do, guidance)], steps, abduction, depth, reconstruct, generator, classes, labels,
+                   solver)
     return result if return_details else result.images
 
 
@@ -139,7 +147,7 @@ def counterfactual(model: CausalDiffAE, x: Images, do: Mapping[str, Value], step
 def sweep(model: CausalDiffAE, x: Images, columns: Sequence[tuple[Mapping[str, Value], float | None]],
           steps: int = 50, abduction: Abduction = "ddim", depth: float | None = None, reconstruct: bool = False,
           generator: torch.Generator | None = None, classes: torch.Tensor | None = None,
-          labels: torch.Tensor | None = None) -> Counterfactual:
+          labels: torch.Tensor | None = None, solver: Solver = "ddim") -> Counterfactual:
     """Several (do, guidance) queries of the same images with one abduction: a traversal or guidance sweep.
 
     Returns a ``Counterfactual`` whose ``images``, ``z_cf`` and ``labels_cf`` carry a leading column axis
@@ -170,7 +178,8 @@ def sweep(model: CausalDiffAE, x: Images, columns: Sequence[tuple[Mapping[str, V
         picked = [i for i, (_, wi) in enumerate(queries) if wi == w]
         repeated = None if classes is None else torch.as_tensor(classes).repeat(len(picked))
         images = decode(model, x_T.repeat(len(picked), 1, 1, 1), torch.cat([queries[i][0] for i in picked]),
-                        steps, w, depth, repeated, clip=abduction == "noise")  # fresh noise: clip as the reference
+                        steps, w, depth, repeated, clip=abduction == "noise",  # fresh noise: clip as the reference
+                        solver=solver)
         for i, chunk in zip(picked, images.chunk(len(picked)), strict=True):
             outputs[i] = chunk
     images = torch.stack(outputs[: len(columns)])  # type: ignore[arg-type]

@@ -210,7 +210,8 @@ def _flags(settings: Settings) -> list[str]:
     knobs = [arg for flag, value in (("--guidance", settings.guidance), ("--depth", settings.depth))
              if value is not None for arg in (flag, str(value))]  # None: the run's own knobs
     return ["--n", str(settings.n), "--seeds", ",".join(map(str, settings.seeds)), "--steps", str(settings.steps),
-            *knobs, "--abduction", settings.abduction, "--batch-size", str(settings.batch_size),
+            *knobs, "--abduction", settings.abduction, "--solver", settings.solver,
+            "--batch-size", str(settings.batch_size),
             "--subset", str(settings.subset)]
 
 

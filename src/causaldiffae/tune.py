@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .atomic import write_text
-from .counterfactual import sweep
+from .counterfactual import SOLVERS, Solver, sweep
 from .data.base import ImageDataset
 from .metrics.effectiveness import normalized
 from .metrics.predictors import Predictors
@@ -41,6 +41,8 @@ class TuneSettings:
     split: str = "val"
     seed: int = 0
     batch_size: int = 48
+    solver: Solver = "ddim"
+    """The decoder of every cell: "ddim" or "dpm++2m" (``counterfactual.SOLVERS``)."""
 
     def __post_init__(self) -> None:
         if not self.depths or not self.weights:
@@ -52,6 +54,8 @@ class TuneSettings:
             raise ValueError(f"guidance weights must be finite, got {list(self.weights)}")
         if self.n < 1 or self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"n, steps and batch_size must be positive: {self.n}, {self.steps}, {self.batch_size}")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {self.solver!r}")
         if self.split == "test":
             raise ValueError("tune chooses knobs, which must never see the test split: use --split val")
 
@@ -92,7 +96,7 @@ def tune(model: CausalDiffAE, dataset: ImageDataset, settings: TuneSettings | No
                 x = batch["image"]
                 columns = [({name: value}, w) for w in s.weights] + [({}, w) for w in s.weights]
                 result = sweep(model, x, columns, s.steps, "ddim", depth, classes=batch.get("class"),
-                               labels=batch["labels"].float())
+                               labels=batch["labels"].float(), solver=s.solver)
                 images = result.images.float().cpu()
                 for j, w in enumerate(s.weights):
                     entry = scores.setdefault((depth, w), {})

@@ -1,7 +1,8 @@
-"""Diffusion math without weights: the DDPM noise schedule and deterministic DDIM sampling/inversion."""
+"""Diffusion math without weights: the DDPM noise schedule, deterministic DDIM sampling and inversion, and the
+DPM-Solver++(2M) decoder."""
 
-from . import ddim
+from . import ddim, dpm_solver
 from .ddim import Denoiser
 from .schedule import NoiseSchedule
 
-__all__ = ["Denoiser", "NoiseSchedule", "ddim"]
+__all__ = ["Denoiser", "NoiseSchedule", "ddim", "dpm_solver"]

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 from torch import Tensor
@@ -38,6 +38,13 @@ Denoiser = Callable[[Tensor, Tensor], Tensor]
 x_t's device. The caller closes over the condition (e.g. the semantic code) and any guidance."""
 #: Where a trajectory's K timesteps sit: "leading" starts at 0 (inversion), "trailing" ends at T - 1 (sampling).
 Spacing = Literal["leading", "trailing"]
+
+
+class Sampler(Protocol):
+    """What ``sample`` here and ``dpm_solver.sample`` share: decode x_{tau_K} to the clean image."""
+
+    def __call__(self, denoiser: Denoiser, x_T: Tensor, schedule: NoiseSchedule, steps: int = ..., depth: float = ...,
+                 progress: bool = ..., clip: bool = ..., spacing: Spacing = ...) -> Tensor: ...
 
 
 def timesteps(num_train_timesteps: int, steps: int, depth: float = 1.0, spacing: Spacing = "leading") -> list[int]:

@@ -73,7 +73,8 @@ def markdown(doc: dict) -> str:
     variables = doc["variables"]
     parts = [f"# Evaluation of `{doc.get('run', '?')}`\n",
              f"Data `{doc.get('data', '?')}`, test split; {s['n']} interventions per seed, seeds {s['seeds']}; "
-             f"{s['steps']} DDIM steps, depth {s['depth']}, guidance {s['guidance']}, abduction {s['abduction']}. "
+             f"{s['steps']} steps ({s.get('solver', 'ddim')} decoding), depth {s['depth']}, guidance {s['guidance']}, "
+             f"abduction {s['abduction']}. "
              f"Values are mean ± std over seeds. Pixel errors on the 0-255 scale. "
              f"Wall time {doc.get('seconds', 0):.0f} s on {doc.get('device', '?')}.\n",
              "## Anti-causal predictors (held-out test error)\n",

@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import memory
-from ..counterfactual import Abduction, counterfactual, sweep
+from ..counterfactual import SOLVERS, Abduction, Solver, counterfactual, sweep
 from ..data.base import ImageDataset
 from ..knobs import Knobs
 from ..model import CausalDiffAE
@@ -49,6 +49,8 @@ class Settings:
     """None: the model's own (``model.knobs``, its knobs.json or the global defaults); so is ``depth``."""
     depth: float | None = None
     abduction: Abduction = "ddim"
+    solver: Solver = "ddim"
+    """The decoder: DDIM or DPM-Solver++(2M) (``counterfactual.SOLVERS``); the inversion is DDIM either way."""
     batch_size: int = 50
     """Images per abduction; 50 is the fastest on a CPU, a GPU wants a few hundred."""
     subset: int = 50
@@ -65,6 +67,8 @@ class Settings:
                              f"subset={self.subset}, cycles={self.cycles}, steps={self.steps}")
         if not self.seeds:
             raise ValueError("give at least one seed")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {self.solver!r}")
 
     def resolved(self, knobs: Knobs) -> Settings:
         """These settings with a depth or weight of None replaced by ``knobs``'."""
@@ -210,14 +214,14 @@ class _Context:
             multi = {v: self._marginal(v, len(rows), g) for v in chosen}
             columns = [(single, self.s.guidance), (multi, self.s.guidance)]
             result = sweep(self.model, x, columns, self.s.steps, self.s.abduction, self.s.depth, generator=g,
-                           classes=batch.get("class"), labels=labels)
+                           classes=batch.get("class"), labels=labels, solver=self.s.solver)
             cf, cf_multi = (im.float().cpu() for im in result.images)
             m = max(0, min(len(rows), reverse - start))
             if m:
                 classes = batch["class"][:m] if "class" in batch else None
                 back = counterfactual(self.model, cf[:m], {name: labels[:m, self.graph.index(name)]}, self.s.steps,
                                       self.s.guidance, self.s.abduction, self.s.depth, generator=g, classes=classes,
-                                      labels=result.labels_cf[0][:m].cpu()).float().cpu()
+                                      labels=result.labels_cf[0][:m].cpu(), solver=self.s.solver).float().cpu()
                 data.add(reversibility=pixel_l1(back, x[:m]))
             intended, truth = self._intended(rows, single)
             intended_multi, truth_multi = self._intended(rows, multi)
@@ -323,8 +327,8 @@ class _Context:
             errors = []
             for _ in range(self.s.cycles):
                 current = counterfactual(self.model, current, {}, self.s.steps, self.s.guidance, self.s.abduction,
-                                         self.s.depth, classes=batch.get("class"),
-                                         labels=batch["labels"]).float().cpu()
+                                         self.s.depth, classes=batch.get("class"), labels=batch["labels"],
+                                         solver=self.s.solver).float().cpu()
                 errors.append(pixel_l1(current, x))
                 bar.update(len(rows))
             curve.append(torch.stack(errors, dim=1))
@@ -347,7 +351,7 @@ class _Context:
             do = {name: self._marginal(name, len(rows), g)}
             columns = [(do, w) for w in weights] + [({}, w) for w in weights]
             result = sweep(self.model, x, columns, self.s.steps, self.s.abduction, self.s.depth, generator=g,
-                           classes=batch.get("class"), labels=labels)
+                           classes=batch.get("class"), labels=labels, solver=self.s.solver)
             intended, _ = self._intended(rows, do)
             column = self.graph.index(name)
             for j, w in enumerate(weights):
@@ -385,7 +389,7 @@ class _Context:
         do = {name: value}
         result = counterfactual(self.model, batch["image"], do, self.s.steps, self.s.guidance, self.s.abduction,
                                 self.s.depth, reconstruct=True, return_details=True, classes=batch.get("class"),
-                                labels=batch["labels"].float())
+                                labels=batch["labels"].float(), solver=self.s.solver)
         rows = [batch["image"], result.reconstruction.float().cpu(), result.images.float().cpu()]
         labels = ["factual", "reconstruction", f"do({name})"]
         if self.scm is not None:
