@@ -68,6 +68,7 @@ class NoiseSchedule:
         self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
         # Index i + 1 holds alpha_bar_i, index 0 holds 1.0 for t = -1, so one gather serves both cases.
         self._alphas_cumprod_padded = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod])
+        self._padded_on: dict[tuple[torch.device, torch.dtype], Tensor] = {}  # the table where the lookups happen
 
     def __repr__(self) -> str:
         return f"NoiseSchedule(num_timesteps={self.num_timesteps}, beta_schedule={self.beta_schedule!r})"
@@ -76,21 +77,31 @@ class NoiseSchedule:
         """alpha_bar_t per sample, shaped (B, 1, ..., 1) to broadcast against `like` (B, ...).
 
         `t` is an integer tensor (B,) (or a scalar) on any device, with values in [-1, T-1]; -1 gives 1.0.
-        The result has the dtype and device of `like`. The lookup happens in float64 before the cast.
+        The result has the dtype and device of `like`. The lookup happens in float64 (float32 on a device
+        without float64, e.g. MPS) on t's device, so a training step on a GPU never waits for the host; the
+        range check runs where t is on the CPU (an accelerator would have to copy t back, a sync per step).
         """
         if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
             raise ValueError(f"t must be an integer tensor, got dtype {t.dtype}")
         if t.ndim > 1:
             raise ValueError(f"t must have shape (B,) or be a scalar, got shape {tuple(t.shape)}")
         t = t.reshape(-1)
-        if t.numel() > 0:
+        if t.numel() > 0 and t.device.type == "cpu":
             t_min, t_max = int(t.min()), int(t.max())
             if t_min < -1 or t_max >= self.num_timesteps:
                 raise ValueError(
                     f"timesteps must lie in [-1, {self.num_timesteps - 1}], got values in [{t_min}, {t_max}]"
                 )
-        ab = self._alphas_cumprod_padded[t.cpu() + 1]  # (B,) float64
+        ab = self._table(t.device)[t + 1]  # (B,)
         return ab.to(device=like.device, dtype=like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+
+    def _table(self, device: torch.device) -> Tensor:
+        """The padded alpha_bar table on ``device``, copied there once."""
+        dtype = torch.float32 if device.type == "mps" else torch.float64
+        key = (device, dtype)
+        if key not in self._padded_on:
+            self._padded_on[key] = self._alphas_cumprod_padded.to(device=device, dtype=dtype)
+        return self._padded_on[key]
 
     def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
         """Sample x_t ~ q(x_t | x_0) = N(sqrt(ab) x_0, (1 - ab) I) given the noise (Ho et al. 2020, eq. 4).
