@@ -50,6 +50,9 @@ class ModelConfig:
     beta_schedule: Literal["linear", "cosine"] = cfg.param("linear", "noise schedule: linear or cosine")
     beta_start: float = cfg.param(1e-4, "first beta of the linear schedule")
     beta_end: float = cfg.param(0.02, "last beta of the linear schedule")
+    prediction: Literal["epsilon", "v"] = cfg.param(
+        "epsilon", "what the UNet predicts: epsilon (the noise) or v = sqrt(ab) eps - sqrt(1 - ab) x0 (Salimans & Ho "
+                   "2022), whose x0 stays well determined at t = T - 1, where epsilon's is divided by sqrt(ab) = 0.006")
     prior_std: float = cfg.param(1.0, "s, std of the label prior p(z_i | y_i) = N(ynorm_i 1_d, s^2 I)")
     kl_weight: float = cfg.param(1.0, "weight of KL(q(u|x) || N(0, I)) relative to the label term")
     deterministic_encoder: bool = cfg.param(False, "u = mu, no sampling and no KL term (DiffAE's semantic "
@@ -73,6 +76,7 @@ class ModelConfig:
             "p_uncond": 0 <= self.p_uncond <= 1, "dropout": 0 <= self.dropout < 1, "num_classes": self.num_classes >= 0,
             "beta_start": 0 < self.beta_start < min(1.0, self.beta_end),
             "beta_end": self.beta_start < self.beta_end < 1,
+            "prediction": self.prediction in ("epsilon", "v"),
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -193,8 +197,13 @@ class CausalDiffAE(nn.Module):
         return torch.cat([z.flatten(1), nn.functional.one_hot(classes, k).to(z)], dim=1)
 
     def eps(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """eps_theta(x_t, t, cond) with x_t in the model's [-1, 1] scale."""
-        return self.unet(x_t, t, cond)
+        """eps_theta(x_t, t, cond) with x_t in the model's [-1, 1] scale, whatever the UNet predicts: a v-model's
+        output becomes eps = sqrt(ab) v + sqrt(1 - ab) x_t, so every sampler and solver sees the noise."""
+        out = self.unet(x_t, t, cond)
+        if self.config.prediction == "epsilon":
+            return out
+        ab = self.schedule.alpha_bar(t, x_t)
+        return ab.sqrt() * out + (1 - ab).sqrt() * x_t
 
     # -- the objective (method.md section 3) ---------------------------------------------------------
     def forward(self, batch: Mapping[str, torch.Tensor], gamma: float = 1.0) -> dict[str, torch.Tensor]:
@@ -232,7 +241,11 @@ class CausalDiffAE(nn.Module):
         cond = torch.where(drop[:, None], self.condition(None, b), self.condition(lat.z, b, batch.get("class")))
         t = torch.randint(0, self.config.num_timesteps, (b,), device=dev)
         noise = torch.randn(x0.shape, device=dev, dtype=x0.dtype)  # not _like: independent of memory layout
-        mse = (self.eps(self.schedule.add_noise(x0, noise, t), t, cond) - noise).pow(2).mean()
+        target = noise
+        if self.config.prediction == "v":  # v = sqrt(ab) eps - sqrt(1 - ab) x0
+            ab = self.schedule.alpha_bar(t, x0)
+            target = ab.sqrt() * noise - (1 - ab).sqrt() * x0
+        mse = (self.unet(self.schedule.add_noise(x0, noise, t), t, cond) - target).pow(2).mean()
         total = mse + gamma * (self.config.kl_weight * kl + self.config.label_weight * label)
         return {"loss": total, "mse": mse, "kl": kl, "label": label}
 
