@@ -22,6 +22,7 @@ import torch
 
 from . import memory
 from .diffusion import ddim, dpm_solver
+from .images import to_signed, to_unit
 from .model import CausalDiffAE, Latents, Value
 
 Abduction = Literal["ddim", "noise"]
@@ -78,7 +79,7 @@ def abduct_noise(model: CausalDiffAE, x: Images, z: torch.Tensor, steps: int = 5
     x = model.prepare_images(x)
     z = _latents(model, z, len(x))
     _check_knobs(steps, depth)
-    x0 = x * 2 - 1
+    x0 = to_signed(x)
     if abduction == "ddim":
         cond = model.condition(z, x.shape[0], classes)
         x_T = _in_calls(model, len(x0), 1.0, lambda s: ddim.invert(guided_denoiser(model, cond[s], 1.0), x0[s],
@@ -113,7 +114,7 @@ def decode(model: CausalDiffAE, x_T: torch.Tensor, z: torch.Tensor, steps: int =
                                                                         x_T[s], model.schedule, steps, depth,
                                                                         clip=clip, spacing=spacing))
     _check_finite(x0, "decoded images", guidance)
-    return ((x0 + 1) / 2).clamp(0, 1)
+    return to_unit(x0)
 
 
 @torch.inference_mode()

@@ -12,6 +12,16 @@ from PIL import Image, ImageDraw
 from .atomic import atomic_path
 
 
+def to_signed(images: torch.Tensor) -> torch.Tensor:
+    """Pixels in [0, 1] -> the [-1, 1] scale that the networks and the diffusion process work in."""
+    return images * 2 - 1
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """The networks' [-1, 1] scale -> pixels, clamped to [0, 1] (a decoded image may overshoot)."""
+    return ((images + 1) / 2).clamp(0, 1)
+
+
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """(B, C, H, W) floats in [0, 1] -> (B, H, W, C) uint8 (C = 1 squeezed later by the grid)."""
     arr = images.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu().numpy()

@@ -24,6 +24,7 @@ from .causal_layer import CausalLayer
 from .diffusion import NoiseSchedule
 from .encoder import Encoder
 from .graph import CausalGraph
+from .images import to_signed
 from .knobs import Knobs, read_knobs
 from .unet import UNet
 
@@ -141,7 +142,7 @@ class CausalDiffAE(nn.Module):
         self.check_images(x)
         if self.encoder is None:
             return self.label_latents(labels, x)
-        mu, logvar = self.encoder(x * 2 - 1)  # (B, n, d) each
+        mu, logvar = self.encoder(to_signed(x))  # (B, n, d) each
         u = mu
         if sample and not self.config.deterministic_encoder:
             noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
@@ -219,7 +220,7 @@ class CausalDiffAE(nn.Module):
         so no term is averaged over an empty set (the reference's NaN when a whole batch is dropped).
         Randomness comes from torch's global generator: seed it for a reproducible step.
         """
-        x0 = batch["image"] * 2 - 1
+        x0 = to_signed(batch["image"])
         b, dev = x0.shape[0], x0.device
         if self.encoder is None:  # label-conditional DDIM: a missing label conditions on the mean (0)
             lat = self.label_latents(batch["labels"], x0, missing_ok=True)

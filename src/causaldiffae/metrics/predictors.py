@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from ..atomic import atomic_path, write_text
 from ..data.base import ImageDataset
 from ..graph import CausalGraph
+from ..images import to_signed
 from ..model import load_state
 from .truth import true_scm
 
@@ -62,7 +63,7 @@ class ConvNet(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1] (B, C, H, W) -> pooled features (B, 4 * width)."""
         coords = self.coords.to(x).expand(x.shape[0], -1, -1, -1)
-        return self.body(torch.cat([x * 2 - 1, coords], dim=1)).mean(dim=(2, 3))
+        return self.body(torch.cat([to_signed(x), coords], dim=1)).mean(dim=(2, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1] -> head outputs (B, outputs)."""

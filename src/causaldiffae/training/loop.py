@@ -23,6 +23,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from ..atomic import write_text
+from ..counterfactual import abduct_noise, decode
 from ..data import open_dataset
 from ..data.base import ImageDataset, hide_labels
 from ..diffusion import ddim
@@ -213,16 +214,11 @@ def resolve_graph(spec: str | dict | None, dataset: ImageDataset) -> CausalGraph
 def write_grids(model: CausalDiffAE, images: ImageDataset, folder: Path, step: int, steps: int, seed: int) -> None:
     """Reconstruction grid (originals over DDIM invert -> decode) and sample grid (their z with fresh x_T)."""
     batch = images.batch(range(len(images)), next(model.parameters()).device)
-    x0 = batch["image"]
-    cond = model.condition(model.encode(x0, labels=batch["labels"]).z, x0.shape[0], batch.get("class"))
-
-    def denoiser(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return model.eps(x_t, t, cond)
-
-    x_T = ddim.invert(denoiser, x0 * 2 - 1, model.schedule, steps)
-    recon = (ddim.sample(denoiser, x_T, model.schedule, steps) + 1) / 2
+    x0, classes = batch["image"], batch.get("class")
+    z = model.encode(x0, labels=batch["labels"]).z
+    recon = decode(model, abduct_noise(model, x0, z, steps, 1.0, classes=classes), z, steps, 1.0, 1.0, classes)
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(x0)
-    samples = (ddim.sample(denoiser, noise, model.schedule, steps, clip=True, spacing="trailing") + 1).clamp(0, 2) / 2
+    samples = decode(model, noise, z, steps, 1.0, 1.0, classes, clip=True, spacing="trailing")
     save_grid(folder / f"step-{step:08d}-reconstruction.png", [x0, recon], ["data", "recon"])
     save_grid(folder / f"step-{step:08d}-samples.png", [x0, samples], ["data", "sample"])
 
