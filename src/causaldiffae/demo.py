@@ -18,7 +18,7 @@ import torch
 from .atomic import write_text
 from .counterfactual import sweep
 from .data import morphomnist, pendulum
-from .images import save_grid
+from .images import from_uint8, save_grid
 from .model import CausalDiffAE
 from .training import checkpoint, load_run_config, train
 
@@ -57,9 +57,9 @@ def _pendulum(model: CausalDiffAE, n_images: int) -> _Source:
     test = [r for r in pendulum.samples() if r["split"] == "test"]
     factual = [{v: test[i][v] for v in pendulum.VARIABLES}
                for i in torch.linspace(0, len(test) - 1, n_images).round().long().tolist()]
-    x = torch.stack([_tensor(pendulum.render(f["angle"], f["light"], size)) for f in factual])
+    x = torch.stack([from_uint8(pendulum.render(f["angle"], f["light"], size)) for f in factual])
     ranges = {var.name: var.range for var in model.graph.nodes}
-    return _Source(x, None, lambda b, do: _tensor(pendulum.true_counterfactual(factual[b], do, size)[0]),
+    return _Source(x, None, lambda b, do: from_uint8(pendulum.true_counterfactual(factual[b], do, size)[0]),
                    lambda name, k: np.linspace(*ranges[name], k).tolist())
 
 
@@ -73,11 +73,12 @@ def _morphomnist(model: CausalDiffAE, n_images: int) -> _Source:
     picked = [next(i for i in test[j // 10:] if classes[i] == j % 10) for j in range(n_images)]
     draws = morphomnist.sample_scm(n_images, np.random.default_rng(0))
     factual = [{v: float(draws[v][b]) for v in morphomnist.VARIABLES} for b in range(n_images)]
-    x = torch.stack([_tensor(morphomnist.render(images[i], f["thickness"], f["intensity"], size))
+    x = torch.stack([from_uint8(morphomnist.render(images[i], f["thickness"], f["intensity"], size))
                      for i, f in zip(picked, factual, strict=True)])
     marginal = morphomnist.sample_scm(10_000, np.random.default_rng(1))
     return _Source(x, torch.as_tensor(classes[picked]),
-                   lambda b, do: _tensor(morphomnist.true_counterfactual(images[picked[b]], factual[b], do, size)[0]),
+                   lambda b, do: from_uint8(morphomnist.true_counterfactual(images[picked[b]], factual[b], do,
+                                                                            size)[0]),
                    lambda name, k: np.linspace(*np.percentile(marginal[name], [2, 98]), k).tolist())
 
 
@@ -151,9 +152,3 @@ def _model_section(model: CausalDiffAE, title: str, out: Path, prefix: str, step
             f"### Reconstruction (do = {{}})\n\n![reconstruction]({prefix}reconstruction.png)\n\n"
             f"Top: test images; bottom: DDIM inversion then decoding with the factual latents. They should be "
             f"indistinguishable (mean absolute error {recon_err:.4f}).\n\n" + "\n".join(sections))
-
-
-def _tensor(image: np.ndarray) -> torch.Tensor:
-    """A uint8 image (H, W) or (H, W, C) as float (C, H, W) in [0, 1]."""
-    image = image[..., None] if image.ndim == 2 else image
-    return torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255  # a copy: the source may be read-only

@@ -22,7 +22,7 @@ from .counterfactual import abduct_noise, decode
 from .data.base import ImageDataset
 from .data.image_folder import MAX_PIXELS
 from .graph import CausalGraph
-from .images import save_grid, to_uint8
+from .images import from_uint8, save_grid, to_uint8
 from .metrics.truth import TrueSCM, true_scm
 from .model import CausalDiffAE, Latents
 
@@ -123,8 +123,7 @@ class Explorer:
         size = self.model.config.image_size
         if image.size != (size, size):
             image = image.resize((size, size), Image.Resampling.LANCZOS)
-        array = np.asarray(image, dtype=np.float32) / 255
-        x = torch.from_numpy(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))[None]
+        x = from_uint8(image)[None]
         return self._set(Path(path).name, x, self._classes(cls), None, None)
 
     def _classes(self, cls: int | None) -> torch.Tensor | None:
@@ -285,8 +284,7 @@ class Explorer:
         if result.truth is not None:
             shown.append(result.truth)
             names.append("true counterfactual")
-        row = torch.stack([torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1).float() / 255
-                           for im in shown])
+        row = torch.stack([from_uint8(im) for im in shown])
         save_grid(out / "counterfactual.png", [row], [], names)
         from .atomic import write_text
 

@@ -22,6 +22,13 @@ def to_unit(images: torch.Tensor) -> torch.Tensor:
     return ((images + 1) / 2).clamp(0, 1)
 
 
+def from_uint8(image: np.ndarray) -> torch.Tensor:
+    """One 8-bit image (H, W) or (H, W, C), a numpy array or a PIL image, as float (C, H, W) in [0, 1]."""
+    array = np.array(image, dtype=np.float32)  # a copy: the source may be read-only
+    array = array[..., None] if array.ndim == 2 else array
+    return torch.from_numpy(array).permute(2, 0, 1) / 255
+
+
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """(B, C, H, W) floats in [0, 1] -> (B, H, W, C) uint8 (C = 1 squeezed later by the grid)."""
     arr = images.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu().numpy()

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import numpy as np
 import torch
 
 from ..data import morphometry, morphomnist, pendulum
 from ..data.base import ImageDataset
 from ..graph import CausalGraph
+from ..images import from_uint8
 
 
 class TrueSCM:
@@ -38,8 +38,7 @@ class TrueSCM:
             else:
                 digit = morphomnist.source_digit(self.dataset.root, self.dataset.files[i])
                 image, new = morphomnist.true_counterfactual(digit, factual, action, self.dataset.image_size)
-            array = image[..., None] if image.ndim == 2 else image
-            images.append(torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float() / 255)
+            images.append(from_uint8(image))
             labels.append([new[v] for v in self.variables])
         return torch.stack(images), torch.tensor(labels, dtype=torch.float32)
 
