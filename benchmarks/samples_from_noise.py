@@ -22,7 +22,7 @@ import torch
 
 from causaldiffae import CausalDiffAE
 from causaldiffae.counterfactual import sample
-from causaldiffae.data import open_dataset
+from causaldiffae.data import BUILTIN, open_dataset
 from causaldiffae.demo import SHIPPED_MODELS, dataset_of
 from causaldiffae.metrics.effectiveness import attribute_errors
 from causaldiffae.metrics.predictors import load_predictors
@@ -43,7 +43,7 @@ def main() -> None:
 
     model = CausalDiffAE.from_pretrained(SHIPPED_MODELS.get(args.model, args.model))
     dataset = dataset_of(model)
-    class_column = "digit" if model.config.num_classes else None
+    class_column = BUILTIN[dataset].class_column if model.config.num_classes else None
     test = open_dataset(dataset, None, model.config.image_size, progress=False, class_column=class_column).split("test")
     g = torch.Generator().manual_seed(args.seed)
     batch = test.batch(torch.randperm(len(test), generator=g)[: args.n])

@@ -22,7 +22,7 @@ import torch
 
 from causaldiffae import CausalDiffAE
 from causaldiffae.counterfactual import counterfactual
-from causaldiffae.data import open_dataset
+from causaldiffae.data import BUILTIN, open_dataset
 from causaldiffae.demo import SHIPPED_MODELS, dataset_of
 from causaldiffae.tune import TuneSettings, tune
 
@@ -38,7 +38,7 @@ def main() -> None:
     model = CausalDiffAE.from_pretrained(SHIPPED_MODELS.get(args.model, args.model))
     dataset = dataset_of(model)
     data = open_dataset(dataset, None, model.config.image_size, progress=False,
-                        class_column="digit" if model.config.num_classes else None)
+                        class_column=BUILTIN[dataset].class_column if model.config.num_classes else None)
     knobs = model.knobs
     timed = data.with_variables(model.graph.variables).split("val").batch(range(16))
     first = model.graph.variables[0]

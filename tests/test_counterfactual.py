@@ -274,5 +274,7 @@ def test_demo_of_a_morphomnist_model_keeps_its_digit_condition(tmp_path):
     renamed = {"variables": [dict(v, name=f"{v['name']}2") for v in morphomnist.GRAPH["variables"]],
                "edges": [["thickness2", "intensity2"]]}
     other = CausalDiffAE(ModelConfig(graph=renamed, image_size=TINY_SIZE, channels=1, **TINY))
-    with pytest.raises(ValueError, match="Pendulum or MorphoMNIST"):
+    with pytest.raises(ValueError, match=r"a model of a built-in dataset \(variables of pendulum \[.angle., .*"
+                                         r"morphomnist \[.thickness., .intensity.\]\), got "
+                                         r"\[.thickness2., .intensity2.\]"):
         dataset_of(other)

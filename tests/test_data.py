@@ -335,3 +335,24 @@ def test_folder_dataset_needs_a_root():
 def test_open_dataset_uses_an_existing_folder(tiny_dataset):
     ds = open_dataset("pendulum", tiny_dataset, TINY_SIZE, progress=False)
     assert len(ds) == 48
+
+
+def test_every_list_of_built_in_datasets_is_the_registry():
+    """data.BUILTIN is the one list: the true SCMs, the demo's recognition of a model and the predictors' default
+    sizes read it; the run config's data.name and `reproduce`'s datasets (kept literal so that --help stays light)
+    must agree with it."""
+    import typing
+
+    from causaldiffae.cli import build_parser
+    from causaldiffae.data import BUILTIN
+    from causaldiffae.reproduce import PLANS
+    from causaldiffae.training.config import DataConfig
+
+    assert set(typing.get_args(typing.get_type_hints(DataConfig)["name"])) == {*BUILTIN, "folder"}
+    assert set(PLANS) == set(BUILTIN)
+    reproduce = build_parser()._subparsers._group_actions[0].choices["reproduce"]
+    assert set(next(a for a in reproduce._actions if a.dest == "dataset").choices) == set(BUILTIN)
+    for builtin in BUILTIN.values():
+        assert tuple(CausalGraph.from_dict(builtin.graph).variables) == builtin.variables
+    assert (BUILTIN["pendulum"].image_size, BUILTIN["morphomnist"].image_size) == (32, 28)
+    assert BUILTIN["morphomnist"].class_column == "digit" and BUILTIN["pendulum"].class_column is None

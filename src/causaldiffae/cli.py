@@ -326,9 +326,6 @@ def _demo(args: argparse.Namespace) -> None:
 #: How --depth and --guidance help texts name their default.
 MODEL_KNOBS = f"the model's own, from its {KNOBS_NAME}, else"
 
-PREDICTOR_SIZES = {"pendulum": 32, "morphomnist": 28}
-
-
 def _explore(args: argparse.Namespace) -> None:
     from .demo import SHIPPED_MODELS
     from .explore_app import gradio, serve
@@ -348,17 +345,16 @@ def _explore(args: argparse.Namespace) -> None:
 
 
 def _predictors_train(args: argparse.Namespace) -> None:
-    from .data import GENERATORS, load_dataset, open_dataset
+    from .data import BUILTIN, load_dataset, open_dataset
     from .metrics.predictors import CONFIG_NAME, WEIGHTS_NAME, interventional_lines, save_predictors, train_predictors
 
     _output_folder(args.out, names=(CONFIG_NAME, WEIGHTS_NAME))
     if Path(args.data).is_dir():
         data = load_dataset(args.data, args.size, resize=args.size is not None, class_column=args.class_column)
-    elif args.data in GENERATORS:
-        data = open_dataset(args.data, None, args.size or PREDICTOR_SIZES.get(args.data, 32),
-                            class_column=args.class_column)
+    elif args.data in BUILTIN:
+        data = open_dataset(args.data, None, args.size or BUILTIN[args.data].image_size, class_column=args.class_column)
     else:
-        raise ValueError(f"{args.data} is neither a dataset folder nor a built-in dataset ({', '.join(GENERATORS)})")
+        raise ValueError(f"{args.data} is neither a dataset folder nor a built-in dataset ({', '.join(BUILTIN)})")
     predictors = train_predictors(data, args.class_column, args.steps, args.batch_size, seed=args.seed,
                                   interventional=args.interventional)
     out = save_predictors(predictors, args.out)

@@ -17,7 +17,7 @@ import torch
 
 from .atomic import write_text
 from .counterfactual import sweep
-from .data import morphomnist, pendulum
+from .data import BUILTIN, morphomnist, pendulum
 from .images import from_uint8, save_grid
 from .model import CausalDiffAE
 from .training import checkpoint, load_run_config, train
@@ -83,16 +83,14 @@ def _morphomnist(model: CausalDiffAE, n_images: int) -> _Source:
 
 
 SOURCES: dict[str, Callable[[CausalDiffAE, int], _Source]] = {"pendulum": _pendulum, "morphomnist": _morphomnist}
-VARIABLES = {"pendulum": pendulum.VARIABLES, "morphomnist": morphomnist.VARIABLES}
-
-
 def dataset_of(model: CausalDiffAE) -> str:
     """The built-in dataset whose SCM the model's graph describes; ValueError for any other graph."""
-    for name, variables in VARIABLES.items():
-        if tuple(model.graph.variables) == variables:
+    for name, builtin in BUILTIN.items():
+        if tuple(model.graph.variables) == builtin.variables:
             return name
-    raise ValueError(f"the demo needs a Pendulum or MorphoMNIST model (variables {list(pendulum.VARIABLES)} or "
-                     f"{list(morphomnist.VARIABLES)}), got {model.graph.variables}")
+    known = " or ".join(f"{name} {list(b.variables)}" for name, b in BUILTIN.items())
+    raise ValueError(f"the demo needs a model of a built-in dataset (variables of {known}), got "
+                     f"{model.graph.variables}")
 
 
 def run_demo(out: str | Path, model_dir: str | Path | None = None, train_minutes: float | None = None,

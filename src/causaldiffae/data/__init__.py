@@ -4,16 +4,37 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import morphomnist, pendulum
 from .base import ImageDataset, load_dataset, write_dataset
 
-#: Built-in datasets: name -> generator(out, size) that writes the dataset layout.
-GENERATORS: dict[str, Callable[..., Path]] = {"pendulum": pendulum.generate, "morphomnist": morphomnist.generate}
-#: Layout versions of the generated folders: a new version (the validation splits, v2) is generated into a
-#: new cache folder instead of silently reusing an old layout.
-LAYOUTS: dict[str, int] = {"pendulum": 2, "morphomnist": 2}
+
+@dataclass(frozen=True)
+class Builtin:
+    """What the package knows about a built-in dataset by its name; every list of datasets derives from
+    ``BUILTIN`` (the generator and SCM of each live in its module: ``generate``, ``GRAPH``, ``VARIABLES``,
+    ``true_counterfactual``)."""
+
+    generate: Callable[..., Path]
+    """generate(out, size, progress) writes the dataset layout."""
+    graph: dict
+    variables: tuple[str, ...]
+    layout: int
+    """The folder layout's version: a new one (the validation splits: v2) is generated into a new cache folder
+    instead of silently reusing an old layout."""
+    image_size: int
+    """The default size (configs, predictors)."""
+    class_column: str | None = None
+    """A labels.csv column of classes that a model may also be conditioned on."""
+
+
+BUILTIN: dict[str, Builtin] = {
+    "pendulum": Builtin(pendulum.generate, pendulum.GRAPH, pendulum.VARIABLES, layout=2, image_size=32),
+    "morphomnist": Builtin(morphomnist.generate, morphomnist.GRAPH, morphomnist.VARIABLES, layout=2, image_size=28,
+                           class_column="digit"),
+}
 
 
 def cache_dir() -> Path:
@@ -24,9 +45,9 @@ def cache_dir() -> Path:
 def dataset_root(name: str, root: str | Path | None, image_size: int) -> Path:
     if root:
         return Path(root)
-    if name not in GENERATORS:
-        raise ValueError(f"data.name {name!r} needs data.root (built-in datasets: {', '.join(GENERATORS)})")
-    version = LAYOUTS[name]
+    if name not in BUILTIN:
+        raise ValueError(f"data.name {name!r} needs data.root (built-in datasets: {', '.join(BUILTIN)})")
+    version = BUILTIN[name].layout
     return cache_dir() / (f"{name}-{image_size}" + (f"-v{version}" if version > 1 else ""))
 
 
@@ -34,10 +55,10 @@ def open_dataset(name: str, root: str | Path | None, image_size: int, resize: bo
                  progress: bool = True, class_column: str | None = None) -> ImageDataset:
     """Load a dataset; a built-in one whose folder does not exist yet is generated there first."""
     folder = dataset_root(name, root, image_size)
-    if name in GENERATORS and not (folder / "labels.csv").exists():
-        GENERATORS[name](folder, image_size, progress=progress)
+    if name in BUILTIN and not (folder / "labels.csv").exists():
+        BUILTIN[name].generate(folder, image_size, progress=progress)
     return load_dataset(folder, image_size, resize, class_column=class_column)
 
 
-__all__ = ["GENERATORS", "ImageDataset", "cache_dir", "dataset_root", "load_dataset", "open_dataset",
+__all__ = ["BUILTIN", "Builtin", "ImageDataset", "cache_dir", "dataset_root", "load_dataset", "open_dataset",
            "write_dataset"]
