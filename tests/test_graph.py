@@ -218,3 +218,19 @@ def test_bad_range_is_rejected():
 def test_variable_needs_a_name():
     with pytest.raises(ValueError):
         Variable("  ")
+
+
+def test_label_normalisation_of_the_whole_graph_by_hand():
+    """a: min 0 / max 10 (centre 5, half-width 5); b: mean 2 / std 4. NaN, a missing label, stays NaN."""
+    import torch
+
+    graph = CausalGraph.from_dict({"variables": [{"name": "a", "normalization": {"min": 0, "max": 10}},
+                                                 {"name": "b", "normalization": {"mean": 2, "std": 4}}],
+                                   "edges": [["a", "b"]]})
+    labels = torch.tensor([[5.0, 6.0], [float("nan"), -2.0], [10.0, 2.0]])
+    expected = torch.tensor([[0.0, 1.0], [float("nan"), -1.0], [1.0, 0.0]])
+    torch.testing.assert_close(graph.normalize(labels), expected, equal_nan=True)
+    torch.testing.assert_close(graph.denormalize(expected), labels, equal_nan=True)
+    assert graph.normalize(labels.double()).dtype == torch.float64
+    with pytest.raises(ValueError, match=r"labels have 3 columns; the graph has 2 variables \(a, b\)"):
+        graph.normalize(torch.zeros(4, 3))

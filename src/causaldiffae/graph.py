@@ -191,6 +191,25 @@ class CausalGraph:
         self[name]
         return self.variables.index(name)
 
+    def normalize(self, labels: Any) -> Any:
+        """Labels (..., n) in label units, one column per variable in ``variables`` order (a torch tensor) ->
+        normalised units, about [-1, 1]; NaN (a missing label) stays NaN."""
+        centre, half = self._scales(labels)
+        return (labels - centre) / half
+
+    def denormalize(self, values: Any) -> Any:
+        """The inverse of ``normalize``: normalised values (..., n) -> label units."""
+        centre, half = self._scales(values)
+        return values * half + centre
+
+    def _scales(self, like: Any) -> tuple[Any, Any]:
+        """Every variable's (centre, half-width) as two (n,) tensors of ``like``'s dtype and device."""
+        if like.shape[-1] != len(self.nodes):
+            raise ValueError(f"labels have {like.shape[-1]} columns; the graph has {len(self.nodes)} variables "
+                             f"({', '.join(self.variables)})")
+        scales = [v.scale for v in self.nodes]
+        return like.new_tensor([c for c, _ in scales]), like.new_tensor([h for _, h in scales])
+
     def parents(self, name: str) -> list[str]:
         """Parents of ``name`` in file order."""
         self[name]

@@ -175,11 +175,11 @@ class CausalDiffAE(nn.Module):
     def read_labels(self, z: torch.Tensor) -> torch.Tensor:
         """The model's own estimate of every variable in label units: each block's mean, de-normalised (B, n)."""
         means = z.mean(dim=-1)
-        return torch.stack([v.denormalize(means[:, i]) for i, v in enumerate(self.graph.nodes)], dim=1)
+        return self.graph.denormalize(means)
 
     def normalize_labels(self, labels: torch.Tensor) -> torch.Tensor:
         """Raw labels (B, n) in label units -> normalised (about [-1, 1]); NaN (missing) stays NaN."""
-        return torch.stack([v.normalize(labels[:, i]) for i, v in enumerate(self.graph.nodes)], dim=1)
+        return self.graph.normalize(labels)
 
     # -- the denoiser --------------------------------------------------------------------------------
     def condition(self, z: torch.Tensor | None, batch: int, classes: torch.Tensor | None = None) -> torch.Tensor:

@@ -17,7 +17,7 @@ from ..graph import CausalGraph
 
 def normalized(graph: CausalGraph, labels: torch.Tensor) -> torch.Tensor:
     """Raw labels (N, n) -> the graph's normalised units (NaN stays NaN)."""
-    return torch.stack([v.normalize(labels[:, i].double()) for i, v in enumerate(graph.nodes)], dim=1).float()
+    return graph.normalize(labels.double()).float()
 
 
 def attribute_errors(graph: CausalGraph, predicted: torch.Tensor, intended: torch.Tensor) -> dict[str, dict]:

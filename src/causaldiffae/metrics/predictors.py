@@ -141,7 +141,7 @@ class Predictors(nn.Module):
         """Images float (B, C, H, W) in [0, 1] -> every variable in raw label units (B, n_vars), on x's device."""
         def raw(chunk: torch.Tensor) -> torch.Tensor:
             out = self.normalized(chunk)
-            return torch.stack([v.denormalize(out[:, i]) for i, v in enumerate(self.graph.nodes)], dim=1)
+            return self.graph.denormalize(out)
 
         return self._batched(x, raw, batch_size)
 
@@ -180,10 +180,6 @@ def _resolve_normalization(graph: CausalGraph, labels: torch.Tensor) -> CausalGr
             norms[var.name] = {"mean": column.mean().item(), "std": max(column.std().item(), 1e-6)}
     return graph.with_normalization(norms) if norms else graph
 
-
-def _normalize(graph: CausalGraph, labels: torch.Tensor) -> torch.Tensor:
-    """Raw labels (B, n) -> normalised units; NaN stays NaN."""
-    return torch.stack([v.normalize(labels[:, i]) for i, v in enumerate(graph.nodes)], dim=1)
 
 
 def train_predictors(dataset: ImageDataset, class_column: str | None = None, steps: int = DEFAULT_STEPS,
@@ -237,7 +233,7 @@ def train_predictors(dataset: ImageDataset, class_column: str | None = None, ste
             order, cursor = torch.randperm(n, generator=generator), 0
         data = train.batch(order[cursor : cursor + batch], dev)
         cursor += batch
-        target = _normalize(graph, data["labels"])
+        target = graph.normalize(data["labels"])
         present = ~torch.isnan(target)
         error = (model.normalized(data["image"]) - torch.nan_to_num(target)).abs() * present
         loss = (error.sum(dim=0) / present.sum(dim=0).clamp(min=1)).sum()
