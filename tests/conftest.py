@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from causaldiffae import CausalDiffAE, ModelConfig
 from causaldiffae.data import pendulum
 from causaldiffae.data.base import write_dataset
 from causaldiffae.graph import CausalGraph
@@ -15,6 +16,12 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 TINY_CONFIG = CONFIGS / "tiny.yaml"
 TINY_SIZE = 16
+#: The tests' tiny architecture (ModelConfig keys): seconds of CPU per model.
+TINY = dict(latent_dim=4, encoder_channels=8, mechanism_hidden=16, unet_channels=8, channel_mult=(1, 2),
+            attention_levels=(1,), num_timesteps=100)
+#: Two variables a -> b, both in [0, 1] with min/max normalisation: the smallest graph with an edge.
+AB_GRAPH = {"variables": [{"name": v, "range": [0.0, 1.0], "normalization": {"min": 0.0, "max": 1.0}} for v in "ab"],
+            "edges": [["a", "b"]]}
 
 # The models here are tiny: one intra-op thread is as fast as two on an idle machine, and with two threads
 # OpenMP spin-waiting makes every op 10x slower as soon as another process uses a core.
@@ -57,6 +64,15 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory, tiny_rows: list[dict]
 def data_overrides(tiny_dataset: Path) -> list[str]:
     """--set overrides that point a run at the tiny dataset instead of the full generated one."""
     return ["data.name=folder", f"data.root={tiny_dataset}"]
+
+
+def ab_model(**overrides: object) -> CausalDiffAE:
+    """A fresh model over AB_GRAPH for 8 px grey images, one UNet level, T = 100; seeded, in eval mode. Its UNet
+    head starts at zero, so it predicts no noise until a test perturbs it."""
+    torch.manual_seed(0)
+    config = dict(graph=AB_GRAPH, image_size=8, channels=1, latent_dim=2, encoder_channels=4, mechanism_hidden=8,
+                  unet_channels=8, channel_mult=(1,), attention_levels=(), num_timesteps=100)
+    return CausalDiffAE(ModelConfig(**{**config, **overrides})).eval()
 
 
 def exit_code(argv: list[str]) -> int:

@@ -8,9 +8,8 @@ import torch
 from causaldiffae import CausalDiffAE, ModelConfig
 from causaldiffae.counterfactual import counterfactual
 from causaldiffae.data import pendulum
+from conftest import TINY
 
-TINY = dict(latent_dim=4, encoder_channels=8, mechanism_hidden=16, unet_channels=8, channel_mult=(1, 2),
-            attention_levels=(1,), num_timesteps=100)
 ANGLE, LIGHT, LENGTH, POSITION = range(4)
 
 

@@ -33,11 +33,9 @@ from causaldiffae.data.base import load_dataset, write_dataset
 from causaldiffae.graph import CausalGraph
 from causaldiffae.metrics import report
 from causaldiffae.training.config import load_run_config
-from conftest import TINY_CONFIG, TINY_SIZE, exit_code
+from conftest import TINY, TINY_CONFIG, TINY_SIZE, exit_code
 
 pipeline = importlib.import_module("causaldiffae.counterfactual")  # the package exports the function of that name
-TINY = dict(latent_dim=4, encoder_channels=8, mechanism_hidden=16, unet_channels=8, channel_mult=(1, 2),
-            attention_levels=(1,), num_timesteps=100)
 GRAPH = CausalGraph.from_dict(pendulum.GRAPH)
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 

@@ -16,10 +16,7 @@ from causaldiffae.counterfactual import abduct_noise, counterfactual, guided_den
 from causaldiffae.data import morphomnist, pendulum
 from causaldiffae.demo import dataset_of, run_demo
 from causaldiffae.diffusion import ddim
-from conftest import TINY_CONFIG, TINY_SIZE, exit_code
-
-TINY = dict(latent_dim=4, encoder_channels=8, mechanism_hidden=16, unet_channels=8, channel_mult=(1, 2),
-            attention_levels=(1,), num_timesteps=100)
+from conftest import TINY, TINY_CONFIG, TINY_SIZE, exit_code
 
 
 def _model(seed: int = 0, zero_eps: bool = False) -> CausalDiffAE:

@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from causaldiffae import CausalDiffAE, ModelConfig
+from causaldiffae import CausalDiffAE
 from causaldiffae.counterfactual import counterfactual
 from causaldiffae.diffusion import NoiseSchedule, ddim, dpm_solver
 from causaldiffae.metrics.suite import Settings
-from conftest import exit_code
+from conftest import ab_model, exit_code
 
 VARIANCE = 0.25  # data x0 ~ N(0, 0.25 I)
 
@@ -97,12 +97,7 @@ def test_one_point_data_comes_back_exactly(setup):
 
 
 def _model() -> CausalDiffAE:
-    graph = {"variables": [{"name": v, "range": [0.0, 1.0], "normalization": {"min": 0.0, "max": 1.0}} for v in "ab"],
-             "edges": [["a", "b"]]}
-    torch.manual_seed(0)
-    model = CausalDiffAE(ModelConfig(graph=graph, image_size=8, channels=1, latent_dim=2, encoder_channels=4,
-                                     mechanism_hidden=8, unet_channels=8, channel_mult=(1,), attention_levels=(),
-                                     num_timesteps=100)).eval()
+    model = ab_model()
     with torch.no_grad():  # a UNet that predicts some noise (its head starts at zero): the solvers then differ
         for p in model.unet.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))

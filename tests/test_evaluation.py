@@ -18,10 +18,8 @@ from causaldiffae.metrics.report import fmt, markdown, metrics_document
 from causaldiffae.metrics.suite import Settings, _Context, evaluate, parse_seeds, summarize
 from causaldiffae.metrics.truth import known_labels, morphometry_labels, true_scm
 from causaldiffae.reproduce import column_value, write_comparison
-from conftest import CONFIGS, TINY_SIZE, exit_code
+from conftest import CONFIGS, TINY, TINY_SIZE, exit_code
 
-TINY = dict(latent_dim=4, encoder_channels=8, mechanism_hidden=16, unet_channels=8, channel_mult=(1, 2),
-            attention_levels=(1,), num_timesteps=100)
 SMALL = Settings(n=8, seeds=(0, 1), steps=3, batch_size=4, subset=4, cycles=3, weights=(0.0, 1.0, 2.0),
                  dci_samples=40, examples=2)
 

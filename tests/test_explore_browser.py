@@ -19,7 +19,7 @@ from causaldiffae import CausalDiffAE, ModelConfig
 from causaldiffae.data import load_dataset
 from causaldiffae.explore_app import serve
 from causaldiffae.explorer import Explorer
-from conftest import TINY_SIZE
+from conftest import TINY, TINY_SIZE
 
 gradio = pytest.importorskip("gradio")
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -27,8 +27,6 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if CHROMIUM is None:
     pytest.skip("Debian's chromium is not installed (.ci/run installs it)", allow_module_level=True)
 
-TINY = dict(latent_dim=4, encoder_channels=8, mechanism_hidden=16, unet_channels=8, channel_mult=(1, 2),
-            attention_levels=(1,), num_timesteps=100)
 #: Chromium in this sandbox: no sandboxing as root, and no background traffic to a closed network.
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]

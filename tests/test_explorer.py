@@ -12,10 +12,8 @@ from PIL import Image
 from causaldiffae import CausalDiffAE, ModelConfig, explorer
 from causaldiffae.data import load_dataset, pendulum
 from causaldiffae.explorer import DISPLAY_SIZE, Explorer
-from conftest import TINY_SIZE
+from conftest import TINY, TINY_SIZE
 
-TINY = dict(latent_dim=4, encoder_channels=8, mechanism_hidden=16, unet_channels=8, channel_mult=(1, 2),
-            attention_levels=(1,), num_timesteps=100)
 KNOBS = dict(guidance=1.5, depth=0.5, steps=4)
 
 

@@ -14,19 +14,7 @@ from causaldiffae.data import load_dataset
 from causaldiffae.demo import SHIPPED_MODELS
 from causaldiffae.knobs import DEFAULT_DEPTH, DEFAULT_GUIDANCE, KNOBS_NAME, Knobs, read_knobs, write_knobs
 from causaldiffae.metrics.suite import Settings
-from conftest import TINY_SIZE, exit_code
-
-GRAPH = {"variables": [{"name": v, "range": [0.0, 1.0], "normalization": {"min": 0.0, "max": 1.0}} for v in "ab"],
-         "edges": [["a", "b"]]}
-
-
-def _model() -> CausalDiffAE:
-    """A fresh model predicts zero noise (zero-initialised head): DDIM inversion then scales the image by a factor
-    that depends only on the depth, so x_T tells which depth was used."""
-    torch.manual_seed(0)
-    return CausalDiffAE(ModelConfig(graph=GRAPH, image_size=8, channels=1, latent_dim=2, encoder_channels=4,
-                                    mechanism_hidden=8, unet_channels=8, channel_mult=(1,), attention_levels=(),
-                                    num_timesteps=100)).eval()
+from conftest import TINY, TINY_SIZE, ab_model, exit_code
 
 
 def test_a_folder_without_knobs_gets_the_global_defaults(tmp_path):
@@ -64,7 +52,9 @@ def test_a_broken_knobs_file_is_refused_by_name(tmp_path, text, message):
 
 
 def test_from_pretrained_reads_the_knobs_and_counterfactuals_use_them(tmp_path):
-    model = _model()
+    """A fresh model predicts zero noise (zero-initialised head): DDIM inversion then scales the image by a factor
+    that depends only on the depth, so x_T tells which depth was used."""
+    model = ab_model()
     model.save_pretrained(tmp_path)
     assert CausalDiffAE.from_pretrained(tmp_path).knobs == Knobs()
     write_knobs(tmp_path, Knobs(0.9, 1.0))
@@ -108,6 +98,4 @@ def test_cli_help_names_the_models_own_default(capsys):
 def _model_for(folder) -> CausalDiffAE:
     data = load_dataset(folder, TINY_SIZE)
     torch.manual_seed(0)
-    return CausalDiffAE(ModelConfig(graph=data.graph.to_dict(), image_size=TINY_SIZE, channels=3, latent_dim=4,
-                                    encoder_channels=8, mechanism_hidden=16, unet_channels=8, channel_mult=(1, 2),
-                                    attention_levels=(1,), num_timesteps=100)).eval()
+    return CausalDiffAE(ModelConfig(graph=data.graph.to_dict(), image_size=TINY_SIZE, channels=3, **TINY)).eval()

@@ -10,9 +10,8 @@ import torch
 
 from causaldiffae import CausalDiffAE, Latents, ModelConfig
 from causaldiffae.data import pendulum
+from conftest import TINY
 
-TINY = dict(latent_dim=4, encoder_channels=8, mechanism_hidden=16, unet_channels=8, channel_mult=(1, 2),
-            attention_levels=(1,), num_timesteps=100)
 NAMES = list(pendulum.VARIABLES)  # angle, light, shadow_length, shadow_position
 ANGLE, LIGHT, LENGTH, POSITION = range(4)
 

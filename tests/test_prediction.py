@@ -7,16 +7,11 @@ import torch
 
 from causaldiffae import CausalDiffAE, ModelConfig
 from causaldiffae.training import load_run_config
-
-GRAPH = {"variables": [{"name": v, "range": [0.0, 1.0], "normalization": {"min": 0.0, "max": 1.0}} for v in "ab"],
-         "edges": [["a", "b"]]}
+from conftest import AB_GRAPH, ab_model
 
 
 def _model(prediction: str) -> CausalDiffAE:
-    torch.manual_seed(0)
-    return CausalDiffAE(ModelConfig(graph=GRAPH, image_size=8, channels=1, latent_dim=2, encoder_channels=4,
-                                    mechanism_hidden=8, unet_channels=8, channel_mult=(1,), attention_levels=(),
-                                    num_timesteps=100, prediction=prediction, p_uncond=0.0))
+    return ab_model(prediction=prediction, p_uncond=0.0).train()
 
 
 class Oracle(torch.nn.Module):
@@ -72,4 +67,4 @@ def test_the_prediction_is_a_config_key():
     config = load_run_config("configs/tiny.yaml", ["model.prediction=v"])
     assert config.model["prediction"] == "v"
     with pytest.raises(ValueError, match="prediction"):
-        ModelConfig(graph=GRAPH, image_size=8, channels=1, prediction="x0")
+        ModelConfig(graph=AB_GRAPH, image_size=8, channels=1, prediction="x0")

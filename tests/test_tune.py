@@ -10,10 +10,8 @@ import torch
 from causaldiffae import CausalDiffAE, ModelConfig
 from causaldiffae.data import load_dataset
 from causaldiffae.tune import TuneSettings, one_se_choice, tune
-from conftest import TINY_SIZE, exit_code
+from conftest import TINY, TINY_SIZE, exit_code
 
-TINY = dict(latent_dim=4, encoder_channels=8, mechanism_hidden=16, unet_channels=8, channel_mult=(1, 2),
-            attention_levels=(1,), num_timesteps=100)
 GRID = TuneSettings(depths=(0.5, 1.0), weights=(1.0, 2.0), n=8, steps=2, split="train", batch_size=4)
 
 
