@@ -488,7 +488,8 @@ def test_requests_beyond_the_memory_are_refused_before_any_work(model, images, m
 def test_evaluate_refuses_an_n_beyond_the_memory_before_any_work(model, assets):
     from types import SimpleNamespace
 
-    from causaldiffae.metrics.suite import Settings, evaluate
+    from causaldiffae.metrics.settings import Settings
+    from causaldiffae.metrics.suite import evaluate
 
     judges = SimpleNamespace(variables=GRAPH.variables)  # never used: the request is refused first
     with pytest.raises(ValueError, match="n=100,000,000,000 interventions needs about"):

@@ -10,7 +10,7 @@ import torch
 from causaldiffae import CausalDiffAE
 from causaldiffae.counterfactual import counterfactual
 from causaldiffae.diffusion import NoiseSchedule, ddim, dpm_solver
-from causaldiffae.metrics.suite import Settings
+from causaldiffae.metrics.settings import Settings
 from conftest import ab_model, exit_code
 
 VARIANCE = 0.25  # data x0 ~ N(0, 0.25 I)

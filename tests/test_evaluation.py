@@ -15,7 +15,8 @@ from causaldiffae.data import load_dataset
 from causaldiffae.metrics.effectiveness import attribute_errors, movement, non_descendant_change
 from causaldiffae.metrics.predictors import Predictors, interventional_errors, save_predictors
 from causaldiffae.metrics.report import fmt, markdown, metrics_document
-from causaldiffae.metrics.suite import Settings, _Context, evaluate, parse_seeds, summarize
+from causaldiffae.metrics.settings import Settings, parse_seeds
+from causaldiffae.metrics.suite import _Context, evaluate, summarize
 from causaldiffae.metrics.truth import known_labels, morphometry_labels, true_scm
 from causaldiffae.reproduce import column_value, write_comparison
 from conftest import CONFIGS, TINY, TINY_SIZE, exit_code
@@ -151,6 +152,26 @@ def test_parse_seeds_names_bad_input():
     assert parse_seeds("0, 1,2") == (0, 1, 2)
     with pytest.raises(ValueError, match="comma-separated integers"):
         parse_seeds("0,x")
+
+
+def test_settings_and_their_flags_round_trip():
+    """The flags of `evaluate` and `reproduce` come from Settings: the flags of a Settings parse back to it; a
+    depth or weight of None (the run's own knobs) is left out, and the defaults are Settings' own."""
+    import argparse
+
+    from causaldiffae.metrics.settings import add_flags, from_flags
+
+    parser = argparse.ArgumentParser()
+    add_flags(parser, {"n": int, "steps": int, "batch_size": int, "subset": int, "guidance": float, "depth": float})
+    assert from_flags(parser.parse_args([])) == Settings()
+    chosen = Settings(n=8, seeds=(0, 3), steps=20, depth=0.7, solver="dpm++2m", batch_size=5, subset=0)
+    assert chosen.flags() == ["--n", "8", "--seeds", "0,3", "--steps", "20", "--depth", "0.7", "--abduction", "ddim",
+                              "--solver", "dpm++2m", "--batch-size", "5", "--subset", "0"]
+    assert from_flags(parser.parse_args(chosen.flags())) == chosen
+    with pytest.raises(ValueError, match="--guidance must be a finite number"):
+        Settings(guidance=float("inf"))
+    with pytest.raises(ValueError, match=r"abduction must be one of \['ddim', 'noise'\], got 'fresh'"):
+        Settings(abduction="fresh")
 
 
 # -- the suite on a model that returns the factual image -------------------------------------------------

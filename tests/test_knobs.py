@@ -13,7 +13,7 @@ from causaldiffae.counterfactual import counterfactual
 from causaldiffae.data import load_dataset
 from causaldiffae.demo import SHIPPED_MODELS
 from causaldiffae.knobs import DEFAULT_DEPTH, DEFAULT_GUIDANCE, KNOBS_NAME, Knobs, read_knobs, write_knobs
-from causaldiffae.metrics.suite import Settings
+from causaldiffae.metrics.settings import Settings
 from conftest import TINY, TINY_SIZE, ab_model, exit_code
 
 

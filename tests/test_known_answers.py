@@ -21,7 +21,8 @@ from causaldiffae.data.base import ImageDataset
 from causaldiffae.graph import CausalGraph
 from causaldiffae.metrics import dci, realism, suite
 from causaldiffae.metrics.predictors import Predictors
-from causaldiffae.metrics.suite import Settings, evaluate
+from causaldiffae.metrics.settings import Settings
+from causaldiffae.metrics.suite import evaluate
 from causaldiffae.model import Latents
 
 TOL = 1e-6

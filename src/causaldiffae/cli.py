@@ -14,13 +14,15 @@ import math
 import os
 import re
 import sys
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from . import __version__, memory
 from .atomic import write_text
-from .knobs import DEFAULT_DEPTH, DEFAULT_GUIDANCE, KNOBS_NAME
+from .knobs import DEFAULT_DEPTH, DEFAULT_GUIDANCE, KNOBS_NAME, Solver
+from .metrics.settings import MODEL_KNOBS, SOLVER_HELP, add_flags, from_flags
 
 
 def _data_pendulum(args: argparse.Namespace) -> None:
@@ -323,9 +325,6 @@ def _demo(args: argparse.Namespace) -> None:
     print(f"wrote {out / 'report.md'} with its grids")
 
 
-#: How --depth and --guidance help texts name their default.
-MODEL_KNOBS = f"the model's own, from its {KNOBS_NAME}, else"
-
 def _explore(args: argparse.Namespace) -> None:
     from .demo import SHIPPED_MODELS
     from .explore_app import gradio, serve
@@ -376,22 +375,11 @@ def _predictors_train(args: argparse.Namespace) -> None:
     print(f"saved {out / 'predictors.safetensors'} and {out / 'predictors.json'}")
 
 
-def _settings(args: argparse.Namespace) -> Any:
-    from .metrics.suite import Settings, parse_seeds
-
-    if args.guidance is not None:
-        _floats(str(args.guidance), "--guidance")  # finite
-
-    return Settings(n=args.n, seeds=parse_seeds(args.seeds), steps=args.steps, guidance=args.guidance,
-                    depth=args.depth, abduction=args.abduction, solver=args.solver, batch_size=args.batch_size,
-                    subset=args.subset)
-
-
 def _evaluate(args: argparse.Namespace) -> None:
     from .evaluation import evaluate_run
     from .model import load_config
 
-    settings = _settings(args)
+    settings = from_flags(args)
     _output_folder(args.out, args.run, ("metrics.json", "report.md", "guidance-sweep.png"))
     dataset = _dataset(args, load_config(Path(args.run)).image_size)
     report = evaluate_run(args.run, dataset, args.predictors, args.out, settings, device="cpu" if args.cpu else None)
@@ -425,7 +413,7 @@ def _reproduce(args: argparse.Namespace) -> None:
     from .reproduce import reproduce
 
     use = dict(_pair(item, "--use") for item in args.use)
-    table = reproduce(args.dataset, args.out, args.train_steps, _settings(args), args.configs, use,
+    table = reproduce(args.dataset, args.out, args.train_steps, from_flags(args), args.configs, use,
                       args.predictors, args.jobs, train_seeds=args.train_seeds, data_root=args.data,
                       label_fractions=args.label_fractions or (), only=args.only)
     print(f"wrote {table}")
@@ -688,17 +676,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_evaluation_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--n", type=_positive_int, default=1000, help="interventions per seed (default 1000)")
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
-    parser.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps (default 50)")
-    parser.add_argument("--guidance", type=float, help=f"guidance weight w (default: {MODEL_KNOBS} {DEFAULT_GUIDANCE})")
-    parser.add_argument("--depth", type=_depth, help=f"inversion depth (default: {MODEL_KNOBS} {DEFAULT_DEPTH})")
-    parser.add_argument("--abduction", choices=["ddim", "noise"], default="ddim", help="x_T abduction (default ddim)")
-    _add_solver_flag(parser)
-    parser.add_argument("--batch-size", type=_positive_int, default=50,
-                        help="images per abduction (default 50, the fastest on a CPU; a GPU wants a few hundred)")
-    parser.add_argument("--subset", type=int, default=50,
-                        help="images of reversibility, the 10-cycle composition and the guidance sweep (default 50)")
+    add_flags(parser, {"n": _positive_int, "steps": _positive_int, "batch_size": _positive_int, "subset": int,
+                       "guidance": float, "depth": _depth})
 
 
 def _add_sampling_flags(parser: argparse.ArgumentParser, depth: bool) -> None:
@@ -717,9 +696,8 @@ def _add_sampling_flags(parser: argparse.ArgumentParser, depth: bool) -> None:
 
 
 def _add_solver_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--solver", choices=["ddim", "dpm++2m"], default="ddim",
-                        help="decoder: ddim, or dpm++2m (second order at the same network calls; the inversion "
-                             "stays DDIM) (default ddim)")
+    parser.add_argument("--solver", choices=list(typing.get_args(Solver)), default="ddim",
+                        help=f"{SOLVER_HELP} (default ddim)")
 
 
 def _depth(text: str) -> float:
@@ -730,7 +708,7 @@ def _depth(text: str) -> float:
 
 
 def _seed_list(text: str) -> list[int]:
-    from .metrics.suite import parse_seeds
+    from .metrics.settings import parse_seeds
 
     try:
         seeds = parse_seeds(text, "--train-seeds")

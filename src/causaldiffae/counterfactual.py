@@ -15,7 +15,6 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from numbers import Integral, Real
-from typing import Literal
 
 import numpy as np
 import torch
@@ -23,11 +22,9 @@ import torch
 from . import memory
 from .diffusion import ddim, dpm_solver
 from .images import to_signed, to_unit
+from .knobs import Abduction, Solver
 from .model import CausalDiffAE, Latents, Value
 
-Abduction = Literal["ddim", "noise"]
-#: The decoder of x_T: DDIM (first order) or DPM-Solver++(2M) (second order, the same calls; diffusion/dpm_solver.py).
-Solver = Literal["ddim", "dpm++2m"]
 SOLVERS: dict[str, ddim.Sampler] = {"ddim": ddim.sample, "dpm++2m": dpm_solver.sample}
 Images = torch.Tensor | np.ndarray
 #: Pixels (images x channels x height x width) that one encoder or UNet call sees at most: larger queries run as

@@ -12,7 +12,8 @@ from .data.base import ImageDataset
 from .images import save_grid
 from .metrics.predictors import load_predictors
 from .metrics.report import metrics_document, write_report
-from .metrics.suite import Settings, evaluate
+from .metrics.settings import Settings
+from .metrics.suite import evaluate
 from .model import CausalDiffAE
 
 

@@ -13,7 +13,7 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .atomic import write_text
 
@@ -24,6 +24,10 @@ from .atomic import write_text
 DEFAULT_DEPTH = 0.4
 DEFAULT_GUIDANCE = 1.5
 KNOBS_NAME = "knobs.json"
+#: How x_T is abducted: DDIM inversion, or the reference code's fresh noise (for comparison).
+Abduction = Literal["ddim", "noise"]
+#: The decoder of x_T: DDIM (first order) or DPM-Solver++(2M) (second order, the same calls; diffusion/dpm_solver.py).
+Solver = Literal["ddim", "dpm++2m"]
 
 
 @dataclass(frozen=True)

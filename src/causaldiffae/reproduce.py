@@ -26,7 +26,8 @@ from .evaluation import evaluate_run, portable
 from .knobs import read_knobs
 from .metrics.predictors import save_predictors, train_predictors
 from .metrics.report import fmt, pyplot, save_figure, table, to_json
-from .metrics.suite import Settings, summarize
+from .metrics.settings import Settings
+from .metrics.suite import summarize
 from .training import checkpoint, load_run_config, train
 
 
@@ -133,7 +134,7 @@ def reproduce(dataset: str, out: str | Path, steps: int, settings: Settings, con
                                                                    [*e.sets, *data_sets])
                    for e in trained for r in runs[e.name] if not _finished(r.run, steps)}, out / "logs", jobs)
         _parallel({f"evaluate-{e.name}{_suffix(r.seed)}": ["evaluate", str(r.run), "--predictors", str(predictors),
-                                                           "--out", str(r.eval), *_flags(evals[e.name])]
+                                                           "--out", str(r.eval), *evals[e.name].flags()]
                    + ([] if (r.run / "config.yaml").is_file() else ["--data", str(data.root)])
                    for e in plan for r in runs[e.name] if not _evaluated(r.run, r.eval, evals[e.name])},
                   out / "logs", jobs)
@@ -203,16 +204,6 @@ def _train_args(config_path: Path, run: Run, steps: int, data_sets: Sequence[str
     sets = [arg for item in _overrides(steps, run.seed, data_sets) for arg in ("--set", item)]
     return (["train", str(config_path), "--out", str(run.run), *sets]
             + (["--resume"] if checkpoint.latest(run.run) else []))
-
-
-def _flags(settings: Settings) -> list[str]:
-    """Settings -> the evaluate command's flags."""
-    knobs = [arg for flag, value in (("--guidance", settings.guidance), ("--depth", settings.depth))
-             if value is not None for arg in (flag, str(value))]  # None: the run's own knobs
-    return ["--n", str(settings.n), "--seeds", ",".join(map(str, settings.seeds)), "--steps", str(settings.steps),
-            *knobs, "--abduction", settings.abduction, "--solver", settings.solver,
-            "--batch-size", str(settings.batch_size),
-            "--subset", str(settings.subset)]
 
 
 def _parallel(commands: dict[str, list[str]], logs: Path, jobs: int) -> None:

@@ -20,60 +20,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
 from .. import memory
-from ..counterfactual import SOLVERS, Abduction, Solver, counterfactual, sweep
+from ..counterfactual import counterfactual, sweep
 from ..data.base import ImageDataset
-from ..knobs import Knobs
 from ..model import CausalDiffAE
 from . import dci, minimality, realism
 from .effectiveness import attribute_errors, movement, non_descendant_change, normalized
 from .predictors import Predictors
+from .settings import Settings
 from .truth import TrueSCM, known_labels, morphometry_labels, true_scm
 
 MULTI = "multi"
-
-
-@dataclass
-class Settings:
-    """What an evaluation run does; saved with its results."""
-
-    n: int = 1000
-    seeds: tuple[int, ...] = (0, 1, 2)
-    steps: int = 50
-    guidance: float | None = None
-    """None: the model's own (``model.knobs``, its knobs.json or the global defaults); so is ``depth``."""
-    depth: float | None = None
-    abduction: Abduction = "ddim"
-    solver: Solver = "ddim"
-    """The decoder: DDIM or DPM-Solver++(2M) (``counterfactual.SOLVERS``); the inversion is DDIM either way."""
-    batch_size: int = 50
-    """Images per abduction; 50 is the fastest on a CPU, a GPU wants a few hundred."""
-    subset: int = 50
-    """Images of the 10-cycle composition and the guidance sweep."""
-    cycles: int = 10
-    weights: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
-    dci_samples: int = 2000
-    examples: int = 6
-    """Images per variable in the example grids (seed of the first run only)."""
-
-    def __post_init__(self) -> None:
-        if self.n < 1 or self.batch_size < 1 or self.subset < 0 or self.cycles < 1 or self.steps < 1:
-            raise ValueError(f"evaluation settings must be positive: n={self.n}, batch_size={self.batch_size}, "
-                             f"subset={self.subset}, cycles={self.cycles}, steps={self.steps}")
-        if not self.seeds:
-            raise ValueError("give at least one seed")
-        if self.solver not in SOLVERS:
-            raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {self.solver!r}")
-
-    def resolved(self, knobs: Knobs) -> Settings:
-        """These settings with a depth or weight of None replaced by ``knobs``'."""
-        depth, guidance = knobs.resolve(self.depth, self.guidance)
-        return replace(self, depth=depth, guidance=guidance)
 
 
 @dataclass
@@ -438,17 +400,6 @@ def pixel_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def _mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return ((a.float().cpu() - b.float().cpu()) * 255).pow(2).mean(dim=(1, 2, 3))
-
-
-def parse_seeds(text: str, flag: str = "--seeds") -> tuple[int, ...]:
-    """'0,1,2' -> (0, 1, 2) with a clear error naming ``flag``."""
-    try:
-        seeds = tuple(int(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        raise ValueError(f"{flag} takes comma-separated integers, got {text!r}") from None
-    if not seeds:
-        raise ValueError(f"{flag} is empty")
-    return seeds
 
 
 def summarize(per_seed: Sequence[dict]) -> dict:
