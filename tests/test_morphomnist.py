@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from causaldiffae.cli import main
-from causaldiffae.data import GENERATORS, load_dataset, morphomnist
+from causaldiffae.data import BUILTIN, load_dataset, morphomnist
 from causaldiffae.data.idx import read_idx
 from causaldiffae.data.morphometry import foreground_median, measure, render, set_intensity, set_thickness
 from causaldiffae.data.morphomnist import sample_scm, true_counterfactual
@@ -254,7 +254,7 @@ def small_dataset(tmp_path_factory) -> Path:
 
 
 def test_generate_layout_and_exact_labels(small_dataset, mnist):
-    assert GENERATORS["morphomnist"] is morphomnist.generate
+    assert BUILTIN["morphomnist"].generate is morphomnist.generate
     columns, rows = _labels_csv(small_dataset)
     assert columns == ["file", "split", "thickness", "intensity", "digit", "source"]
     assert [r["split"] for r in rows] == ["train"] * 4 + ["val"] * 4 + ["test"] * 4
