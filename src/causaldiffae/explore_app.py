@@ -7,9 +7,11 @@ and (where the SCM is known) true counterfactual images, a traversal strip and d
 an error into a message in the page (the element ``#status``); the server keeps serving.
 """
 
+import atexit
 import functools
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +42,7 @@ def build_app(app: Explorer, title: str) -> Any:
     graph, variables = app.graph, app.graph.variables
     ranges = {v: _slider_range(app, v) for v in variables}
     downloads = Path(tempfile.mkdtemp(prefix="causaldiffae-explore-"))
+    atexit.register(shutil.rmtree, downloads, ignore_errors=True)  # the page's downloads end with the process
     # at most one DDIM step per training timestep of the default trajectory (a tiny test model has T = 100)
     knobs = app.model.knobs  # the model's own depth and weight (knobs.json), else the global defaults
     default_steps = min(DEFAULT_STEPS, round(knobs.depth * app.model.config.num_timesteps))
