@@ -61,8 +61,8 @@ def main() -> None:
             start, outs, recons = time.perf_counter(), [], []
             for s in range(0, args.n, args.batch):
                 sl = slice(s, s + args.batch)
-                r = counterfactual(model, x[sl], {var: values[sl].float()}, args.steps, depth=depth,
-                                   reconstruct=var == "angle", return_details=True)
+                r = counterfactual(model, x[sl], {var: values[sl].float()}, steps=args.steps, depth=depth,
+                                   reconstruct=var == "angle")
                 outs.append(r.images)
                 recons.append(r.reconstruction)
             seconds = time.perf_counter() - start
@@ -77,7 +77,7 @@ def main() -> None:
                 entry["seconds_with_reconstruction"] = round(seconds, 2)
     # throughput: counterfactual only (no reconstruction), guidance 1, 50 steps
     start = time.perf_counter()
-    counterfactual(model, x[: args.batch], {"angle": 10.0}, args.steps)
+    counterfactual(model, x[: args.batch], {"angle": 10.0}, steps=args.steps)
     results["counterfactual_img_per_s"] = round(min(args.batch, args.n) / (time.perf_counter() - start), 2)
     print(json.dumps(results, indent=2))
     out = Path(args.json)

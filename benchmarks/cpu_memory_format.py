@@ -33,9 +33,9 @@ def main() -> None:
     outputs = {}
     for name, fmt in (("contiguous", torch.contiguous_format), ("channels_last", torch.channels_last)):
         model = model.to(memory_format=fmt)
-        counterfactual(model, x[:2], {"angle": 10.0}, 2)  # warm-up
+        counterfactual(model, x[:2], {"angle": 10.0}, steps=2)  # warm-up
         start = time.perf_counter()
-        outputs[name] = counterfactual(model, x, {"angle": 10.0}, args.steps)
+        outputs[name] = counterfactual(model, x, {"angle": 10.0}, steps=args.steps).images
         seconds = time.perf_counter() - start
         results[name] = {"seconds": round(seconds, 2), "img_per_s": round(args.n / seconds, 2)}
     results["max_abs_difference"] = (outputs["contiguous"] - outputs["channels_last"]).abs().max().item()

@@ -53,8 +53,8 @@ def main() -> None:
                      "guidance": args.guidance, "spacing": {}}
     for spacing in ("leading", "trailing"):
         start = time.perf_counter()
-        images = sample(model, do, args.n, args.steps, args.guidance, torch.Generator().manual_seed(args.seed),
-                        batch.get("class"), spacing=spacing)
+        images = sample(model, do, args.n, steps=args.steps, guidance=args.guidance, classes=batch.get("class"),
+                        generator=torch.Generator().manual_seed(args.seed), spacing=spacing)
         seconds = time.perf_counter() - start
         means, real_means = images.mean(dim=(2, 3)) * 255, real.mean(dim=(2, 3)) * 255  # (n, C)
         entry = {"colour_cast": (means - real_means).abs().max(dim=1).values.mean().item(),

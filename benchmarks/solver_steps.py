@@ -49,8 +49,8 @@ def main() -> None:
                                     solver=solver)
             cell = tune(model, data, settings, progress=False)["grid"][0]
             start = time.perf_counter()
-            counterfactual(model, timed["image"], {first: timed["labels"][:, 0].flip(0)}, steps,
-                           classes=timed.get("class"), solver=solver)
+            counterfactual(model, timed["image"], {first: timed["labels"][:, 0].flip(0)}, steps=steps,
+                           solver=solver, classes=timed.get("class"))
             seconds = (time.perf_counter() - start) / len(timed["image"])
             row = {"solver": solver, "steps": steps, "true_cf_l1": cell["true_cf_l1"],
                    "true_cf_l1_sem": cell["true_cf_l1_sem"], "null_l1": cell["null_l1"],

@@ -124,9 +124,9 @@ def main() -> None:
     for bf16 in (False, True) if bf16_worth else (False,):
         for solver in ("ddim", "dpm++2m"):
             rows.append(measure(f"counterfactual, shipped Pendulum, {solver}",
-                                lambda s=solver: counterfactual(model, test["image"], do, 50, solver=s), args.images,
-                                1, bf16, ceilings))
-        rows.append(measure("sample from noise, shipped Pendulum", lambda: sample(model, {}, args.images, 50),
+                                lambda s=solver: counterfactual(model, test["image"], do, steps=50, solver=s),
+                                args.images, 1, bf16, ceilings))
+        rows.append(measure("sample from noise, shipped Pendulum", lambda: sample(model, {}, args.images, steps=50),
                             args.images, 1, bf16, ceilings))
 
     if not args.skip_reference:

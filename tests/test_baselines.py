@@ -108,9 +108,12 @@ def test_label_ddim_needs_complete_labels_for_a_counterfactual():
     labels = batch["labels"].clone()
     labels[0, LIGHT] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
-        counterfactual(model, batch["image"], {"angle": 0.0}, steps=2, labels=labels)
-    out = counterfactual(model, batch["image"], {"angle": 0.0}, steps=2, labels=batch["labels"])
-    assert out.shape == batch["image"].shape
+        counterfactual(model, batch["image"], {"angle": 0.0}, steps=2,
+                       latents=model.encode(batch["image"], labels=labels))
+    out = counterfactual(model, batch["image"], {"angle": 0.0}, steps=2,
+                         latents=model.encode(batch["image"], labels=batch["labels"]))
+    assert out.images.shape == batch["image"].shape
+    torch.testing.assert_close(out.labels_cf["angle"], torch.zeros(2), atol=1e-4, rtol=0)
 
 
 def test_label_ddim_trains_with_missing_labels():

@@ -46,8 +46,8 @@ def test_class_changes_the_decoded_image(class_run):
         for p in model.unet.parameters():  # the tiny run barely moved the zero-initialised output layers
             p.add_(0.05 * torch.randn_like(p))
     x = torch.rand(2, 3, TINY_SIZE, TINY_SIZE)
-    a = counterfactual(model, x, {"angle": 10.0}, steps=3, classes=torch.tensor([0, 0]))
-    b = counterfactual(model, x, {"angle": 10.0}, steps=3, classes=torch.tensor([2, 2]))
+    a = counterfactual(model, x, {"angle": 10.0}, steps=3, classes=torch.tensor([0, 0])).images
+    b = counterfactual(model, x, {"angle": 10.0}, steps=3, classes=torch.tensor([2, 2])).images
     assert not torch.allclose(a, b)
     with pytest.raises(ValueError, match="class"):
         counterfactual(model, x, {}, steps=2)

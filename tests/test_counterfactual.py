@@ -41,13 +41,14 @@ def images() -> torch.Tensor:
 def test_null_intervention_is_exact_when_eps_is_zero(images):
     model = _model(zero_eps=True)
     for depth in (1.0, 0.5):
-        out = counterfactual(model, images, {}, steps=10, depth=depth)
+        out = counterfactual(model, images, {}, steps=10, depth=depth).images
         assert torch.allclose(out, images, atol=1e-4), (depth, (out - images).abs().max())
 
 
 def test_noise_abduction_loses_the_image(images):
     model = _model(zero_eps=True)
-    out = counterfactual(model, images, {}, steps=10, abduction="noise", generator=torch.Generator().manual_seed(0))
+    out = counterfactual(model, images, {}, steps=10, abduction="noise",
+                         generator=torch.Generator().manual_seed(0)).images
     assert (out - images).abs().mean() > 0.05  # fresh noise at the top keeps almost nothing of x0
 
 
@@ -95,11 +96,11 @@ def test_guidance_is_batched_and_equals_the_separate_evaluations(images):
 
 def test_details_report_the_intervention_and_leave_non_descendants(images):
     model = _model()
-    r = counterfactual(model, images, {"angle": 20.0}, steps=4, reconstruct=True, return_details=True)
+    r = counterfactual(model, images, {"angle": 20.0}, steps=4, reconstruct=True)
     assert r.images.shape == images.shape and r.reconstruction.shape == images.shape
     assert r.images.min() >= 0 and r.images.max() <= 1
     names = model.graph.variables
-    assert torch.allclose(r.labels_cf[:, names.index("angle")], torch.full((3,), 20.0), atol=1e-4)
+    assert torch.allclose(r.labels_cf["angle"], torch.full((3,), 20.0), atol=1e-4)
     light = names.index("light")
     assert torch.equal(r.z_cf[:, light], r.z[:, light])  # not a descendant of angle: untouched
     assert not torch.allclose(r.z_cf[:, names.index("shadow_length")], r.z[:, names.index("shadow_length")])
@@ -112,16 +113,40 @@ def test_sweep_matches_single_queries(images):
     s = sweep(model, images, columns, steps=4)
     assert s.images.shape == (3, *images.shape)
     for k, (do, w) in enumerate(columns):
-        single = counterfactual(model, images, do, steps=4, guidance=w)
+        single = counterfactual(model, images, do, steps=4, guidance=w).images
         assert torch.allclose(s.images[k], single, atol=1e-5)
+
+
+def test_sweep_keeps_its_column_axis_for_one_column_and_arguments_after_do_are_keywords(images):
+    model = _model()
+    one = sweep(model, images, [({"angle": 5.0}, 1.0)], steps=3)
+    assert one.images.shape == (1, *images.shape) and one.z_cf.shape[0] == 1 and len(one) == 1
+    assert one.labels_cf["angle"].shape == (1, 3)
+    torch.testing.assert_close(one.column(0).images, counterfactual(model, images, {"angle": 5.0}, steps=3,
+                                                                    guidance=1.0).images)
+    with pytest.raises(TypeError):
+        counterfactual(model, images, {}, 3)  # steps by keyword only
+    with pytest.raises(TypeError):
+        sample(model, {}, 2, 3)
+
+
+def test_latents_given_are_used_instead_of_encoding(images, monkeypatch):
+    model = _model()
+    latents = model.encode(images)
+    expected = counterfactual(model, images, {"angle": 5.0}, steps=3).images
+    monkeypatch.setattr(model, "encode", lambda *a, **k: pytest.fail("encoded although latents were given"))
+    torch.testing.assert_close(counterfactual(model, images, {"angle": 5.0}, steps=3, latents=latents).images,
+                               expected)
+    with pytest.raises(ValueError, match="z must have shape"):
+        counterfactual(model, images, {}, steps=2, latents=latents._replace(z=latents.z[:2]))
 
 
 def test_per_image_values_and_joint_interventions(images):
     model = _model()
-    r = counterfactual(model, images, {"angle": [0.0, 10.0, 20.0], "light": 80.0}, steps=3, return_details=True)
-    names = model.graph.variables
-    assert torch.allclose(r.labels_cf[:, names.index("angle")], torch.tensor([0.0, 10.0, 20.0]), atol=1e-4)
-    assert torch.allclose(r.labels_cf[:, names.index("light")], torch.full((3,), 80.0), atol=1e-4)
+    r = counterfactual(model, images, {"angle": [0.0, 10.0, 20.0], "light": 80.0}, steps=3)
+    assert torch.allclose(r.labels_cf["angle"], torch.tensor([0.0, 10.0, 20.0]), atol=1e-4)
+    assert torch.allclose(r.labels_cf["light"], torch.full((3,), 80.0), atol=1e-4)
+    assert set(r.labels) == set(model.graph.variables) and r.labels["angle"].shape == (3,)
 
 
 @pytest.mark.parametrize("kwargs, message", [

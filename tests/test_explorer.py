@@ -62,7 +62,7 @@ def test_a_slider_move_only_decodes(app, monkeypatch):
     """The abduction (inversion and reconstruction) runs once per image, depth and steps."""
     calls = []
     original = explorer.abduct_noise
-    monkeypatch.setattr(explorer, "abduct_noise", lambda *a, **k: calls.append(a[3]) or original(*a, **k))
+    monkeypatch.setattr(explorer, "abduct_noise", lambda *a, **k: calls.append(k["steps"]) or original(*a, **k))
     app.choose(1)
     for value in (0.0, 10.0, 20.0):
         app.query({"angle": value}, **KNOBS)

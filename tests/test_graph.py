@@ -234,3 +234,17 @@ def test_label_normalisation_of_the_whole_graph_by_hand():
     assert graph.normalize(labels.double()).dtype == torch.float64
     with pytest.raises(ValueError, match=r"labels have 3 columns; the graph has 2 variables \(a, b\)"):
         graph.normalize(torch.zeros(4, 3))
+
+
+def test_labels_by_name_and_back(diamond):
+    import torch
+
+    columns = torch.arange(8.0).reshape(2, len(diamond.variables))
+    named = diamond.named(columns)
+    assert list(named) == diamond.variables
+    assert named[diamond.variables[1]].tolist() == [1.0, 5.0]
+    assert torch.equal(diamond.stacked(named), columns)
+    with pytest.raises(ValueError, match="missing"):
+        diamond.stacked({diamond.variables[0]: torch.zeros(2)})
+    with pytest.raises(ValueError, match="columns"):
+        diamond.named(torch.zeros(2, 3))

@@ -61,9 +61,9 @@ def test_from_pretrained_reads_the_knobs_and_counterfactuals_use_them(tmp_path):
     loaded = CausalDiffAE.from_pretrained(tmp_path)
     assert loaded.knobs.depth == 0.9
     x = torch.rand(2, 1, 8, 8)
-    own = counterfactual(loaded, x, {"a": 0.5}, steps=3, return_details=True).x_T
-    explicit = counterfactual(loaded, x, {"a": 0.5}, steps=3, depth=0.9, return_details=True).x_T
-    default = counterfactual(loaded, x, {"a": 0.5}, steps=3, depth=DEFAULT_DEPTH, return_details=True).x_T
+    own = counterfactual(loaded, x, {"a": 0.5}, steps=3).x_T
+    explicit = counterfactual(loaded, x, {"a": 0.5}, steps=3, depth=0.9).x_T
+    default = counterfactual(loaded, x, {"a": 0.5}, steps=3, depth=DEFAULT_DEPTH).x_T
     torch.testing.assert_close(own, explicit)
     assert (own - default).abs().max() > 1e-3  # deeper inversion: x_T shrinks further towards zero
     assert own.abs().mean() < default.abs().mean()

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from causaldiffae import CausalDiffAE, ModelConfig
-from causaldiffae.counterfactual import Counterfactual
+from causaldiffae.counterfactual import Sweep
 from causaldiffae.data.base import ImageDataset
 from causaldiffae.graph import CausalGraph
 from causaldiffae.metrics import dci, realism, suite
@@ -224,21 +224,19 @@ def shifted(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list]:
     model = CausalDiffAE(ModelConfig(graph=SUITE_GRAPH.to_dict(), image_size=SIZE, channels=3, **TINY)).eval()
     calls: list = []
 
-    def fake_sweep(model, x, columns, *args, **kwargs) -> Counterfactual:
+    def fake_sweep(model, x, columns, *, reconstruct=False, **kwargs) -> Sweep:
         if len(columns) == 2:  # the main pass: (single, w), (multi, w); the guidance sweep has 2 * 3 columns
             calls.append((x.clone(), dict(columns[0][0]), dict(columns[1][0])))
-        images = torch.stack([_fake_images(x, do, w) for do, w in columns])
-        zeros = torch.zeros(len(columns), len(x), len(SUITE_GRAPH))
-        return Counterfactual(images, x, zeros, zeros, zeros[0], zeros)
-
-    def fake_counterfactual(model, x, do, steps=50, guidance=1.0, *args, **kwargs) -> torch.Tensor:
-        return _fake_images(x, do, guidance)
+        images = torch.stack([_fake_images(x, do, w) for do, w in columns])  # composition: do = {} -> SHIFT
+        zeros = torch.zeros(len(columns), len(x), len(SUITE_GRAPH), 1)
+        named = SUITE_GRAPH.named(zeros[..., 0])
+        return Sweep(images, x, zeros[0], zeros, {k: v[0] for k, v in named.items()}, named,
+                     x if reconstruct else None)
 
     settings = Settings(n=4, seeds=(0,), steps=2, guidance=1.0, batch_size=4, subset=2, cycles=10,
                         weights=(0.0, 1.0, 2.0), dci_samples=8, examples=1)  # w = 1: one SHIFT per counterfactual
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(suite, "sweep", fake_sweep)
-        patch.setattr(suite, "counterfactual", fake_counterfactual)
         results = evaluate(model, data, BrightnessPredictors(), settings, progress=False)
     return results["seeds"][0], calls
 

@@ -10,7 +10,7 @@ import torch
 
 from causaldiffae import CausalDiffAE, Latents, ModelConfig
 from causaldiffae.data import pendulum
-from conftest import TINY
+from conftest import TINY, ab_model
 
 NAMES = list(pendulum.VARIABLES)  # angle, light, shadow_length, shadow_position
 ANGLE, LIGHT, LENGTH, POSITION = range(4)
@@ -390,3 +390,17 @@ def test_state_dict_of_another_architecture(saved, tmp_path):
     (other / "model_config.json").write_bytes((folder / "model_config.json").read_bytes())
     with pytest.raises(ValueError, match="wrong shape"):
         CausalDiffAE.from_pretrained(other)
+
+
+def test_generated_latents_follow_the_mechanisms_with_zero_noise():
+    """z_a = normalised a broadcast over the block; z_b = f_b(z_a) + u_b with u_b = 0; a given b overrides f_b."""
+    model = ab_model()
+    a = model.graph["a"]
+    with torch.no_grad():
+        z = model.generate_latents({"a": [a.denormalize(0.5), a.denormalize(-1.0)]}, 2)
+        assert torch.allclose(z[:, 0], torch.tensor([[0.5, 0.5], [-1.0, -1.0]]))
+        torch.testing.assert_close(z[:, 1], model.causal_layer.mechanisms["b"](z[:, 0]))
+        both = model.generate_latents({"a": a.denormalize(0.5), "b": model.graph["b"].denormalize(0.25)}, 1)
+        assert torch.allclose(both[0], torch.tensor([[0.5, 0.5], [0.25, 0.25]]))
+    with pytest.raises(ValueError, match=r"root variable; missing \['a'\]"):
+        model.generate_latents({"b": 1.0}, 1)

@@ -227,29 +227,37 @@ def _counterfactual(args: argparse.Namespace) -> None:
         columns = [(fixed, w) for w in weights]
         headers = [f"w={w:g}" for w in weights] if len(weights) > 1 else ["counterfactual"]
     generator = torch.Generator().manual_seed(args.seed)
-    factual = None if labels is None else torch.tensor([[row[v] for v in model.graph.variables] for row in labels])
-    result = sweep(model, x, columns, args.steps, args.abduction, depth, reconstruct=True, generator=generator,
-                   classes=classes, labels=factual, solver=args.solver)
-    images = result.images if len(columns) > 1 else result.images[None]  # (k, B, C, H, W)
-    labels_cf = result.labels_cf if len(columns) > 1 else result.labels_cf[None]
+    latents = None
+    if model.encoder is None:  # the label-conditional baseline abducts from the factual labels, not the image
+        if labels is None:
+            raise ValueError("this label-conditional model reads no image: pick images of a dataset (--index), whose "
+                             "labels it needs")
+        latents = model.encode(x, labels=model.graph.stacked({v: [row[v] for row in labels]
+                                                              for v in model.graph.variables}))
+    result = sweep(model, x, columns, steps=args.steps, depth=depth, abduction=args.abduction, solver=args.solver,
+                   classes=classes, generator=generator, latents=latents, reconstruct=True)
     if len(columns) == 1:
-        save_grid(out, [x, result.reconstruction, images[0]], ["factual", "recon", "counterfactual"])
+        save_grid(out, [x, result.reconstruction, result.images[0]], ["factual", "recon", "counterfactual"])
     else:
-        rows = [torch.cat([x[b : b + 1], result.reconstruction[b : b + 1], images[:, b].cpu()]) for b in range(len(x))]
+        rows = [torch.cat([x[b : b + 1], result.reconstruction[b : b + 1], result.images[:, b].cpu()])
+                for b in range(len(x))]
         save_grid(out, rows, [f"image {b}" for b in range(len(x))], ["factual", "recon", *headers])
-    variables = model.graph.variables
     report = {
         "images": names, "factual_labels": labels,
         "settings": {"steps": args.steps, "depth": depth, "abduction": args.abduction, "solver": args.solver,
                      "seed": args.seed},
-        "model_factual_estimate": [dict(zip(variables, r.tolist(), strict=True)) for r in result.labels],
-        "columns": [{"do": do, "guidance": w,
-                     "model_counterfactual_estimate": [dict(zip(variables, r.tolist(), strict=True))
-                                                       for r in labels_cf[i]]}
+        "model_factual_estimate": _per_image(result.labels),
+        "columns": [{"do": do, "guidance": w, "model_counterfactual_estimate": _per_image(result.column(i).labels_cf)}
                     for i, (do, w) in enumerate(columns)],
     }
     write_text(report_path, to_json(report, indent=2))
     print(f"wrote {out} and {report_path}")
+
+
+def _per_image(labels: dict[str, Any]) -> list[dict[str, float]]:
+    """{name: (B,)} -> one {name: value} per image, for the JSON report."""
+    names = list(labels)
+    return [dict(zip(names, row, strict=True)) for row in zip(*(labels[k].tolist() for k in names), strict=True)]
 
 
 def _outputs(args: argparse.Namespace, *paths: Path) -> None:
@@ -312,8 +320,8 @@ def _sample(args: argparse.Namespace) -> None:
     memory.check(args.n * (3 * tile**2 + 2 * 4 * pixels), f"--n {args.n:,} images of {size}x{size}",
                  "ask for fewer images (--n)")
     generator = torch.Generator().manual_seed(args.seed)
-    images = sample(model, fixed, args.n, args.steps, _floats(args.guidance, "--guidance")[0], generator,
-                    _classes(args, model, args.n))
+    images = sample(model, fixed, args.n, steps=args.steps, guidance=_floats(args.guidance, "--guidance")[0],
+                    classes=_classes(args, model, args.n), generator=generator)
     save_grid(args.out, [images])
     print(f"wrote {args.n} samples to {args.out}")
 

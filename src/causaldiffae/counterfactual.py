@@ -33,20 +33,45 @@ Images = torch.Tensor | np.ndarray
 MAX_PIXELS_PER_CALL = 1 << 24
 
 
-@dataclass
+@dataclass(frozen=True)
 class Counterfactual:
-    """Everything a counterfactual query produces; images in [0, 1], labels in label units (B, n)."""
+    """One counterfactual query's result: images in [0, 1], latents (B, n, d), labels by variable name (B,)."""
+
+    images: torch.Tensor
+    """The counterfactual images (B, C, H, W)."""
+    x_T: torch.Tensor
+    """The abducted noise both the counterfactual and the reconstruction decode from."""
+    z: torch.Tensor
+    z_cf: torch.Tensor
+    labels: dict[str, torch.Tensor]
+    """The model's reading of the factual latents, in label units: what it thinks each variable is."""
+    labels_cf: dict[str, torch.Tensor]
+    """The model's reading of the counterfactual latents: what it thinks each variable becomes."""
+    reconstruction: torch.Tensor | None = None
+    """The same x_T decoded with the factual z (the null intervention), when asked for."""
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """Several (do, guidance) columns of the same images from one abduction: a traversal or a guidance sweep.
+    Like ``Counterfactual`` with a leading column axis k on ``images`` (k, B, C, H, W), ``z_cf`` (k, B, n, d) and
+    every ``labels_cf`` entry (k, B), however many columns there are."""
 
     images: torch.Tensor
     x_T: torch.Tensor
     z: torch.Tensor
     z_cf: torch.Tensor
-    labels: torch.Tensor
-    """The model's reading of the factual latents."""
-    labels_cf: torch.Tensor
-    """The model's reading of the counterfactual latents: what it thinks every variable becomes."""
+    labels: dict[str, torch.Tensor]
+    labels_cf: dict[str, torch.Tensor]
     reconstruction: torch.Tensor | None = None
-    """The same x_T decoded with the factual z (the null intervention), when asked for."""
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def column(self, i: int) -> Counterfactual:
+        """Column i as one ``Counterfactual``."""
+        return Counterfactual(self.images[i], self.x_T, self.z, self.z_cf[i], self.labels,
+                              {k: v[i] for k, v in self.labels_cf.items()}, self.reconstruction)
 
 
 def guided_denoiser(model: CausalDiffAE, cond: torch.Tensor, guidance: float) -> ddim.Denoiser:
@@ -67,12 +92,12 @@ def guided_denoiser(model: CausalDiffAE, cond: torch.Tensor, guidance: float) ->
 
 
 @torch.inference_mode()
-def abduct_noise(model: CausalDiffAE, x: Images, z: torch.Tensor, steps: int = 50, depth: float | None = None,
-                 abduction: Abduction = "ddim", generator: torch.Generator | None = None,
-                 classes: torch.Tensor | None = None) -> torch.Tensor:
+def abduct_noise(model: CausalDiffAE, x: Images, z: torch.Tensor, *, steps: int = 50, depth: float | None = None,
+                 abduction: Abduction = "ddim", classes: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
     """x_T of images x in [0, 1] given their factual latents z: DDIM inversion, or fresh noise at the top;
     ``depth`` None = the model's own (``model.knobs``)."""
-    depth = model.knobs.depth if depth is None else depth
+    depth, _ = model.knobs.resolve(depth, None)
     x = model.prepare_images(x)
     z = _latents(model, z, len(x))
     _check_knobs(steps, depth)
@@ -92,14 +117,15 @@ def abduct_noise(model: CausalDiffAE, x: Images, z: torch.Tensor, steps: int = 5
 
 
 @torch.inference_mode()
-def decode(model: CausalDiffAE, x_T: torch.Tensor, z: torch.Tensor, steps: int = 50, guidance: float = 1.0,
-           depth: float | None = None, classes: torch.Tensor | None = None, clip: bool = False,
-           spacing: ddim.Spacing = "leading", solver: Solver = "ddim") -> torch.Tensor:
-    """DDIM decoding of x_T with latents z (B, n, d) and guidance weight w -> images in [0, 1]; ``clip`` the
-    predicted x0 only when x_T is fresh noise, not an inversion; ``spacing="trailing"`` when x_T is pure noise
-    (the trajectory then starts at t = T - 1; see ``ddim.timesteps``); ``depth`` None = the model's own;
-    ``solver`` "dpm++2m" decodes with the second-order multistep solver over the same timesteps."""
-    depth = model.knobs.depth if depth is None else depth
+def decode(model: CausalDiffAE, x_T: torch.Tensor, z: torch.Tensor, *, steps: int = 50,
+           guidance: float | None = None, depth: float | None = None, solver: Solver = "ddim",
+           classes: torch.Tensor | None = None, clip: bool = False, spacing: ddim.Spacing = "leading") -> torch.Tensor:
+    """Decoding of x_T with latents z (B, n, d) and guidance weight w -> images in [0, 1]; ``guidance`` and
+    ``depth`` None = the model's own; ``solver`` "dpm++2m" decodes with the second-order multistep solver over the
+    same timesteps; ``clip`` the predicted x0 only when x_T is fresh noise, not an inversion;
+    ``spacing="trailing"`` when x_T is pure noise (the trajectory then starts at t = T - 1; see
+    ``ddim.timesteps``)."""
+    depth, guidance = model.knobs.resolve(depth, guidance)
     x_T = _tensor(model, x_T, "x_T")
     z = _latents(model, z, len(x_T))
     _check_knobs(steps, depth)
@@ -107,20 +133,21 @@ def decode(model: CausalDiffAE, x_T: torch.Tensor, z: torch.Tensor, steps: int =
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {solver!r}")
     cond = model.condition(z, x_T.shape[0], classes)
-    x0 = _in_calls(model, len(x_T), guidance, lambda s: SOLVERS[solver](guided_denoiser(model, cond[s], guidance),
-                                                                        x_T[s], model.schedule, steps, depth,
-                                                                        clip=clip, spacing=spacing))
+    x0 = _in_calls(model, len(x_T), guidance,
+                   lambda s: SOLVERS[solver](guided_denoiser(model, cond[s], guidance), x_T[s], model.schedule,
+                                             steps, depth, clip=clip, spacing=spacing))
     _check_finite(x0, "decoded images", guidance)
     return to_unit(x0)
 
 
 @torch.inference_mode()
-def counterfactual(model: CausalDiffAE, x: Images, do: Mapping[str, Value], steps: int = 50,
-                   guidance: float | None = None, abduction: Abduction = "ddim", depth: float | None = None,
-                   reconstruct: bool = False, generator: torch.Generator | None = None,
-                   return_details: bool = False, classes: torch.Tensor | None = None,
-                   labels: torch.Tensor | None = None, solver: Solver = "ddim") -> torch.Tensor | Counterfactual:
-    """Counterfactual images of ``x`` (B, C, H, W) in [0, 1] under ``do`` = {name: value in label units}.
+def counterfactual(model: CausalDiffAE, x: Images, do: Mapping[str, Value], *, steps: int = 50,
+                   guidance: float | None = None, depth: float | None = None, abduction: Abduction = "ddim",
+                   solver: Solver = "ddim", classes: torch.Tensor | None = None,
+                   generator: torch.Generator | None = None, latents: Latents | None = None,
+                   reconstruct: bool = False) -> Counterfactual:
+    """The counterfactual of images ``x`` (B, C, H, W) in [0, 1] under ``do`` = {name: value in label units}:
+    ``counterfactual(model, x, {"angle": 30}).images``.
 
     ``x`` is a tensor or numpy array of any float type (converted to the model's); an empty batch, NaN or inf
     pixels, a non-integer ``steps`` or a non-finite ``guidance`` are refused by name, and so are outputs that come
@@ -129,30 +156,28 @@ def counterfactual(model: CausalDiffAE, x: Images, do: Mapping[str, Value], step
     A value is a scalar or one value per image; several variables at once are one joint intervention;
     ``do={}`` reconstructs. ``depth`` in (0, 1] inverts only part of the way (1.0 = all the way to x_T);
     ``guidance`` and ``depth`` None take the model's own knobs (``model.knobs``: its ``knobs.json``, else the
-    global defaults 1.5 and 0.4).
-    ``reconstruct`` also decodes the factual latents in the same batch. Returns the images, or a
-    ``Counterfactual`` with x_T, z, z_cf and the model's label estimates when ``return_details``.
-    ``classes`` (B,) is the extra class condition of a model trained with one (``num_classes > 0``);
-    ``labels`` (B, n) the factual labels that the label-conditional baseline needs in place of an encoder;
-    ``solver`` the decoder ("dpm++2m": second order at the same calls; the inversion stays DDIM).
+    global defaults 1.5 and 0.4). ``solver`` is the decoder ("dpm++2m": second order at the same calls; the
+    inversion stays DDIM). ``classes`` (B,) is the extra class condition of a model trained with one
+    (``num_classes > 0``). ``latents`` are the factual latents when they are already known (``model.encode(x)``;
+    the label-conditional baseline's come from the factual labels: ``model.encode(x, labels=...)``), else ``x``
+    is encoded. ``reconstruct`` also decodes the factual latents in the same batch.
     """
-    result = sweep(model, x, [(do, guidance)], steps, abduction, depth, reconstruct, generator, classes, labels,
-                   solver)
-    return result if return_details else result.images
+    return sweep(model, x, [(do, guidance)], steps=steps, depth=depth, abduction=abduction, solver=solver,
+                 classes=classes, generator=generator, latents=latents, reconstruct=reconstruct).column(0)
 
 
 @torch.inference_mode()
-def sweep(model: CausalDiffAE, x: Images, columns: Sequence[tuple[Mapping[str, Value], float | None]],
-          steps: int = 50, abduction: Abduction = "ddim", depth: float | None = None, reconstruct: bool = False,
-          generator: torch.Generator | None = None, classes: torch.Tensor | None = None,
-          labels: torch.Tensor | None = None, solver: Solver = "ddim") -> Counterfactual:
-    """Several (do, guidance) queries of the same images with one abduction: a traversal or guidance sweep.
+def sweep(model: CausalDiffAE, x: Images, columns: Sequence[tuple[Mapping[str, Value], float | None]], *,
+          steps: int = 50, depth: float | None = None, abduction: Abduction = "ddim", solver: Solver = "ddim",
+          classes: torch.Tensor | None = None, generator: torch.Generator | None = None,
+          latents: Latents | None = None, reconstruct: bool = False) -> Sweep:
+    """Several (do, guidance) columns of the same images with one abduction: a traversal or guidance sweep.
 
-    Returns a ``Counterfactual`` whose ``images``, ``z_cf`` and ``labels_cf`` carry a leading column axis
-    (k, B, ...); the decodes of all columns (and the reconstruction) run as one batch per weight, in calls of at
-    most ``MAX_PIXELS_PER_CALL`` pixels. A weight or ``depth`` of None is the model's own (``model.knobs``).
+    The decodes of all columns (and the reconstruction) run as one batch per weight, in calls of at most
+    ``MAX_PIXELS_PER_CALL`` pixels. A weight or ``depth`` of None is the model's own (``model.knobs``); the other
+    arguments are ``counterfactual``'s.
     """
-    depth = model.knobs.depth if depth is None else depth
+    depth, _ = model.knobs.resolve(depth, None)
     x = model.prepare_images(x)
     if x.min() < 0 or x.max() > 1:
         raise ValueError(f"images must lie in [0, 1], got values in [{x.min().item():.3g}, {x.max().item():.3g}]")
@@ -162,35 +187,30 @@ def sweep(model: CausalDiffAE, x: Images, columns: Sequence[tuple[Mapping[str, V
     memory.check(outputs_per_image * x[0].numel() * x.element_size() * len(x),
                  f"a sweep of {len(columns):,} columns over {len(x):,} images", "ask for fewer columns or images",
                  x.device)
-    per = _per_call(model, 1.0)
-    parts = [model.encode(x[s], labels=None if labels is None else torch.as_tensor(labels)[s])
-             for s in _slices(len(x), per)]
-    lat = Latents(*(torch.cat(p) for p in zip(*parts, strict=True)))
-    x_T = abduct_noise(model, x, lat.z, steps, depth, abduction, generator, classes)
+    lat = _encoded(model, x) if latents is None else _given(model, latents, len(x))
+    x_T = abduct_noise(model, x, lat.z, steps=steps, depth=depth, abduction=abduction, classes=classes,
+                       generator=generator)
     z_cfs = torch.stack([model.intervene(lat, do) if do else lat.z for do, _ in columns])  # (k, B, n, d)
     queries = [(z_cfs[i], w) for i, (_, w) in enumerate(columns)]
     if reconstruct:
         queries.append((lat.z, columns[0][1]))
-    outputs: list[torch.Tensor | None] = [None] * len(queries)
+    outputs: list[torch.Tensor] = [x_T] * len(queries)  # each slot replaced by its decode below
     for w in dict.fromkeys(w for _, w in queries):  # one batched decode per distinct weight
         picked = [i for i, (_, wi) in enumerate(queries) if wi == w]
         repeated = None if classes is None else torch.as_tensor(classes).repeat(len(picked))
         images = decode(model, x_T.repeat(len(picked), 1, 1, 1), torch.cat([queries[i][0] for i in picked]),
-                        steps, w, depth, repeated, clip=abduction == "noise",  # fresh noise: clip as the reference
-                        solver=solver)
+                        steps=steps, guidance=w, depth=depth, solver=solver, classes=repeated,
+                        clip=abduction == "noise")  # fresh noise: clip as the reference
         for i, chunk in zip(picked, images.chunk(len(picked)), strict=True):
             outputs[i] = chunk
-    images = torch.stack(outputs[: len(columns)])  # type: ignore[arg-type]
-    recon = outputs[-1] if reconstruct else None
-    labels_cf = torch.stack([model.read_labels(z) for z in z_cfs])
-    if len(columns) == 1:
-        return Counterfactual(images[0], x_T, lat.z, z_cfs[0], model.read_labels(lat.z), labels_cf[0], recon)
-    return Counterfactual(images, x_T, lat.z, z_cfs, model.read_labels(lat.z), labels_cf, recon)
+    labels_cf = model.read_labels(z_cfs.flatten(0, 1)).unflatten(0, z_cfs.shape[:2])  # (k, B, n)
+    return Sweep(torch.stack(outputs[: len(columns)]), x_T, lat.z, z_cfs, model.graph.named(model.read_labels(lat.z)),
+                 model.graph.named(labels_cf), outputs[-1] if reconstruct else None)
 
 
 @torch.inference_mode()
-def sample(model: CausalDiffAE, do: Mapping[str, Value], n: int, steps: int = 50, guidance: float = 1.0,
-           generator: torch.Generator | None = None, classes: torch.Tensor | None = None,
+def sample(model: CausalDiffAE, do: Mapping[str, Value], n: int, *, steps: int = 50, guidance: float = 1.0,
+           classes: torch.Tensor | None = None, generator: torch.Generator | None = None,
            spacing: ddim.Spacing = "trailing") -> torch.Tensor:
     """New images (n, C, H, W) in [0, 1] with the given variables set: no factual image needed.
 
@@ -198,6 +218,8 @@ def sample(model: CausalDiffAE, do: Mapping[str, Value], n: int, steps: int = 50
     graph gives none); other variables follow their mechanisms with zero exogenous noise; x_T ~ N(0, I) is the
     state at t = T - 1 (the full trajectory in "trailing" spacing), not at the inversion depth of counterfactuals;
     ``spacing="leading"`` starts at T - T/steps instead (compared in ``benchmarks/samples_from_noise.py``).
+    ``guidance`` is 1 (the plain conditional model) unless given: a model's own weight is chosen for
+    counterfactuals.
     """
     if isinstance(n, bool) or not isinstance(n, Integral) or n < 1:
         raise ValueError(f"n must be a positive integer (the number of images), got {n!r}")
@@ -206,7 +228,7 @@ def sample(model: CausalDiffAE, do: Mapping[str, Value], n: int, steps: int = 50
     device = next(model.parameters()).device
     pixels = model.config.channels * model.config.image_size**2
     memory.check(2 * n * pixels * 4, f"sampling {n:,} images", "ask for fewer images (n)", device)
-    d, graph = model.config.latent_dim, model.graph
+    graph = model.graph
     values: dict[str, Value] = dict(do)
     for var in graph.nodes:
         if var.name in values or graph.parents(var.name):
@@ -214,11 +236,11 @@ def sample(model: CausalDiffAE, do: Mapping[str, Value], n: int, steps: int = 50
         r = torch.rand(n, generator=generator)
         values[var.name] = (var.range[0] + r * (var.range[1] - var.range[0])) if var.range \
             else var.denormalize(torch.randn(n, generator=generator))
-    zeros = torch.zeros(n, len(graph), d, device=device)
-    z = model.intervene(Latents(zeros, zeros, zeros, zeros), values)  # every block is a root or descendant
+    z = model.generate_latents(values, n)  # every block is a root or a descendant
     x_T = torch.randn((n, model.config.channels, model.config.image_size, model.config.image_size),
                       generator=generator).to(device)
-    return decode(model, x_T, z, steps, guidance, depth=1.0, classes=classes, clip=True, spacing=spacing)
+    return decode(model, x_T, z, steps=steps, guidance=guidance, depth=1.0, classes=classes, clip=True,
+                  spacing=spacing)
 
 
 def _check_knobs(steps: int, depth: float) -> None:
@@ -288,6 +310,19 @@ def _per_call(model: CausalDiffAE, guidance: float) -> int:
     """Images per UNet call: ``MAX_PIXELS_PER_CALL`` pixels, halved where guidance evaluates two branches."""
     pixels = model.config.channels * model.config.image_size**2 * (1 if guidance in (0.0, 1.0) else 2)
     return max(1, MAX_PIXELS_PER_CALL // pixels)
+
+
+def _encoded(model: CausalDiffAE, x: torch.Tensor) -> Latents:
+    """``model.encode`` in calls of at most ``MAX_PIXELS_PER_CALL`` pixels."""
+    parts = [model.encode(x[s]) for s in _slices(len(x), _per_call(model, 1.0))]
+    return Latents(*(torch.cat(p) for p in zip(*parts, strict=True)))
+
+
+def _given(model: CausalDiffAE, latents: Latents, batch: int) -> Latents:
+    """Factual latents handed in by the caller, checked like any other input."""
+    if not isinstance(latents, Latents):
+        raise ValueError(f"latents must be the Latents of model.encode, got {type(latents).__name__}")
+    return Latents(*(_latents(model, t, batch) for t in latents))
 
 
 def _slices(n: int, per: int) -> list[slice]:

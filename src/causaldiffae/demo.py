@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .atomic import write_text
-from .counterfactual import sweep
+from .counterfactual import counterfactual, sweep
 from .data import BUILTIN, morphomnist, pendulum
 from .images import from_uint8, save_grid
 from .model import CausalDiffAE
@@ -128,7 +128,8 @@ def _model_section(model: CausalDiffAE, title: str, out: Path, prefix: str, step
     sections = []
     for var in model.graph.nodes:
         values = source.values(var.name, n_values)
-        result = sweep(model, x, [({var.name: v}, guidance) for v in values], steps, depth=depth, classes=classes)
+        result = sweep(model, x, [({var.name: v}, guidance) for v in values], steps=steps, depth=depth,
+                       classes=classes)
         truth = torch.stack([torch.stack([source.truth(b, {var.name: v}) for v in values])
                              for b in range(len(x))])  # (B, k, C, H, W)
         rows, labels = [], []
@@ -143,7 +144,7 @@ def _model_section(model: CausalDiffAE, title: str, out: Path, prefix: str, step
                         f"Rows alternate the model's counterfactual and the rendered truth; the first column is "
                         f"the factual image. Mean absolute pixel error to the truth: model {model_err:.4f}, "
                         f"factual image as the answer {noop_err:.4f} (on [0, 1]).\n")
-    recon = sweep(model, x, [({}, 1.0)], steps, depth=depth, classes=classes).images  # one column: (B, C, H, W)
+    recon = counterfactual(model, x, {}, steps=steps, guidance=1.0, depth=depth, classes=classes).images
     save_grid(out / f"{prefix}reconstruction.png", [x, recon], ["data", "recon"])
     recon_err = (recon - x).abs().mean().item()
     return (f"## {title}\n\nInversion depth {depth:g}, guidance {guidance:g}.\n\n"

@@ -163,8 +163,10 @@ class Explorer:
         choice = self._current()
         key = (id(choice), float(depth), int(steps))
         if key not in self._cache:
-            x_T = abduct_noise(self.model, choice.x, choice.latents.z, steps, depth, classes=choice.classes)
-            recon = decode(self.model, x_T, choice.latents.z, steps, 1.0, depth, choice.classes)
+            x_T = abduct_noise(self.model, choice.x, choice.latents.z, steps=steps, depth=depth,
+                               classes=choice.classes)
+            recon = decode(self.model, x_T, choice.latents.z, steps=steps, guidance=1.0, depth=depth,
+                           classes=choice.classes)
             self._cache[key] = (x_T, recon)
             while len(self._cache) > CACHE_SIZE:
                 self._cache.popitem(last=False)
@@ -199,7 +201,8 @@ class Explorer:
         start = time.perf_counter()
         x_T, recon = self.abduct(depth, steps)
         z_cf = self.model.intervene(choice.latents, do) if do else choice.latents.z
-        cf = decode(self.model, x_T, z_cf, steps, guidance, depth, choice.classes) if do else recon
+        cf = decode(self.model, x_T, z_cf, steps=steps, guidance=guidance, depth=depth, classes=choice.classes) \
+            if do else recon
         seconds = time.perf_counter() - start
         truth = None
         if self.scm is not None and choice.row is not None and do:
@@ -235,7 +238,8 @@ class Explorer:
         x_T, _ = self.abduct(depth, steps)
         z = torch.cat([self.model.intervene(choice.latents, {name: v}) for v in values])
         classes = None if choice.classes is None else choice.classes.repeat(len(values))
-        images = decode(self.model, x_T.repeat(len(values), 1, 1, 1), z, steps, guidance, depth, classes)
+        images = decode(self.model, x_T.repeat(len(values), 1, 1, 1), z, steps=steps, guidance=guidance, depth=depth,
+                        classes=classes)
         strip = np.concatenate([_display(im, DISPLAY_SIZE // 2) for im in to_uint8(images)], axis=1)
         return strip, values
 

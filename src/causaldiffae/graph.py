@@ -202,6 +202,22 @@ class CausalGraph:
         centre, half = self._scales(values)
         return values * half + centre
 
+    def named(self, columns: Any) -> dict[str, Any]:
+        """Labels (..., n), one column per variable -> {name: (...)}: how users see labels."""
+        if columns.shape[-1] != len(self.nodes):
+            raise ValueError(f"labels have {columns.shape[-1]} columns; the graph has {len(self.nodes)} variables "
+                             f"({', '.join(self.variables)})")
+        return {name: columns[..., i] for i, name in enumerate(self.variables)}
+
+    def stacked(self, labels: Mapping[str, Any]) -> Any:
+        """{name: (...)} with every variable -> a tensor (..., n) in ``variables`` order: the inverse of ``named``."""
+        missing, unknown = [v for v in self.variables if v not in labels], sorted(set(labels) - set(self.variables))
+        if missing or unknown:
+            raise ValueError(f"labels need exactly the graph's variables: missing {missing}, unknown {unknown}")
+        import torch
+
+        return torch.stack([torch.as_tensor(labels[v]) for v in self.variables], dim=-1)
+
     def _scales(self, like: Any) -> tuple[Any, Any]:
         """Every variable's (centre, half-width) as two (n,) tensors of ``like``'s dtype and device."""
         if like.shape[-1] != len(self.nodes):

@@ -165,12 +165,23 @@ class CausalDiffAE(nn.Module):
     def intervene(self, latents: Latents, do: Mapping[str, Value]) -> torch.Tensor:
         """do(name = value in label units) -> counterfactual z (B, n, d); descendants are recomputed
         through the mechanisms with the same u, every other block is bit-identical to the factual z."""
-        b = latents.z.shape[0]
-        blocks = {}
-        for name, value in do.items():
-            ynorm = self.graph[name].normalize(_per_image(value, b, name, latents.z))  # (B,)
-            blocks[name] = ynorm[:, None].expand(b, self.config.latent_dim)
-        return self.causal_layer(latents.u, do=blocks, factual=latents.z)
+        return self.causal_layer(latents.u, do=self._blocks(do, latents.z), factual=latents.z)
+
+    def generate_latents(self, values: Mapping[str, Value], n: int) -> torch.Tensor:
+        """z (n, nv, d) of images that no encoder has seen: the given variables take ``values`` (label units), the
+        others follow their mechanisms with zero exogenous noise (u = 0); every root needs a value."""
+        roots = [v for v in self.graph.variables if not self.graph.parents(v) and v not in values]
+        if roots:
+            raise ValueError(f"generating latents needs a value for every root variable; missing {roots}")
+        param = next(self.parameters())
+        u = torch.zeros(n, len(self.graph), self.config.latent_dim, device=param.device, dtype=param.dtype)
+        return self.causal_layer(u, do=self._blocks(values, u))
+
+    def _blocks(self, do: Mapping[str, Value], like: torch.Tensor) -> dict[str, torch.Tensor]:
+        """do values in label units -> normalised latent blocks (B, d), one value broadcast over each block."""
+        b = like.shape[0]
+        return {name: self.graph[name].normalize(_per_image(value, b, name, like))[:, None].expand(
+            b, self.config.latent_dim) for name, value in do.items()}
 
     def read_labels(self, z: torch.Tensor) -> torch.Tensor:
         """The model's own estimate of every variable in label units: each block's mean, de-normalised (B, n)."""

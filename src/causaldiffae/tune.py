@@ -95,8 +95,8 @@ def tune(model: CausalDiffAE, dataset: ImageDataset, settings: TuneSettings | No
                 batch = data.batch(index)
                 x = batch["image"]
                 columns = [({name: value}, w) for w in s.weights] + [({}, w) for w in s.weights]
-                result = sweep(model, x, columns, s.steps, "ddim", depth, classes=batch.get("class"),
-                               labels=batch["labels"].float(), solver=s.solver)
+                result = sweep(model, x, columns, steps=s.steps, depth=depth, solver=s.solver,
+                               classes=batch.get("class"), latents=model.encode(x, labels=batch["labels"].float()))
                 images = result.images.float().cpu()
                 for j, w in enumerate(s.weights):
                     entry = scores.setdefault((depth, w), {})

@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import memory
-from ..counterfactual import counterfactual, sweep
+from ..counterfactual import Sweep, sweep
 from ..data.base import ImageDataset
 from ..model import CausalDiffAE
 from . import dci, minimality, realism
@@ -175,15 +175,14 @@ class _Context:
             chosen = [self.graph.variables[j] for j in sorted(torch.randperm(len(self.graph), generator=g)[:k])]
             multi = {v: self._marginal(v, len(rows), g) for v in chosen}
             columns = [(single, self.s.guidance), (multi, self.s.guidance)]
-            result = sweep(self.model, x, columns, self.s.steps, self.s.abduction, self.s.depth, generator=g,
-                           classes=batch.get("class"), labels=labels, solver=self.s.solver)
+            result = self._sweep(x, columns, batch.get("class"), labels, g)
             cf, cf_multi = (im.float().cpu() for im in result.images)
             m = max(0, min(len(rows), reverse - start))
             if m:
                 classes = batch["class"][:m] if "class" in batch else None
-                back = counterfactual(self.model, cf[:m], {name: labels[:m, self.graph.index(name)]}, self.s.steps,
-                                      self.s.guidance, self.s.abduction, self.s.depth, generator=g, classes=classes,
-                                      labels=result.labels_cf[0][:m].cpu(), solver=self.s.solver).float().cpu()
+                # the label baseline's factual labels of a counterfactual: its own reading of z_cf
+                back = self._sweep(cf[:m], [({name: labels[:m, self.graph.index(name)]}, self.s.guidance)], classes,
+                                   self.model.read_labels(result.z_cf[0][:m]), g).images[0].float().cpu()
                 data.add(reversibility=pixel_l1(back, x[:m]))
             intended, truth = self._intended(rows, single)
             intended_multi, truth_multi = self._intended(rows, multi)
@@ -288,9 +287,8 @@ class _Context:
             x = current = batch["image"]
             errors = []
             for _ in range(self.s.cycles):
-                current = counterfactual(self.model, current, {}, self.s.steps, self.s.guidance, self.s.abduction,
-                                         self.s.depth, classes=batch.get("class"), labels=batch["labels"],
-                                         solver=self.s.solver).float().cpu()
+                current = self._sweep(current, [({}, self.s.guidance)], batch.get("class"),
+                                      batch["labels"]).images[0].float().cpu()
                 errors.append(pixel_l1(current, x))
                 bar.update(len(rows))
             curve.append(torch.stack(errors, dim=1))
@@ -312,8 +310,7 @@ class _Context:
             x, labels = batch["image"], batch["labels"].float()
             do = {name: self._marginal(name, len(rows), g)}
             columns = [(do, w) for w in weights] + [({}, w) for w in weights]
-            result = sweep(self.model, x, columns, self.s.steps, self.s.abduction, self.s.depth, generator=g,
-                           classes=batch.get("class"), labels=labels, solver=self.s.solver)
+            result = self._sweep(x, columns, batch.get("class"), labels, g)
             intended, _ = self._intended(rows, do)
             column = self.graph.index(name)
             for j, w in enumerate(weights):
@@ -323,6 +320,14 @@ class _Context:
                 l1[w].append(pixel_l1(result.images[len(weights) + j].float().cpu(), x))
         return {f"w={w:g}": {"effectiveness": torch.cat(errors[w]).mean().item(),
                              "composition_l1": torch.cat(l1[w]).mean().item()} for w in weights}
+
+    def _sweep(self, x: torch.Tensor, columns: list, classes: torch.Tensor | None, labels: torch.Tensor,
+               g: torch.Generator | None = None, reconstruct: bool = False) -> Sweep:
+        """``sweep`` at the evaluation's settings; the factual latents from the images (the label-conditional
+        baseline's from their factual ``labels``)."""
+        return sweep(self.model, x, columns, steps=self.s.steps, depth=self.s.depth, abduction=self.s.abduction,
+                     solver=self.s.solver, classes=classes, generator=g,
+                     latents=self.model.encode(x, labels=labels), reconstruct=reconstruct)
 
     def _dci(self, seed: int) -> dict:
         """DCI of the model's causal latents z against the labels, GBT per factor; per dimension and per block."""
@@ -349,10 +354,9 @@ class _Context:
         lo, hi = var.range if var.range else (self._marginal(name, 1, g).item(),) * 2
         value = torch.linspace(lo, hi, len(index))
         do = {name: value}
-        result = counterfactual(self.model, batch["image"], do, self.s.steps, self.s.guidance, self.s.abduction,
-                                self.s.depth, reconstruct=True, return_details=True, classes=batch.get("class"),
-                                labels=batch["labels"].float(), solver=self.s.solver)
-        rows = [batch["image"], result.reconstruction.float().cpu(), result.images.float().cpu()]
+        result = self._sweep(batch["image"], [(do, self.s.guidance)], batch.get("class"), batch["labels"].float(),
+                             reconstruct=True)
+        rows = [batch["image"], result.reconstruction.float().cpu(), result.images[0].float().cpu()]
         labels = ["factual", "reconstruction", f"do({name})"]
         if self.scm is not None:
             rows.append(self.scm.counterfactual(index.tolist(), do)[0])

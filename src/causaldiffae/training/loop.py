@@ -216,9 +216,11 @@ def write_grids(model: CausalDiffAE, images: ImageDataset, folder: Path, step: i
     batch = images.batch(range(len(images)), next(model.parameters()).device)
     x0, classes = batch["image"], batch.get("class")
     z = model.encode(x0, labels=batch["labels"]).z
-    recon = decode(model, abduct_noise(model, x0, z, steps, 1.0, classes=classes), z, steps, 1.0, 1.0, classes)
+    x_T = abduct_noise(model, x0, z, steps=steps, depth=1.0, classes=classes)
+    recon = decode(model, x_T, z, steps=steps, guidance=1.0, depth=1.0, classes=classes)
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(x0)
-    samples = decode(model, noise, z, steps, 1.0, 1.0, classes, clip=True, spacing="trailing")
+    samples = decode(model, noise, z, steps=steps, guidance=1.0, depth=1.0, classes=classes, clip=True,
+                     spacing="trailing")
     save_grid(folder / f"step-{step:08d}-reconstruction.png", [x0, recon], ["data", "recon"])
     save_grid(folder / f"step-{step:08d}-samples.png", [x0, samples], ["data", "sample"])
 
