@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from causaldiffae.encoder import Encoder, downsampling_depth
-from causaldiffae.unet import UNet
+from causaldiffae.unet import UNet, UNetConfig
 
 SIZES = [(28, 1), (64, 3)]  # (image size, channels): MNIST-like and Pendulum/CelebA-like
 
@@ -41,7 +41,7 @@ def test_encoder_output_depends_on_the_image():
 
 def _unet(channels: int) -> UNet:
     torch.manual_seed(0)
-    return UNet(channels, cond_dim=6, base_channels=8, channel_mult=(1, 2, 2), attention_levels=(2,))
+    return UNet(UNetConfig(channels, cond_dim=6, base_channels=8, channel_mult=(1, 2, 2), attention_levels=(2,)))
 
 
 def _randomise(module: torch.nn.Module) -> None:
@@ -114,4 +114,4 @@ def test_unet_condition_matters_after_one_training_step():
 @pytest.mark.parametrize("kwargs", [{"channel_mult": ()}, {"attention_levels": (3,)}])
 def test_unet_rejects_bad_architecture(kwargs):
     with pytest.raises(ValueError):
-        UNet(1, 4, base_channels=8, **{"channel_mult": (1, 2, 2), **kwargs})
+        UNet(UNetConfig(1, 4, base_channels=8, **{"channel_mult": (1, 2, 2), **kwargs}))

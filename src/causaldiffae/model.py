@@ -26,7 +26,7 @@ from .encoder import Encoder
 from .graph import CausalGraph
 from .images import to_signed
 from .knobs import Knobs, read_knobs
-from .unet import UNet
+from .unet import UNet, UNetConfig
 
 CONFIG_NAME, WEIGHTS_NAME, FORMAT = "model_config.json", "model.safetensors", "causaldiffae"
 Value = float | int | torch.Tensor | list
@@ -114,8 +114,10 @@ class CausalDiffAE(nn.Module):
         learned = config.mechanisms and config.condition_on == "latents"
         latent_graph = self.graph if learned else CausalGraph.from_dict({**self.graph.to_dict(), "edges": []})
         self.causal_layer = CausalLayer(latent_graph, d, config.mechanism_hidden)
-        self.unet = UNet(config.channels, n * d + config.num_classes, config.unet_channels, config.channel_mult,
-                         config.num_res_blocks, config.attention_levels, config.dropout)
+        self.unet = UNet(UNetConfig(
+            channels=config.channels, cond_dim=n * d + config.num_classes, base_channels=config.unet_channels,
+            channel_mult=config.channel_mult, num_res_blocks=config.num_res_blocks,
+            attention_levels=config.attention_levels, dropout=config.dropout))
         # learned null condition (of z and class together) for condition dropout and guidance
         self.null_cond = nn.Parameter(torch.zeros(n * d + config.num_classes))
         self.schedule = NoiseSchedule(config.num_timesteps, config.beta_schedule, config.beta_start, config.beta_end)
