@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from causaldiffae import CausalDiffAE, ModelConfig
 from causaldiffae.data import pendulum
@@ -73,6 +74,19 @@ def ab_model(**overrides: object) -> CausalDiffAE:
     config = dict(graph=AB_GRAPH, image_size=8, channels=1, latent_dim=2, encoder_channels=4, mechanism_hidden=8,
                   unet_channels=8, channel_mult=(1,), attention_levels=(), num_timesteps=100)
     return CausalDiffAE(ModelConfig(**{**config, **overrides})).eval()
+
+
+class _NoNoise(nn.Module):
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x_t)
+
+
+def predicting_no_noise(model: CausalDiffAE) -> CausalDiffAE:
+    """``model`` with its UNet replaced by a stub that predicts eps = 0 for any input: DDIM inversion then scales
+    the image by a known factor and decoding undoes it exactly, whatever the condition, so a counterfactual is the
+    factual image (known answers for the pipeline's plumbing, independent of how the UNet is initialised)."""
+    model.unet = _NoNoise()
+    return model
 
 
 def exit_code(argv: list[str]) -> int:

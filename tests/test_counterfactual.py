@@ -16,18 +16,19 @@ from causaldiffae.counterfactual import abduct_noise, counterfactual, guided_den
 from causaldiffae.data import morphomnist, pendulum
 from causaldiffae.demo import dataset_of, run_demo
 from causaldiffae.diffusion import ddim
-from conftest import TINY, TINY_CONFIG, TINY_SIZE, exit_code
+from conftest import TINY, TINY_CONFIG, TINY_SIZE, exit_code, predicting_no_noise
 
 
 def _model(seed: int = 0, zero_eps: bool = False) -> CausalDiffAE:
-    """A tiny model; with ``zero_eps`` its UNet predicts eps = 0 (fresh zero-initialised head), which makes
-    DDIM inversion and decoding exact inverses: the pipeline's plumbing can then be checked exactly."""
+    """A tiny model whose UNet predicts something; with ``zero_eps`` one that predicts eps = 0, which makes DDIM
+    inversion and decoding exact inverses: the pipeline's plumbing can then be checked exactly."""
     torch.manual_seed(seed)
     model = CausalDiffAE(ModelConfig(graph=pendulum.GRAPH, image_size=TINY_SIZE, channels=3, **TINY)).eval()
-    if not zero_eps:
-        with torch.no_grad():
-            for p in model.unet.parameters():
-                p.add_(0.05 * torch.randn_like(p))
+    if zero_eps:
+        return predicting_no_noise(model)
+    with torch.no_grad():
+        for p in model.unet.parameters():
+            p.add_(0.05 * torch.randn_like(p))
     return model
 
 

@@ -19,7 +19,7 @@ from causaldiffae.metrics.settings import Settings, parse_seeds
 from causaldiffae.metrics.suite import _Context, evaluate, summarize
 from causaldiffae.metrics.truth import known_labels, morphometry_labels, true_scm
 from causaldiffae.reproduce import column_value, write_comparison
-from conftest import CONFIGS, TINY, TINY_SIZE, exit_code
+from conftest import CONFIGS, TINY, TINY_SIZE, exit_code, predicting_no_noise
 
 SMALL = Settings(n=8, seeds=(0, 1), steps=3, batch_size=4, subset=4, cycles=3, weights=(0.0, 1.0, 2.0),
                  dci_samples=40, examples=2)
@@ -32,11 +32,11 @@ def dataset(tiny_dataset):
 
 @pytest.fixture(scope="module")
 def identity_model(dataset) -> CausalDiffAE:
-    """A fresh model: its UNet's zero-initialised head makes eps == 0, so DDIM inversion then decoding returns
-    the factual image exactly (up to rounding): a model whose counterfactual is the factual image."""
+    """A model that predicts eps = 0, so DDIM inversion then decoding returns the factual image exactly (up to
+    rounding): a model whose counterfactual is the factual image."""
     torch.manual_seed(0)
     config = ModelConfig(graph=dataset.graph.to_dict(), image_size=TINY_SIZE, channels=3, **TINY)
-    return CausalDiffAE(config).eval()
+    return predicting_no_noise(CausalDiffAE(config).eval())
 
 
 @pytest.fixture(scope="module")

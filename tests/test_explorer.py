@@ -12,18 +12,19 @@ from PIL import Image
 from causaldiffae import CausalDiffAE, ModelConfig, explorer
 from causaldiffae.data import load_dataset, pendulum
 from causaldiffae.explorer import DISPLAY_SIZE, Explorer
-from conftest import TINY, TINY_SIZE
+from conftest import TINY, TINY_SIZE, predicting_no_noise
 
 KNOBS = dict(guidance=1.5, depth=0.5, steps=4)
 
 
 @pytest.fixture()
 def app(tiny_dataset) -> Explorer:
-    """A fresh model predicts eps = 0 (zero-initialised UNet head): DDIM inversion and decoding are then exact
-    inverses whatever the condition, so every decoded image is the chosen image itself."""
+    """A model that predicts eps = 0: DDIM inversion and decoding are then exact inverses whatever the condition,
+    so every decoded image is the chosen image itself."""
     data = load_dataset(tiny_dataset, TINY_SIZE)
     torch.manual_seed(0)
-    model = CausalDiffAE(ModelConfig(graph=data.graph.to_dict(), image_size=TINY_SIZE, channels=3, **TINY))
+    model = predicting_no_noise(CausalDiffAE(ModelConfig(graph=data.graph.to_dict(), image_size=TINY_SIZE,
+                                                         channels=3, **TINY)))
     return Explorer(model, data)
 
 

@@ -14,7 +14,7 @@ from causaldiffae.data import load_dataset
 from causaldiffae.demo import SHIPPED_MODELS
 from causaldiffae.knobs import DEFAULT_DEPTH, DEFAULT_GUIDANCE, KNOBS_NAME, Knobs, read_knobs, write_knobs
 from causaldiffae.metrics.settings import Settings
-from conftest import TINY, TINY_SIZE, ab_model, exit_code
+from conftest import TINY, TINY_SIZE, ab_model, exit_code, predicting_no_noise
 
 
 def test_a_folder_without_knobs_gets_the_global_defaults(tmp_path):
@@ -52,13 +52,13 @@ def test_a_broken_knobs_file_is_refused_by_name(tmp_path, text, message):
 
 
 def test_from_pretrained_reads_the_knobs_and_counterfactuals_use_them(tmp_path):
-    """A fresh model predicts zero noise (zero-initialised head): DDIM inversion then scales the image by a factor
-    that depends only on the depth, so x_T tells which depth was used."""
+    """A model that predicts zero noise: DDIM inversion then scales the image by a factor that depends only on
+    the depth, so x_T tells which depth was used."""
     model = ab_model()
     model.save_pretrained(tmp_path)
     assert CausalDiffAE.from_pretrained(tmp_path).knobs == Knobs()
     write_knobs(tmp_path, Knobs(0.9, 1.0))
-    loaded = CausalDiffAE.from_pretrained(tmp_path)
+    loaded = predicting_no_noise(CausalDiffAE.from_pretrained(tmp_path))
     assert loaded.knobs.depth == 0.9
     x = torch.rand(2, 1, 8, 8)
     own = counterfactual(loaded, x, {"a": 0.5}, steps=3).x_T

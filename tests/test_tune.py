@@ -10,17 +10,18 @@ import torch
 from causaldiffae import CausalDiffAE, ModelConfig
 from causaldiffae.data import load_dataset
 from causaldiffae.tune import TuneSettings, one_se_choice, tune
-from conftest import TINY, TINY_SIZE, exit_code
+from conftest import TINY, TINY_SIZE, exit_code, predicting_no_noise
 
 GRID = TuneSettings(depths=(0.5, 1.0), weights=(1.0, 2.0), n=8, steps=2, split="train", batch_size=4)
 
 
 @pytest.fixture(scope="module")
 def identity(tiny_dataset) -> tuple[CausalDiffAE, object]:
-    """A fresh model returns its input (zero-initialised UNet head): its counterfactual is the factual image."""
+    """A model that predicts eps = 0 returns its input: its counterfactual is the factual image."""
     data = load_dataset(tiny_dataset, TINY_SIZE)
     torch.manual_seed(0)
-    return CausalDiffAE(ModelConfig(graph=data.graph.to_dict(), image_size=TINY_SIZE, channels=3, **TINY)).eval(), data
+    model = CausalDiffAE(ModelConfig(graph=data.graph.to_dict(), image_size=TINY_SIZE, channels=3, **TINY)).eval()
+    return predicting_no_noise(model), data
 
 
 def test_identity_model_scores_the_factual_error_everywhere(identity):
