@@ -244,14 +244,14 @@ def test_an_error_under_a_progress_bar_gets_a_line_of_its_own(monkeypatch, capsy
     from tqdm.auto import tqdm
     from tqdm.std import tqdm as std_tqdm
 
-    from causaldiffae import cli
+    from causaldiffae import cli_commands
 
     def failing(args):
         bar = tqdm(total=10, desc="work")
         bar.update(3)
         raise ValueError("the disk is gone")
 
-    monkeypatch.setattr(cli, "_data_check", failing)
+    monkeypatch.setattr(cli_commands, "data_check", failing)
     assert exit_code(["data", "check", "anywhere"]) == 2
     err = capsys.readouterr().err
     assert err.endswith("\ncausaldiffae: error: the disk is gone\n") and "Traceback" not in err, repr(err)

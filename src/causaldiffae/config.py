@@ -1,10 +1,12 @@
-"""Typed dataclass configs: YAML/dict loading that rejects unknown keys and wrong types, and --help text.
+"""Typed dataclass configs: YAML/dict loading that rejects unknown keys and wrong types, --help text and flags.
 
-Dataclasses are the source of truth; each field carries its help in ``metadata["help"]``.
+Dataclasses are the source of truth; each field carries its help in ``metadata["help"]``, and a field made with
+``flag`` is also a command-line flag (``add_flags``).
 """
 
 from __future__ import annotations
 
+import argparse
 import codecs
 import dataclasses
 import math
@@ -25,6 +27,43 @@ def param(default: Any, help: str) -> Any:
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help})
     return dataclasses.field(default=default, metadata={"help": help})
+
+
+def flag(default: Any, help: str, option: str = "", note: str = "") -> Any:
+    """A field that is also a command-line flag (``add_flags``): ``--field-name`` unless ``option`` names another;
+    its help line shows the default, followed by ``note``."""
+    field = param(default, help)
+    return dataclasses.field(default=field.default, metadata={**field.metadata, "flag": option or True, "note": note})
+
+
+def add_flags(parser: argparse.ArgumentParser, cls: type, types: Mapping[str, Any]) -> None:
+    """One flag per ``flag`` field of dataclass ``cls``, in field order: its help with the default, the choices of
+    a Literal; ``types`` maps a field to its argparse ``type`` (a checker such as positive integers) where the plain
+    string is not enough. A tuple's default is the comma-separated text the flag takes."""
+    hints = typing.get_type_hints(cls)
+    for field in flag_fields(cls):
+        hint, default = hints[field.name], field.default
+        text = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in default) \
+            if isinstance(default, tuple) else default
+        note = f"; {field.metadata['note']}" if field.metadata.get("note") else ""
+        shown = "" if default is None else f" (default {text}{note})"
+        kwargs: dict[str, Any] = {"default": text, "help": field.metadata["help"] + shown}
+        if typing.get_origin(hint) is typing.Literal:
+            kwargs["choices"] = list(typing.get_args(hint))
+        elif field.name in types:
+            kwargs["type"] = types[field.name]
+        parser.add_argument(option(field), **kwargs)
+
+
+def flag_fields(cls: type) -> list[dataclasses.Field]:
+    """The fields of dataclass ``cls`` that are command-line flags."""
+    return [f for f in dataclasses.fields(cls) if f.metadata.get("flag")]  # type: ignore[arg-type]
+
+
+def option(field: dataclasses.Field) -> str:
+    """The command-line flag of a ``flag`` field: ``--batch-size`` for batch_size, unless it names its own."""
+    named = field.metadata.get("flag")
+    return named if isinstance(named, str) else "--" + field.name.replace("_", "-")
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str) -> T:

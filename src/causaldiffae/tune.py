@@ -19,12 +19,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from . import config as cfg
 from .atomic import write_text
 from .counterfactual import SOLVERS, Solver, sweep
 from .data.base import ImageDataset
 from .metrics.effectiveness import normalized
 from .metrics.predictors import Predictors
 from .metrics.report import fmt, table, to_json
+from .metrics.settings import SOLVER_HELP
 from .metrics.suite import pixel_l1
 from .metrics.truth import known_labels, morphometry_labels, true_scm
 from .model import CausalDiffAE
@@ -32,16 +34,17 @@ from .model import CausalDiffAE
 
 @dataclass
 class TuneSettings:
-    """The grid and the budget of a tuning run; saved with its table."""
+    """The grid and the budget of a tuning run; saved with its table. Each field is a flag of ``causaldiffae
+    tune`` (``config.add_flags``)."""
 
-    depths: tuple[float, ...] = (0.3, 0.4, 0.5, 0.7, 0.85, 1.0)
-    weights: tuple[float, ...] = (1.0, 1.5, 2.0)
-    n: int = 64
-    steps: int = 50
-    split: str = "val"
-    seed: int = 0
-    batch_size: int = 48
-    solver: Solver = "ddim"
+    depths: tuple[float, ...] = cfg.flag((0.3, 0.4, 0.5, 0.7, 0.85, 1.0), "inversion depths")
+    weights: tuple[float, ...] = cfg.flag((1.0, 1.5, 2.0), "guidance weights", option="--guidance")
+    n: int = cfg.flag(64, "validation images, one do() each")
+    steps: int = cfg.flag(50, "DDIM steps")
+    split: str = cfg.flag("val", "split to tune on", note="test is refused")
+    seed: int = cfg.flag(0, "seed of the images and values")
+    batch_size: int = cfg.flag(48, "images per abduction")
+    solver: Solver = cfg.flag("ddim", SOLVER_HELP)
     """The decoder of every cell: "ddim" or "dpm++2m" (``counterfactual.SOLVERS``)."""
 
     def __post_init__(self) -> None:

@@ -7,7 +7,6 @@ line lives here once.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import typing
 from dataclasses import dataclass, replace
@@ -21,25 +20,19 @@ MODEL_KNOBS = f"the model's own, from its {KNOBS_NAME}, else"
 SOLVER_HELP = "decoder: ddim, or dpm++2m (second order at the same network calls; the inversion stays DDIM)"
 
 
-def _flag(default: Any, help: str) -> Any:
-    """A field that is also a command-line flag of `evaluate` and `reproduce`."""
-    field = cfg.param(default, help)
-    return dataclasses.field(default=field.default, metadata={**field.metadata, "flag": True})
-
-
 @dataclass
 class Settings:
     """What an evaluation run does; saved with its results."""
 
-    n: int = _flag(1000, "interventions per seed")
-    seeds: tuple[int, ...] = _flag((0, 1, 2), "comma-separated seeds")
-    steps: int = _flag(50, "network calls of the inversion, and of the decoding")
-    guidance: float | None = _flag(None, f"guidance weight w ({MODEL_KNOBS} {DEFAULT_GUIDANCE})")
-    depth: float | None = _flag(None, f"inversion depth in (0, 1] ({MODEL_KNOBS} {DEFAULT_DEPTH})")
-    abduction: Abduction = _flag("ddim", "x_T abduction: DDIM inversion, or the reference's fresh noise")
-    solver: Solver = _flag("ddim", SOLVER_HELP)
-    batch_size: int = _flag(50, "images per abduction (50 is the fastest on a CPU; a GPU wants a few hundred)")
-    subset: int = _flag(50, "images of reversibility, the 10-cycle composition and the guidance sweep")
+    n: int = cfg.flag(1000, "interventions per seed")
+    seeds: tuple[int, ...] = cfg.flag((0, 1, 2), "comma-separated seeds")
+    steps: int = cfg.flag(50, "network calls of the inversion, and of the decoding")
+    guidance: float | None = cfg.flag(None, f"guidance weight w ({MODEL_KNOBS} {DEFAULT_GUIDANCE})")
+    depth: float | None = cfg.flag(None, f"inversion depth in (0, 1] ({MODEL_KNOBS} {DEFAULT_DEPTH})")
+    abduction: Abduction = cfg.flag("ddim", "x_T abduction: DDIM inversion, or the reference's fresh noise")
+    solver: Solver = cfg.flag("ddim", SOLVER_HELP)
+    batch_size: int = cfg.flag(50, "images per abduction (50 is the fastest on a CPU; a GPU wants a few hundred)")
+    subset: int = cfg.flag(50, "images of reversibility, the 10-cycle composition and the guidance sweep")
     cycles: int = 10
     weights: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
     dci_samples: int = 2000
@@ -67,10 +60,10 @@ class Settings:
         """The command-line flags that reproduce these settings (a None depth or weight is left out: the run's
         own knobs)."""
         out = []
-        for field in _flag_fields():
+        for field in cfg.flag_fields(Settings):
             value = getattr(self, field.name)
             if value is not None:
-                out += [_option(field.name), ",".join(map(str, value)) if isinstance(value, tuple) else str(value)]
+                out += [cfg.option(field), ",".join(map(str, value)) if isinstance(value, tuple) else str(value)]
         return out
 
 
@@ -86,34 +79,13 @@ def parse_seeds(text: str, flag: str = "--seeds") -> tuple[int, ...]:
 
 
 def add_flags(parser: argparse.ArgumentParser, types: dict[str, Any]) -> None:
-    """One flag per flagged field of Settings; ``types`` maps a field to its argparse ``type`` (a checker such as
-    positive integers) where the plain annotation is not enough."""
-    hints = typing.get_type_hints(Settings)
-    for field in _flag_fields():
-        choices = typing.get_args(hints[field.name]) if typing.get_origin(hints[field.name]) is typing.Literal \
-            else None
-        default = field.default
-        shown = "" if default is None else " (default " + (
-            ",".join(map(str, default)) if isinstance(default, tuple) else str(default)) + ")"
-        kwargs: dict[str, Any] = {"default": ",".join(map(str, default)) if isinstance(default, tuple) else default,
-                                  "help": field.metadata["help"] + shown}
-        if choices:
-            kwargs["choices"] = list(choices)
-        elif field.name in types:
-            kwargs["type"] = types[field.name]
-        parser.add_argument(_option(field.name), **kwargs)
+    """One flag per flagged field of Settings (``config.add_flags``); ``types`` maps a field to its argparse
+    ``type`` (a checker such as positive integers) where the plain string is not enough."""
+    cfg.add_flags(parser, Settings, types)
 
 
 def from_flags(args: argparse.Namespace) -> Settings:
     """Settings from the parsed flags of ``add_flags``."""
-    values = {field.name: getattr(args, field.name) for field in _flag_fields()}
+    values = {field.name: getattr(args, field.name) for field in cfg.flag_fields(Settings)}
     values["seeds"] = parse_seeds(values["seeds"])
     return Settings(**values)
-
-
-def _flag_fields() -> list[dataclasses.Field]:
-    return [f for f in dataclasses.fields(Settings) if f.metadata.get("flag")]
-
-
-def _option(name: str) -> str:
-    return "--" + name.replace("_", "-")
