@@ -52,8 +52,16 @@ class CausalLayer(nn.Module):
             elif factual is not None and name not in affected:
                 blocks[i] = factual[:, i]
             elif name in self.mechanisms:
-                parents = torch.cat([blocks[j] for j in self.parent_index[name]], dim=-1)  # (B, |pa| * d)
+                parents = torch.cat([_computed(blocks, j) for j in self.parent_index[name]], dim=-1)  # (B, |pa| * d)
                 blocks[i] = self.mechanisms[name](parents) + u[:, i]
             else:
                 blocks[i] = u[:, i]
-        return torch.stack(blocks, dim=1)  # type: ignore[arg-type]
+        return torch.stack([_computed(blocks, i) for i in range(len(blocks))], dim=1)
+
+
+def _computed(blocks: list[torch.Tensor | None], i: int) -> torch.Tensor:
+    """Block ``i``, which the topological order has computed by now."""
+    block = blocks[i]
+    if block is None:
+        raise RuntimeError(f"causal layer: latent block {i} is used before it is computed (broken topological order)")
+    return block

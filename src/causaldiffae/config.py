@@ -15,11 +15,14 @@ import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 def param(default: Any, help: str) -> Any:
@@ -71,7 +74,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str) -> T:
     data = {} if data is None else data
     if not isinstance(data, Mapping):
         raise ValueError(f"{where} must be a mapping of keys to values, got {data!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ValueError(f"unknown key(s) {', '.join(f'{where}.{k}' for k in unknown)}; "
@@ -80,7 +83,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str) -> T:
     values = {}
     for key, value in data.items():
         hint = hints[key]
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):  # a dataclass type (hints are never instances)
             values[key] = from_dict(hint, value, f"{where}.{key}")
         else:
             values[key] = _coerce(value, hint, f"{where}.{key}")
@@ -193,4 +196,8 @@ def describe(cls: type, prefix: str) -> list[str]:
 
 def default_of(f: dataclasses.Field) -> Any:
     """The default value of a dataclass field, calling its factory if it has one."""
-    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is dataclasses.MISSING:
+        raise TypeError(f"the field {f.name!r} has no default")
+    return f.default_factory()

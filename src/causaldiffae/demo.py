@@ -59,8 +59,14 @@ def _pendulum(model: CausalDiffAE, n_images: int) -> _Source:
                for i in torch.linspace(0, len(test) - 1, n_images).round().long().tolist()]
     x = torch.stack([from_uint8(pendulum.render(f["angle"], f["light"], size)) for f in factual])
     ranges = {var.name: var.range for var in model.graph.nodes}
-    return _Source(x, None, lambda b, do: from_uint8(pendulum.true_counterfactual(factual[b], do, size)[0]),
-                   lambda name, k: np.linspace(*ranges[name], k).tolist())
+
+    def values(name: str, k: int) -> list[float]:
+        bounds = ranges[name]
+        if bounds is None:
+            raise ValueError(f"the variable {name!r} declares no range to traverse")
+        return np.linspace(bounds[0], bounds[1], k).tolist()
+
+    return _Source(x, None, lambda b, do: from_uint8(pendulum.true_counterfactual(factual[b], do, size)[0]), values)
 
 
 def _morphomnist(model: CausalDiffAE, n_images: int) -> _Source:
@@ -76,10 +82,15 @@ def _morphomnist(model: CausalDiffAE, n_images: int) -> _Source:
     x = torch.stack([from_uint8(morphomnist.render(images[i], f["thickness"], f["intensity"], size))
                      for i, f in zip(picked, factual, strict=True)])
     marginal = morphomnist.sample_scm(10_000, np.random.default_rng(1))
+
+    def values(name: str, k: int) -> list[float]:
+        low, high = np.percentile(marginal[name], [2, 98])
+        return np.linspace(low, high, k).tolist()
+
     return _Source(x, torch.as_tensor(classes[picked]),
                    lambda b, do: from_uint8(morphomnist.true_counterfactual(images[picked[b]], factual[b], do,
                                                                             size)[0]),
-                   lambda name, k: np.linspace(*np.percentile(marginal[name], [2, 98]), k).tolist())
+                   values)
 
 
 SOURCES: dict[str, Callable[[CausalDiffAE, int], _Source]] = {"pendulum": _pendulum, "morphomnist": _morphomnist}

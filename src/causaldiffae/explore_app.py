@@ -39,13 +39,15 @@ def gradio() -> Any:
 def build_app(app: Explorer, title: str) -> Any:
     """The Gradio Blocks of the explorer page over ``app``."""
     gr = gradio()
+    from gradio import SelectData  # imported by gradio() above; Gradio passes the event to a parameter of this type
+
     graph, variables = app.graph, app.graph.variables
     ranges = {v: _slider_range(app, v) for v in variables}
     downloads = Path(tempfile.mkdtemp(prefix="causaldiffae-explore-"))
     atexit.register(shutil.rmtree, downloads, ignore_errors=True)  # the page's downloads end with the process
     # at most one DDIM step per training timestep of the default trajectory (a tiny test model has T = 100)
-    knobs = app.model.knobs  # the model's own depth and weight (knobs.json), else the global defaults
-    default_steps = min(DEFAULT_STEPS, round(knobs.depth * app.model.config.num_timesteps))
+    model_knobs = app.model.knobs  # the model's own depth and weight (knobs.json), else the global defaults
+    default_steps = min(DEFAULT_STEPS, round(model_knobs.depth * app.model.config.num_timesteps))
     with gr.Blocks(title=f"causaldiffae explorer: {title}", analytics_enabled=False) as page:
         gr.Markdown(f"# Counterfactual explorer: {title}\nPick a test image (or upload one), then move a slider: "
                     "each moved slider is a do() on its variable; its descendants follow the model's mechanisms.")
@@ -78,9 +80,9 @@ def build_app(app: Explorer, title: str) -> Any:
                                                label=f"{v}{units}", elem_id=f"slider-{v}", scale=5)
                         resets[v] = gr.Button("reset", size="sm", elem_id=f"reset-{v}", scale=1)
                 with gr.Row():
-                    guidance = gr.Slider(0.0, 4.0, value=knobs.guidance, step=0.25, label="guidance weight",
+                    guidance = gr.Slider(0.0, 4.0, value=model_knobs.guidance, step=0.25, label="guidance weight",
                                          elem_id="guidance")
-                    depth = gr.Slider(0.1, 1.0, value=knobs.depth, step=0.05, label="inversion depth",
+                    depth = gr.Slider(0.1, 1.0, value=model_knobs.depth, step=0.05, label="inversion depth",
                                       elem_id="depth")
                     steps = gr.Slider(5, 100, value=default_steps, step=5, label="DDIM steps", elem_id="steps")
         with gr.Row():
@@ -115,7 +117,7 @@ def build_app(app: Explorer, title: str) -> Any:
                 return ["", [], *show(app.query({}, float(w), float(d), int(s))), *starts, shown_class]
             return run
 
-        def on_select(w: float, d: float, s: float, evt: gr.SelectData) -> list:
+        def on_select(w: float, d: float, s: float, evt: SelectData) -> list:
             return fresh(lambda: app.choose(int(evt.index)))(w, d, s)
 
         def on_upload(path: str | None, c: Any, w: float, d: float, s: float) -> list:

@@ -151,7 +151,7 @@ class CausalGraph:
         if not isinstance(raw_edges, list):
             raise ValueError("'edges' must be a list of [parent, child] pairs")
         edges = tuple(tuple(e) if isinstance(e, (list, tuple)) else (e,) for e in raw_edges)
-        return cls(nodes, edges)  # type: ignore[arg-type]
+        return cls(nodes, edges)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> CausalGraph:

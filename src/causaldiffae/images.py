@@ -22,7 +22,7 @@ def to_unit(images: torch.Tensor) -> torch.Tensor:
     return ((images + 1) / 2).clamp(0, 1)
 
 
-def from_uint8(image: np.ndarray) -> torch.Tensor:
+def from_uint8(image: np.ndarray | Image.Image) -> torch.Tensor:
     """One 8-bit image (H, W) or (H, W, C), a numpy array or a PIL image, as float (C, H, W) in [0, 1]."""
     array = np.array(image, dtype=np.float32)  # a copy: the source may be read-only
     array = array[..., None] if array.ndim == 2 else array

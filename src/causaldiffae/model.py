@@ -325,7 +325,8 @@ class CausalDiffAE(nn.Module):
         load_state(model, state, weights)
         model = model.to(device).eval()
         if torch.device(device).type == "cpu":  # oneDNN convolutions: ~20 % faster counterfactuals (benchmarks/)
-            model = model.to(memory_format=torch.channels_last)
+            # Module.to takes memory_format at run time (documented), but torch's overloads leave it out
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         return model
 
 

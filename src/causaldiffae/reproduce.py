@@ -23,7 +23,7 @@ from .atomic import write_text
 from .data import open_dataset
 from .data.base import ImageDataset
 from .evaluation import evaluate_run, portable
-from .knobs import read_knobs
+from .knobs import Abduction, read_knobs
 from .metrics.predictors import save_predictors, train_predictors
 from .metrics.report import fmt, pyplot, save_figure, table, to_json
 from .metrics.settings import Settings
@@ -37,7 +37,7 @@ class Entry:
 
     name: str
     config: str
-    abduction: str = "ddim"
+    abduction: Abduction = "ddim"
     reuse: str | None = None
     """Evaluate another entry's run instead of training one (an inference-time ablation)."""
     depth: float | None = None
@@ -209,7 +209,9 @@ def _train_args(config_path: Path, run: Run, steps: int, data_sets: Sequence[str
 def _parallel(commands: dict[str, list[str]], logs: Path, jobs: int) -> None:
     """Run ``causaldiffae ARGS...`` processes, ``jobs`` at a time, each logging to ``logs/NAME.log``."""
     logs.mkdir(parents=True, exist_ok=True)
-    pending, running, failed = list(commands.items()), [], []
+    pending = list(commands.items())
+    running: list[tuple[subprocess.Popen[bytes], Path]] = []
+    failed: list[str] = []
     while pending or running:
         while pending and len(running) < jobs:
             name, args = pending.pop(0)
@@ -318,7 +320,8 @@ def column_value(metrics: dict, path: tuple[str, ...]) -> float | None:
             values.append(_number(entry.get("mae_normalized") if isinstance(entry, dict) else entry))
         elif rest == ("**",):
             per = [_number(e.get("mae_normalized")) for e in sub.values()]
-            values.append(sum(per) / len(per) if per and None not in per else None)  # type: ignore[arg-type]
+            known_per = [p for p in per if p is not None]
+            values.append(sum(known_per) / len(known_per) if known_per and len(known_per) == len(per) else None)
         else:
             values.append(_number(_get(sub, rest)))
     known = [v for v in values if v is not None]
@@ -328,7 +331,7 @@ def column_value(metrics: dict, path: tuple[str, ...]) -> float | None:
 def column_summary(document: dict, path: tuple[str, ...]) -> dict | None:
     """A column's mean and spread over an evaluation's seeds (None where the metric does not apply)."""
     values = [column_value(seed, path) for seed in document["seeds"]]
-    return None if None in values else summarize(values)  # type: ignore[arg-type]
+    return None if None in values else summarize(values)
 
 
 def _get(node: object, path: tuple[str, ...]) -> object:
@@ -341,8 +344,9 @@ def _get(node: object, path: tuple[str, ...]) -> object:
 
 def _number(entry: object) -> float | None:
     """A finite number, else None (a metric that did not apply, e.g. reversibility with --subset 0)."""
-    ok = isinstance(entry, (int, float)) and not isinstance(entry, bool) and math.isfinite(entry)
-    return float(entry) if ok else None
+    if isinstance(entry, (int, float)) and not isinstance(entry, bool) and math.isfinite(entry):
+        return float(entry)
+    return None
 
 
 def write_comparison(dataset: str, rows: Mapping[str, dict | Sequence[dict]], out: Path, budget: str,
@@ -410,7 +414,7 @@ def weak_supervision(values: Mapping[str, Mapping[str, dict | None]], fractions:
         return [*head, "None of the curve's metrics applies to these evaluations.\n"]
     fig, axes = pyplot().subplots(1, len(curves), figsize=(4 * len(curves), 3.2), squeeze=False)
     for ax, header in zip(axes[0], curves, strict=True):
-        points = [(fractions[n], values[n][header]) for n in names if values[n].get(header) is not None]
+        points = [(fractions[n], v) for n in names if (v := values[n].get(header)) is not None]
         ax.errorbar([f for f, _ in points], [v["mean"] for _, v in points], yerr=[v["std"] for _, v in points],
                     marker="o", capsize=3)
         ax.set_xscale("log")
@@ -427,9 +431,10 @@ def training_summary(documents: Sequence[dict], path: tuple[str, ...]) -> dict |
     """One row's column: with one training seed its evaluation's mean and spread over evaluation seeds; with
     several, the mean and spread over the training seeds of each evaluation's mean (None where it does not apply)."""
     runs = [column_summary(doc, path) for doc in documents]
-    if None in runs:
+    known = [r for r in runs if r is not None]
+    if len(known) < len(runs):
         return None
-    return runs[0] if len(runs) == 1 else summarize([r["mean"] for r in runs])  # type: ignore[index]
+    return known[0] if len(known) == 1 else summarize([r["mean"] for r in known])
 
 
 def _dci_summary(documents: Sequence[dict]) -> dict:

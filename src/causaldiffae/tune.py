@@ -109,16 +109,16 @@ def tune(model: CausalDiffAE, dataset: ImageDataset, settings: TuneSettings | No
                         truth = truths[name][start: start + s.batch_size]
                         entry.setdefault("true_cf_l1", []).append(pixel_l1(cf, truth))
                     intended = normalized(graph, known_labels(graph, batch["labels"].float(), {name: value}))
-                    column = graph.index(name)
+                    var_index = graph.index(name)
                     if predictors is not None:
                         predicted = normalized(graph, predictors.predict(cf).float().cpu())
-                        entry.setdefault("effectiveness", []).append((predicted - intended)[:, column].abs())
+                        entry.setdefault("effectiveness", []).append((predicted - intended)[:, var_index].abs())
                         if predictors.classifier is not None:
                             kept = predictors.predict_class(cf) == predictors.predict_class(x)
                             entry.setdefault("class_kept", []).append(kept.float().cpu())
                     if scm is not None and scm.kind == "morphomnist":  # thickness and intensity measured
                         measured = normalized(graph, morphometry_labels(cf))
-                        entry.setdefault("measured", []).append((measured - intended)[:, column].abs())
+                        entry.setdefault("measured", []).append((measured - intended)[:, var_index].abs())
                 bar.update(len(index))
     bar.close()
     criterion = "true_cf_l1" if scm is not None else "effectiveness"

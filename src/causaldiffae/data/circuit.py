@@ -72,7 +72,7 @@ def convert(files: Sequence[str | Path], out: str | Path, size: int = 128, test_
         split = split_of(path)
         splits = [split] * len(jpegs) if split else np.where(rng.random(len(jpegs)) < test_fraction, "test", "train")
         for i, (blob, values, s) in enumerate(zip(jpegs, latents, splits, strict=True)):
-            row = {"file": f"{path.stem}-{i:06d}.png", "split": str(s)}
+            row: dict[str, str | float] = {"file": f"{path.stem}-{i:06d}.png", "split": str(s)}
             row.update({name: float(v) for name, v in zip(LATENT_ORDER, values, strict=True)})
             rows.append(row)
             blobs.append(bytes(blob))

@@ -190,7 +190,7 @@ class _Offsets:
         if radius <= 0:
             binary, origin = (s.edt > -radius) | self._near_skeleton, s.origin
         else:
-            if radius + 1 > self._pad:
+            if self._outer is None or radius + 1 > self._pad:  # None only before the first dilation (pad 0)
                 self._pad = int(math.ceil(radius)) + 1 + s.scale
                 outside = np.pad(~s.binary, self._pad, constant_values=True)
                 self._outer = ndimage.distance_transform_edt(outside)
@@ -285,6 +285,8 @@ def set_intensity(image: np.ndarray, target: float, threshold: float = THRESHOLD
             factor = (below + above) / 2
         else:
             factor = factor * target / got if got > 0 else factor * 2
+    if best is None:  # the loop above always runs
+        raise RuntimeError("set_intensity: no scaling was tried")
     return best[1]
 
 

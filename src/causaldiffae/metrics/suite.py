@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -191,6 +192,8 @@ class _Context:
                      predicted_multi=self.predictors.predict(cf_multi), features_cf=self.predictors.features(cf),
                      features_x0=self.predictors.features(x), value=single[name])
             if truth is not None:
+                if truth_multi is None:  # both come from the SCM, or neither
+                    raise RuntimeError("the SCM gave true images of the single but not the multi-variable do()")
                 data.add(truth=truth, truth_multi=truth_multi, cf_multi=cf_multi,
                          predicted_truth=self.predictors.predict(truth),
                          predicted_truth_multi=self.predictors.predict(truth_multi),
@@ -356,6 +359,8 @@ class _Context:
         do = {name: value}
         result = self._sweep(batch["image"], [(do, self.s.guidance)], batch.get("class"), batch["labels"].float(),
                              reconstruct=True)
+        if result.reconstruction is None:
+            raise RuntimeError("a sweep with reconstruct=True returned no reconstruction")
         rows = [batch["image"], result.reconstruction.float().cpu(), result.images[0].float().cpu()]
         labels = ["factual", "reconstruction", f"do({name})"]
         if self.scm is not None:
@@ -406,8 +411,11 @@ def _mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return ((a.float().cpu() - b.float().cpu()) * 255).pow(2).mean(dim=(1, 2, 3))
 
 
-def summarize(per_seed: Sequence[dict]) -> dict:
-    """Mean and spread (std over seeds) of every number, keeping the nesting; lists element-wise."""
+def summarize(per_seed: Sequence[Any]) -> Any:
+    """Mean and spread (std over seeds) of every number, keeping the nesting; lists element-wise.
+
+    One value per seed, all of one kind (dicts, numbers, lists of numbers, bools), None where a metric did not
+    apply: what comes back depends on that kind, hence ``Any``."""
     numbers = [v for v in per_seed if v is not None]  # None: a metric that did not apply (null in metrics.json)
     first = numbers[0] if numbers else None
     if isinstance(first, dict):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -137,7 +138,7 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         raise ValueError(f"--set {key}: cannot parse the value {raw!r}") from None
 
 
-def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:  # type: ignore[assignment]
+def load_run_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunConfig:
     """Read a run YAML (or start from defaults when ``path`` is None), apply overrides, validate everything."""
     data = _read_with_base(Path(path), ()) if path is not None else {}
     for assignment in overrides:

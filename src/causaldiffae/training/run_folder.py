@@ -136,8 +136,9 @@ def check_config(run: Path, resolved: dict[str, Any], allow: bool) -> None:
 
 def _acquire(path: Path, warn: Callable[[str], None]) -> str:
     """Create the lock file atomically (O_CREAT | O_EXCL) and return its token; refuse a live holder."""
+    token = uuid.uuid4().hex
     record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "process_start": _process_start(os.getpid()), "token": uuid.uuid4().hex}
+              "process_start": _process_start(os.getpid()), "token": token}
     for _ in range(5):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -153,7 +154,7 @@ def _acquire(path: Path, warn: Callable[[str], None]) -> str:
             continue
         with os.fdopen(fd, "w") as fh:
             fh.write(json.dumps(record) + "\n")
-        return record["token"]
+        return token
     raise RunInUse(f"{path}: another process keeps taking this run folder's lock; choose another --out")
 
 
