@@ -130,7 +130,8 @@ def parse_do(items: Sequence[str], graph: Any) -> tuple[dict[str, float], tuple[
             fixed[var.name] = parts[0]
         else:
             raise ValueError(f"--do {var.name}: {text!r} is not a number or start:stop:count")
-    for name, value in [*fixed.items(), *((swept[0], v) for v in (swept[1] if swept else []))]:
+    checked = [*fixed.items(), *((swept[0], v) for v in swept[1])] if swept else list(fixed.items())
+    for name, value in checked:
         rng = graph[name].range
         if rng is not None and not rng[0] <= value <= rng[1]:
             print(f"causaldiffae: warning: {name}={value:g} is outside the training range [{rng[0]:g}, "

@@ -102,10 +102,11 @@ def counterfactual(args: argparse.Namespace) -> None:
                                                               for v in model.graph.variables}))
     result = sweep(model, x, columns, steps=args.steps, depth=depth, abduction=args.abduction, solver=args.solver,
                    classes=classes, generator=generator, latents=latents, reconstruct=True)
+    recon = result.reconstructed()
     if len(columns) == 1:
-        save_grid(out, [x, result.reconstruction, result.images[0]], ["factual", "recon", "counterfactual"])
+        save_grid(out, [x, recon, result.images[0]], ["factual", "recon", "counterfactual"])
     else:
-        rows = [torch.cat([x[b : b + 1], result.reconstruction[b : b + 1], result.images[:, b].cpu()])
+        rows = [torch.cat([x[b : b + 1], recon[b : b + 1], result.images[:, b].cpu()])
                 for b in range(len(x))]
         save_grid(out, rows, [f"image {b}" for b in range(len(x))], ["factual", "recon", *headers])
     report = {

@@ -68,6 +68,12 @@ class Sweep:
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    def reconstructed(self) -> torch.Tensor:
+        """The reconstruction of a sweep asked for one (``reconstruct=True``); an error otherwise."""
+        if self.reconstruction is None:
+            raise ValueError("this sweep decoded no reconstruction: pass reconstruct=True")
+        return self.reconstruction
+
     def column(self, i: int) -> Counterfactual:
         """Column i as one ``Counterfactual``."""
         return Counterfactual(self.images[i], self.x_T, self.z, self.z_cf[i], self.labels,

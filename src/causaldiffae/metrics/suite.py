@@ -359,9 +359,7 @@ class _Context:
         do = {name: value}
         result = self._sweep(batch["image"], [(do, self.s.guidance)], batch.get("class"), batch["labels"].float(),
                              reconstruct=True)
-        if result.reconstruction is None:
-            raise RuntimeError("a sweep with reconstruct=True returned no reconstruction")
-        rows = [batch["image"], result.reconstruction.float().cpu(), result.images[0].float().cpu()]
+        rows = [batch["image"], result.reconstructed().float().cpu(), result.images[0].float().cpu()]
         labels = ["factual", "reconstruction", f"do({name})"]
         if self.scm is not None:
             rows.append(self.scm.counterfactual(index.tolist(), do)[0])
