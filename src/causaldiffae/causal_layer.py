@@ -1,6 +1,6 @@
 """The causal layer: exogenous u -> causal latents z through neural mechanisms, in topological order.
 
-``z_i = f_i(z_pa(i)) + u_i`` for a variable with parents, ``z_i = u_i`` for a root (method.md section 2.2).
+``z_i = f_i(z_pa(i)) + u_i`` for a variable with parents, ``z_i = u_i`` for a root (docs/method-notes.md, "Model").
 The reference code computes ``f_i(sum of the parents' u) + u_i`` for every i, which is wrong for graphs deeper
 than one layer and gives roots a constant offset; here each f_i sees exactly its parents' z blocks.
 """

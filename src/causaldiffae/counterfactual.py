@@ -1,4 +1,4 @@
-"""Counterfactual generation: abduction -> action -> prediction (method.md section 4).
+"""Counterfactual generation: abduction -> action -> prediction (docs/method-notes.md, "Counterfactuals").
 
 1. Abduction: ``u = mu(x0)``, ``z = causal_layer(u)``; ``x_T`` by deterministic DDIM inversion of x0
    conditioned on the factual z (the reference draws fresh noise instead; ``abduction="noise"`` keeps that

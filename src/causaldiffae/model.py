@@ -1,7 +1,8 @@
 """CausalDiffAE: encoder -> causal layer -> conditional diffusion UNet, and the training objective.
 
 Read this file whole: ModelConfig says what can be configured, CausalDiffAE composes the parts
-(method.md sections 2-3). It never loops over timesteps; that is the pipeline's job (counterfactual.py).
+(docs/method-notes.md, "Model" and "Objective"). It never loops over timesteps; that is the pipeline's job
+(counterfactual.py).
 """
 
 from __future__ import annotations
@@ -107,8 +108,8 @@ class CausalDiffAE(nn.Module):
         self.config = config
         self.graph = CausalGraph.from_dict(config.graph)
         n, d = len(self.graph), config.latent_dim
-        # the baselines (method.md section 5): no encoder for the label-conditional DDIM, no mechanisms for it and
-        # for DiffAE (their latent SCM has no edges, so do() reaches only the intervened blocks)
+        # the baselines (docs/method-notes.md, "Baselines"): no encoder for the label-conditional DDIM, no
+        # mechanisms for it and for DiffAE (their latent SCM has no edges, so do() reaches only the intervened blocks)
         self.encoder = Encoder(config.image_size, config.channels, n, d, config.encoder_channels) \
             if config.condition_on == "latents" else None
         learned = config.mechanisms and config.condition_on == "latents"
@@ -219,7 +220,7 @@ class CausalDiffAE(nn.Module):
         ab = self.schedule.alpha_bar(t, x_t)
         return ab.sqrt() * out + (1 - ab).sqrt() * x_t
 
-    # -- the objective (method.md section 3) ---------------------------------------------------------
+    # -- the objective (docs/method-notes.md, "Objective") ------------------------------------------
     def forward(self, batch: Mapping[str, torch.Tensor], gamma: float = 1.0) -> dict[str, torch.Tensor]:
         """The loss terms: ``forward`` is ``loss`` so that DDP wrappers synchronise its gradients."""
         return self.loss(batch, gamma)

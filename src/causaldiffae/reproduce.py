@@ -1,5 +1,5 @@
 """``causaldiffae reproduce DATASET``: train every compared model with fixed configs and seeds (or reuse finished
-runs), evaluate each under the same harness, and write the comparison table (method.md section 5).
+runs), evaluate each under the same harness, and write the comparison table (docs/method-notes.md, "Baselines").
 
 Everything lands in one folder: ``predictors/``, one run folder per model with its ``eval/`` report, and
 ``results.md`` / ``results.json``. A finished run (its exported model at the step budget) and a finished

@@ -1,1 +1,1 @@
-"""Counterfactual evaluation metrics (spec/evaluation.md)."""
+"""Counterfactual evaluation metrics (docs/method-notes.md, "Evaluation")."""

@@ -1,4 +1,4 @@
-"""Attribute-level scores of counterfactuals read by the anti-causal predictors (evaluation.md).
+"""Attribute-level scores of counterfactuals read by the anti-causal predictors (docs/method-notes.md, "Evaluation").
 
 Effectiveness: for do(X_k = v), the MAE between the predicted attribute of x_cf and its intended value, for
 every variable (intended = the intervened value, the true SCM's value for descendants, the factual value

@@ -195,7 +195,7 @@ def train_predictors(dataset: ImageDataset, class_column: str | None = None, ste
     the training images, so each predictor reads its own variable: on observational images alone a Pendulum
     shadow is a function of angle and light, and a shadow predictor learns that shortcut. Default: as many as
     the train split has images for Pendulum, 0 elsewhere (MorphoMNIST's thickness and intensity are measured
-    by morphometry, evaluation.md).
+    by morphometry, docs/method-notes.md "Evaluation").
 
     ``class_column`` adds a classifier of ``dataset.classes`` (load the dataset with that class_column).
     Deterministic for a seed on the CPU; the returned predictors are in eval mode on ``device``."""

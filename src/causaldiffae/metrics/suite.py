@@ -1,4 +1,5 @@
-"""The evaluation suite: every metric of evaluation.md for one model on a dataset's test split, over seeds.
+"""The evaluation suite: every metric of docs/method-notes.md "Evaluation" for one model on a dataset's test
+split, over seeds.
 
 Per seed: ``n`` test images (a seeded draw), each with one single-variable intervention (variables in turn,
 values drawn from the test split's marginal of that variable) and, per batch, one random multi-variable

@@ -1,8 +1,9 @@
 """The data's true SCM, where we know it: the labels and the image every counterfactual should have produced.
 
-Pendulum and our generated MorphoMNIST are rendered from known structural equations (datasets.md), so an
-intervention has one right answer: its labels (descendants recomputed with the sample's own noise) and its
-rendered image. For any other dataset only the intervened and non-descendant values are known.
+Pendulum and our generated MorphoMNIST are rendered from known structural equations (data/pendulum.py,
+data/morphomnist.py), so an intervention has one right answer: its labels (descendants recomputed with the
+sample's own noise) and its rendered image. For any other dataset only the intervened and non-descendant values
+are known.
 """
 
 from __future__ import annotations
