@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 from causaldiffae import CausalDiffAE, ModelConfig
 from causaldiffae.data import pendulum
@@ -76,16 +75,12 @@ def ab_model(**overrides: object) -> CausalDiffAE:
     return CausalDiffAE(ModelConfig(**{**config, **overrides})).eval()
 
 
-class _NoNoise(nn.Module):
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        return torch.zeros_like(x_t)
-
-
 def predicting_no_noise(model: CausalDiffAE) -> CausalDiffAE:
-    """``model`` with its UNet replaced by a stub that predicts eps = 0 for any input: DDIM inversion then scales
-    the image by a known factor and decoding undoes it exactly, whatever the condition, so a counterfactual is the
-    factual image (known answers for the pipeline's plumbing, independent of how the UNet is initialised)."""
-    model.unet = _NoNoise()
+    """``model`` with its UNet's forward replaced by a stub that predicts eps = 0 for any input: DDIM inversion
+    then scales the image by a known factor and decoding undoes it exactly, whatever the condition, so a
+    counterfactual is the factual image (known answers for the pipeline's plumbing, independent of how the UNet is
+    initialised). The weights stay, so the model still saves and loads (a loaded copy has the real forward)."""
+    model.unet.forward = lambda x_t, t, cond: torch.zeros_like(x_t)  # type: ignore[method-assign]
     return model
 
 
