@@ -1,6 +1,7 @@
 """Counterfactual error against network calls: DDIM and DPM-Solver++(2M) decoding at several step counts.
 
     python benchmarks/solver_steps.py [pendulum|morphomnist|MODEL_DIR] [--steps 10,20,30,50] [--n 64]
+        [--solvers ddim,dpm++2m]
 
 On the validation split (never test), at the model's own depth and guidance (``knobs.json``), one do() per image
 (variables in turn, values drawn from the split's marginal, the same for every cell), the inversion always DDIM
@@ -32,6 +33,7 @@ def main() -> None:
     parser.add_argument("model", nargs="?", default="pendulum", help="pendulum, morphomnist or a model folder")
     parser.add_argument("--steps", default="10,20,30,50")
     parser.add_argument("--n", type=int, default=64)
+    parser.add_argument("--solvers", default="ddim,dpm++2m", help="decoders to compare (comma-separated)")
     parser.add_argument("--json", help="output (default benchmarks/results/solver_steps_DATASET.json)")
     args = parser.parse_args()
 
@@ -44,7 +46,7 @@ def main() -> None:
     first = model.graph.variables[0]
     rows = []
     for steps in (int(k) for k in args.steps.split(",")):
-        for solver in ("ddim", "dpm++2m"):
+        for solver in args.solvers.split(","):
             settings = TuneSettings(depths=(knobs.depth,), weights=(knobs.guidance,), n=args.n, steps=steps,
                                     solver=solver)
             cell = tune(model, data, settings, progress=False)["grid"][0]

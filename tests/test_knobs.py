@@ -19,7 +19,7 @@ from conftest import TINY, TINY_SIZE, ab_model, exit_code, predicting_no_noise
 
 def test_a_folder_without_knobs_gets_the_global_defaults(tmp_path):
     assert read_knobs(tmp_path) == Knobs()
-    assert (Knobs().depth, Knobs().guidance) == (DEFAULT_DEPTH, DEFAULT_GUIDANCE) == (0.4, 1.5)
+    assert (Knobs().depth, Knobs().guidance) == (DEFAULT_DEPTH, DEFAULT_GUIDANCE) == (0.5, 1.0)
 
 
 def test_written_knobs_read_back_and_fill_only_what_a_call_leaves_open(tmp_path):
@@ -70,8 +70,8 @@ def test_from_pretrained_reads_the_knobs_and_counterfactuals_use_them(tmp_path):
 
 
 def test_the_shipped_models_carry_the_knobs_chosen_on_validation():
-    """docs/results/*/tune/tune.md: Pendulum 0.4 / 1.5, MorphoMNIST 0.7 / 1."""
-    assert (read_knobs(SHIPPED_MODELS["pendulum"]).depth, read_knobs(SHIPPED_MODELS["pendulum"]).guidance) == (0.4, 1.5)
+    """docs/results/*/tune/tune.md: Pendulum 0.5 / 1, MorphoMNIST 0.7 / 1."""
+    assert (read_knobs(SHIPPED_MODELS["pendulum"]).depth, read_knobs(SHIPPED_MODELS["pendulum"]).guidance) == (0.5, 1.0)
     mm = read_knobs(SHIPPED_MODELS["morphomnist"])
     assert (mm.depth, mm.guidance) == (0.7, 1.0) and "val split" in mm.chosen_by
 
@@ -92,7 +92,7 @@ def test_tune_apply_writes_the_chosen_knobs(tmp_path, tiny_dataset, capsys):
 
 def test_cli_help_names_the_models_own_default(capsys):
     assert exit_code(["counterfactual", "--help"]) == 0
-    assert "the model's own, from its knobs.json, else 0.4" in " ".join(capsys.readouterr().out.split())
+    assert "the model's own, from its knobs.json, else 0.5" in " ".join(capsys.readouterr().out.split())
 
 
 def _model_for(folder) -> CausalDiffAE:

@@ -1,10 +1,10 @@
 """A model's own counterfactual knobs: the inversion depth and guidance weight chosen for it on validation.
 
-The best depth and weight differ between models (Pendulum: 0.4 / 1.5; the shipped MorphoMNIST model: 0.7 / 1),
-so they travel with the weights: ``knobs.json`` beside ``model.safetensors``, written by
-``causaldiffae tune RUN --apply`` and read by ``CausalDiffAE.from_pretrained``. A call or command that names a
-depth or weight uses it; one that names none uses the model's knobs, and a model without ``knobs.json`` the
-global defaults below.
+The best depth and weight differ between models (the shipped Pendulum model: 0.5 / 1; the epsilon-prediction
+Pendulum model shipped before it: 0.4 / 1.5; the shipped MorphoMNIST model: 0.7 / 1), so they travel with the
+weights: ``knobs.json`` beside ``model.safetensors``, written by ``causaldiffae tune RUN --apply`` and read by
+``CausalDiffAE.from_pretrained``. A call or command that names a depth or weight uses it; one that names none
+uses the model's knobs, and a model without ``knobs.json`` the global defaults below.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from .atomic import write_text
 
 #: Inversion depth and guidance weight when neither the call nor the model names one, chosen on Pendulum's
 #: validation split (never test) by `causaldiffae tune` with the shipped model: the lowest error to the true
-#: counterfactual of 18 (depth, guidance) cells, 64 images, 50 steps (true-cf L1 3.24 at 0.4 / 1.5 against 3.72
-#: at 0.7 / 1 and 4.87 at 1.0 / 1; docs/results/pendulum/tune/tune.md). Tune them for your own model.
-DEFAULT_DEPTH = 0.4
-DEFAULT_GUIDANCE = 1.5
+#: counterfactual of 15 (depth, guidance) cells, 64 images, 50 steps (true-cf L1 2.89 at 0.5 / 1 against 2.96 at
+#: 0.4 / 1.5 and 3.48 at 1.0 / 1; docs/results/pendulum/tune/tune.md). Tune them for your own model.
+DEFAULT_DEPTH = 0.5
+DEFAULT_GUIDANCE = 1.0
 KNOBS_NAME = "knobs.json"
 #: How x_T is abducted: DDIM inversion, or the reference code's fresh noise (for comparison).
 Abduction = Literal["ddim", "noise"]
