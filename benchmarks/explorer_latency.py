@@ -2,10 +2,10 @@
 
     python benchmarks/explorer_latency.py [pendulum|morphomnist] [--moves 5] [--screenshot docs/images/explorer.png]
 
-Serves ``causaldiffae explore MODEL`` in this process at the page's defaults (guidance, depth, 50 DDIM steps),
-opens it in Debian's Chromium (Playwright), picks the first test image (its abduction is computed and cached
-then), and moves the first variable's slider ``--moves`` times; each latency is the time from the slider's
-release to the new counterfactual on the page. Prints them and writes
+Serves ``causaldiffae explore MODEL`` in this process at the page's defaults (the model's knobs: guidance,
+depth, DDIM steps), opens it in Debian's Chromium (Playwright), picks the first test image (its abduction is
+computed and cached then), and moves the first variable's slider ``--moves`` times; each latency is the time
+from the slider's release to the new counterfactual on the page. Prints them and writes
 ``benchmarks/results/explorer_latency_MODEL.json``.
 """
 

@@ -12,6 +12,7 @@ import torch
 
 from causaldiffae import CausalDiffAE, ModelConfig
 from causaldiffae.data import load_dataset
+from causaldiffae.knobs import Knobs
 from causaldiffae.metrics.effectiveness import attribute_errors, movement, non_descendant_change
 from causaldiffae.metrics.predictors import Predictors, interventional_errors, save_predictors
 from causaldiffae.metrics.report import fmt, markdown, metrics_document
@@ -21,8 +22,9 @@ from causaldiffae.metrics.truth import known_labels, morphometry_labels, true_sc
 from causaldiffae.reproduce import column_value, write_comparison
 from conftest import CONFIGS, TINY, TINY_SIZE, exit_code, predicting_no_noise
 
-SMALL = Settings(n=8, seeds=(0, 1), steps=3, batch_size=4, subset=4, cycles=3, weights=(0.0, 1.0, 2.0),
-                 dci_samples=40, examples=2)
+#: No steps named: the suite runs at the model's own (the identity model's knobs say 3).
+SMALL = Settings(n=8, seeds=(0, 1), batch_size=4, subset=4, cycles=3, weights=(0.0, 1.0, 2.0), dci_samples=40,
+                 examples=2)
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +35,12 @@ def dataset(tiny_dataset):
 @pytest.fixture(scope="module")
 def identity_model(dataset) -> CausalDiffAE:
     """A model that predicts eps = 0, so DDIM inversion then decoding returns the factual image exactly (up to
-    rounding): a model whose counterfactual is the factual image."""
+    rounding): a model whose counterfactual is the factual image. Its knobs say 3 DDIM steps."""
     torch.manual_seed(0)
     config = ModelConfig(graph=dataset.graph.to_dict(), image_size=TINY_SIZE, channels=3, **TINY)
-    return predicting_no_noise(CausalDiffAE(config).eval())
+    model = predicting_no_noise(CausalDiffAE(config).eval())
+    model.knobs = Knobs(steps=3)
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +160,7 @@ def test_parse_seeds_names_bad_input():
 
 def test_settings_and_their_flags_round_trip():
     """The flags of `evaluate` and `reproduce` come from Settings: the flags of a Settings parse back to it; a
-    depth or weight of None (the run's own knobs) is left out, and the defaults are Settings' own."""
+    depth, weight or steps of None (the run's own knobs) is left out, and the defaults are Settings' own."""
     import argparse
 
     from causaldiffae.metrics.settings import add_flags, from_flags
@@ -243,6 +247,12 @@ def test_suite_reports_every_metric(results):
     assert dag["light"]["allowed"] is False and dag["shadow_length"]["allowed"] is True
     assert dag["light"]["true_change"] == 0
     assert all(math.isfinite(m["cld"]) for m in seed["minimality"].values())
+
+
+def test_the_suite_records_the_steps_it_used(results):
+    """Settings that name no steps run at the model's own, and metrics.json's settings say which."""
+    assert SMALL.steps is None and results["settings"]["steps"] == 3
+    assert "3 steps" in markdown(metrics_document(results, {}))
 
 
 def test_seeds_draw_different_interventions(results):

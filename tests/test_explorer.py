@@ -12,6 +12,7 @@ from PIL import Image
 from causaldiffae import CausalDiffAE, ModelConfig, explorer
 from causaldiffae.data import load_dataset, pendulum
 from causaldiffae.explorer import DISPLAY_SIZE, Explorer
+from causaldiffae.knobs import Knobs
 from conftest import TINY, TINY_SIZE, predicting_no_noise
 
 KNOBS = dict(guidance=1.5, depth=0.5, steps=4)
@@ -144,3 +145,23 @@ def test_page_helpers_turn_errors_into_messages_and_pick_slider_ranges(app):
     page = explore_app.build_app(app, "tiny")
     labels = {getattr(b, "label", None) for b in page.blocks.values()}
     assert {"angle (degrees)", "guidance weight", "inversion depth", "DDIM steps", "traversal"} <= labels
+
+
+def test_queries_and_the_page_default_to_the_models_own_steps(app, monkeypatch):
+    """A model whose knobs say 3 steps: a query naming none abducts at 3 and records 3; the page's steps slider
+    starts at the knob (capped at one step per timestep of the trajectory: depth 0.5 of T = 100 allows 50)."""
+    calls = []
+    original = explorer.abduct_noise
+    monkeypatch.setattr(explorer, "abduct_noise", lambda *a, **k: calls.append(k["steps"]) or original(*a, **k))
+    app.model.knobs = Knobs(0.5, 1.0, 3)
+    app.choose(0)
+    assert app.query({"angle": 5.0}).settings["steps"] == 3 and calls == [3]
+    assert app.query({"angle": 5.0}, steps=4).settings["steps"] == 4 and calls == [3, 4]
+    pytest.importorskip("gradio")
+    from causaldiffae import explore_app
+
+    for knob, shown in ((3, 3), (20, 20), (80, 50)):
+        app.model.knobs = Knobs(0.5, 1.0, knob)
+        page = explore_app.build_app(app, "tiny")
+        slider = next(b for b in page.blocks.values() if getattr(b, "label", None) == "DDIM steps")
+        assert slider.value == shown and slider.minimum <= shown <= slider.maximum, knob

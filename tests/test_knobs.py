@@ -1,5 +1,5 @@
 """A model's own counterfactual knobs (knobs.json): read, written, refused when broken, and used where a call
-or command names no depth or guidance weight."""
+or command names no depth, guidance weight or number of DDIM steps."""
 
 from __future__ import annotations
 
@@ -7,32 +7,50 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 
 from causaldiffae import CausalDiffAE, ModelConfig
 from causaldiffae.counterfactual import counterfactual
 from causaldiffae.data import load_dataset
 from causaldiffae.demo import SHIPPED_MODELS
-from causaldiffae.knobs import DEFAULT_DEPTH, DEFAULT_GUIDANCE, KNOBS_NAME, Knobs, read_knobs, write_knobs
+from causaldiffae.knobs import (
+    DEFAULT_DEPTH,
+    DEFAULT_GUIDANCE,
+    DEFAULT_STEPS,
+    KNOBS_NAME,
+    Knobs,
+    read_knobs,
+    write_knobs,
+)
 from causaldiffae.metrics.settings import Settings
 from conftest import TINY, TINY_SIZE, ab_model, exit_code, predicting_no_noise
 
 
 def test_a_folder_without_knobs_gets_the_global_defaults(tmp_path):
     assert read_knobs(tmp_path) == Knobs()
-    assert (Knobs().depth, Knobs().guidance) == (DEFAULT_DEPTH, DEFAULT_GUIDANCE) == (0.5, 1.0)
+    assert (Knobs().depth, Knobs().guidance, Knobs().steps) == (DEFAULT_DEPTH, DEFAULT_GUIDANCE, DEFAULT_STEPS) \
+        == (0.5, 1.0, 50)
 
 
 def test_written_knobs_read_back_and_fill_only_what_a_call_leaves_open(tmp_path):
-    path = write_knobs(tmp_path, Knobs(0.7, 1.0, "by hand"))
+    path = write_knobs(tmp_path, Knobs(0.7, 1.0, 20, "by hand"))
     assert path == tmp_path / KNOBS_NAME
-    assert json.loads(path.read_text()) == {"depth": 0.7, "guidance": 1.0, "chosen_by": "by hand"}
+    assert json.loads(path.read_text()) == {"depth": 0.7, "guidance": 1.0, "steps": 20, "chosen_by": "by hand"}
     knobs = read_knobs(tmp_path)
-    assert knobs == Knobs(0.7, 1.0, "by hand")
+    assert knobs == Knobs(0.7, 1.0, 20, "by hand")
     assert knobs.resolve(None, None) == (0.7, 1.0)
     assert knobs.resolve(0.3, None) == (0.3, 1.0) and knobs.resolve(None, 2.0) == (0.7, 2.0)
-    assert Settings().resolved(knobs).depth == 0.7 and Settings().resolved(knobs).guidance == 1.0
-    assert Settings(depth=0.3, guidance=0.0).resolved(knobs).depth == 0.3  # a given value wins, 0 included
-    assert Settings(depth=0.3, guidance=0.0).resolved(knobs).guidance == 0.0
+    assert knobs.resolve_steps(None) == 20 and knobs.resolve_steps(3) == 3
+    own = Settings().resolved(knobs)  # what an evaluation records: the values it used
+    assert (own.depth, own.guidance, own.steps) == (0.7, 1.0, 20)
+    given = Settings(depth=0.3, guidance=0.0, steps=3).resolved(knobs)  # a given value wins, 0 included
+    assert (given.depth, given.guidance, given.steps) == (0.3, 0.0, 3)
+
+
+def test_a_knobs_file_without_steps_loads_with_50(tmp_path):
+    """Every knobs.json written before steps were a knob (the shipped ones included) keeps 50 steps."""
+    (tmp_path / KNOBS_NAME).write_text('{"depth": 0.7, "guidance": 1.0, "chosen_by": "before steps"}')
+    assert read_knobs(tmp_path) == Knobs(0.7, 1.0, 50, "before steps")
 
 
 @pytest.mark.parametrize(("text", "message"), [
@@ -43,7 +61,15 @@ def test_written_knobs_read_back_and_fill_only_what_a_call_leaves_open(tmp_path)
     ('{"depth": 0.5, "guidance": -1}', "guidance must be >= 0"),
     ('{"depth": "0.5", "guidance": 1}', "depth must be a finite number"),
     ('{"depth": 0.5, "guidance": NaN}', "guidance must be a finite number"),
-    ('{"depth": 0.5, "guidance": 1, "steps": 20}', r"unknown keys \['steps'\]"),
+    ('{"depth": 0.5, "guidance": 1, "solver": "ddim"}',
+     r"unknown keys \['solver'\] \(expected depth, guidance, steps, chosen_by\)"),
+    ('{"depth": 0.5, "guidance": 1, "steps": 0}', "knobs: steps must be a positive integer"),
+    ('{"depth": 0.5, "guidance": 1, "steps": -1}', "knobs: steps must be a positive integer"),
+    ('{"depth": 0.5, "guidance": 1, "steps": 2.5}', "knobs: steps must be a positive integer"),
+    ('{"depth": 0.5, "guidance": 1, "steps": 20.0}', "knobs: steps must be a positive integer"),
+    ('{"depth": 0.5, "guidance": 1, "steps": true}', "knobs: steps must be a positive integer"),
+    ('{"depth": 0.5, "guidance": 1, "steps": "x"}', "knobs: steps must be a positive integer"),
+    ('{"depth": 0.5, "guidance": 1, "steps": null}', "knobs: steps must be a positive integer"),
 ])
 def test_a_broken_knobs_file_is_refused_by_name(tmp_path, text, message):
     (tmp_path / KNOBS_NAME).write_text(text)
@@ -69,6 +95,41 @@ def test_from_pretrained_reads_the_knobs_and_counterfactuals_use_them(tmp_path):
     assert own.abs().mean() < default.abs().mean()
 
 
+def test_the_models_own_steps_set_the_network_calls_of_a_counterfactual(tmp_path):
+    """knobs.json says 3 steps: a counterfactual that names none runs 3 inversion and 3 decoding UNet calls (one per
+    step at guidance 1, a batch this small in one call); a call that names its steps runs those instead."""
+    ab_model().save_pretrained(tmp_path)
+    write_knobs(tmp_path, Knobs(0.5, 1.0, 3))
+    model = CausalDiffAE.from_pretrained(tmp_path)
+    assert model.knobs.steps == 3
+    calls = []
+    forward = model.unet.forward
+    model.unet.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)  # type: ignore[method-assign]
+    x = torch.rand(2, 1, 8, 8)
+    counterfactual(model, x, {"a": 0.5})
+    assert len(calls) == 3 + 3
+    calls.clear()
+    counterfactual(model, x, {"a": 0.5}, steps=5)
+    assert len(calls) == 5 + 5
+    calls.clear()
+    counterfactual(model, x, {"a": 0.5}, reconstruct=True)  # the reconstruction decodes in the same calls
+    assert len(calls) == 3 + 3
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        counterfactual(model, x, {"a": 0.5}, steps=2.5)
+
+
+def test_cli_counterfactual_runs_and_records_the_models_own_steps(tmp_path):
+    """No --steps: the command runs at the model's steps knob and OUT.json says so; --steps overrides it."""
+    ab_model().save_pretrained(tmp_path / "model")
+    write_knobs(tmp_path / "model", Knobs(0.5, 1.0, 2))
+    Image.new("L", (8, 8), 128).save(tmp_path / "x.png")
+    args = ["counterfactual", str(tmp_path / "model"), "--image", str(tmp_path / "x.png"), "--do", "a=0.5"]
+    assert exit_code([*args, "--out", str(tmp_path / "own.png")]) == 0
+    assert json.loads((tmp_path / "own.json").read_text())["settings"]["steps"] == 2
+    assert exit_code([*args, "--steps", "3", "--out", str(tmp_path / "given.png")]) == 0
+    assert json.loads((tmp_path / "given.json").read_text())["settings"]["steps"] == 3
+
+
 def test_the_shipped_models_carry_the_knobs_chosen_on_validation():
     """docs/results/*/tune/tune.md: Pendulum 0.5 / 1, MorphoMNIST 0.7 / 1."""
     assert (read_knobs(SHIPPED_MODELS["pendulum"]).depth, read_knobs(SHIPPED_MODELS["pendulum"]).guidance) == (0.5, 1.0)
@@ -87,12 +148,25 @@ def test_tune_apply_writes_the_chosen_knobs(tmp_path, tiny_dataset, capsys):
     best = json.loads((tmp_path / "t2" / "tune.json").read_text())["best"]
     knobs = CausalDiffAE.from_pretrained(tmp_path / "model").knobs
     assert (knobs.depth, knobs.guidance) == (best["depth"], best["guidance"]) and "train split" in knobs.chosen_by
+    assert knobs.steps == 2 and "2 DDIM steps" in knobs.chosen_by  # the steps the grid was scored at
     assert f"wrote {tmp_path / 'model' / KNOBS_NAME}" in capsys.readouterr().out
+    # no --steps: the grid runs at the model's own steps, and --apply writes those
+    write_knobs(tmp_path / "model", Knobs(0.5, 1.0, 3))
+    assert exit_code([*args[:-2], "--out", str(tmp_path / "t3"), "--apply"]) == 0
+    assert json.loads((tmp_path / "t3" / "tune.json").read_text())["settings"]["steps"] == 3
+    assert read_knobs(tmp_path / "model").steps == 3
 
 
 def test_cli_help_names_the_models_own_default(capsys):
     assert exit_code(["counterfactual", "--help"]) == 0
-    assert "the model's own, from its knobs.json, else 0.5" in " ".join(capsys.readouterr().out.split())
+    text = " ".join(capsys.readouterr().out.split())
+    assert "the model's own, from its knobs.json, else 0.5" in text
+    assert "DDIM steps (default: the model's own, from its knobs.json, else 50)" in text
+    for command in (["evaluate"], ["tune"], ["demo"]):
+        assert exit_code([*command, "--help"]) == 0
+        assert "the model's own, from its knobs.json, else 50" in " ".join(capsys.readouterr().out.split()), command
+    assert exit_code(["sample", "--help"]) == 0  # samples from noise are no counterfactuals: a plain 50
+    assert "DDIM steps (default 50)" in " ".join(capsys.readouterr().out.split())
 
 
 def _model_for(folder) -> CausalDiffAE:

@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
 
 from causaldiffae import reproduce as rp
 from causaldiffae.cli import build_parser
+from causaldiffae.evaluation import portable
+from causaldiffae.knobs import Knobs, read_knobs, write_knobs
 from causaldiffae.metrics.suite import Settings
 from causaldiffae.training import load_run_config
 from conftest import CONFIGS
 
 SMALL = Settings(n=4, seeds=(0, 1), steps=2, depth=0.7)
+#: SMALL at the model's own steps (None), as `reproduce` without --steps.
+SMALL_OWN = replace(SMALL, steps=None)
 
 
 @pytest.mark.parametrize("dataset", sorted(rp.PLANS))
@@ -142,10 +146,30 @@ def test_beats_uses_the_training_spread(tmp_path):
 
 
 def test_rows_evaluated_otherwise_are_named(tmp_path):
-    rows = {"causaldiffae": _document([1.0]), "noise-depth1": _document([1.0], abduction="noise", depth=1.0)}
+    fewer_steps = _document([1.0])
+    fewer_steps["settings"]["steps"] = 20  # each model at its own knobs: its steps too
+    rows = {"causaldiffae": _document([1.0]), "noise-depth1": _document([1.0], abduction="noise", depth=1.0),
+            "quick": fewer_steps}
     rp.write_comparison("toy", rows, tmp_path, "none")
     text = (tmp_path / "results.md").read_text()
     assert "abduction ddim, depth 0.7" in text and "noise-depth1 (abduction noise, depth 1.0)" in text
+    assert "quick (steps 20)" in text
+
+
+def test_an_evaluation_is_reused_only_at_the_models_current_steps(tmp_path):
+    """metrics.json records the steps used (settings resolved against the model's knobs): reproduce reuses it
+    while the model's knobs.json still says those steps, and evaluates again once its steps knob changes."""
+    run, out = tmp_path / "run", tmp_path / "eval"
+    run.mkdir()
+    out.mkdir()
+    write_knobs(run, Knobs(0.7, 1.0, 20))
+    recorded = asdict(SMALL_OWN.resolved(read_knobs(run)))
+    assert recorded["steps"] == 20
+    (out / "metrics.json").write_text(json.dumps({"settings": recorded, "run": portable(run)}))
+    assert rp._evaluated(run, out, SMALL_OWN)
+    write_knobs(run, Knobs(0.7, 1.0, 10))
+    assert not rp._evaluated(run, out, SMALL_OWN)
+    assert rp._evaluated(run, out, replace(SMALL_OWN, steps=20))  # named steps: the knob no longer matters
 
 
 def test_beats_knows_each_columns_direction():

@@ -36,7 +36,7 @@ from .cli_args import (
 from .cli_commands import inputs as _inputs  # noqa: F401  (its name here before it moved)
 from .cli_errors import describe, end_progress_bars, out_of_memory, silence_stdout
 from .config import add_flags
-from .knobs import DEFAULT_DEPTH, DEFAULT_GUIDANCE, KNOBS_NAME, Solver
+from .knobs import DEFAULT_DEPTH, DEFAULT_GUIDANCE, DEFAULT_STEPS, KNOBS_NAME, Solver
 from .metrics.settings import MODEL_KNOBS, SOLVER_HELP, Settings
 
 __all__ = ["MAX_SWEEP", "build_parser", "describe", "main", "parse_do", "parse_index"]
@@ -217,7 +217,7 @@ def _add_demo(subcommands: Any) -> None:
     dm.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     dm.add_argument("--model", help="a Pendulum or MorphoMNIST model folder to show instead of the shipped ones")
     dm.add_argument("--train-minutes", type=float, help="train a Pendulum model from scratch for this long instead")
-    dm.add_argument("--steps", type=positive_int, default=50, help="DDIM steps (default 50)")
+    dm.add_argument("--steps", type=positive_int, help=f"DDIM steps (default: {MODEL_KNOBS} {DEFAULT_STEPS})")
     dm.add_argument("--depth", type=depth, help=f"inversion depth (default: {MODEL_KNOBS} {DEFAULT_DEPTH})")
     dm.set_defaults(func=commands.demo)
 
@@ -274,8 +274,8 @@ def _add_tune(subcommands: Any) -> None:
                          optional_predictors="also score the predictors' error on the intervened variable")
     add_flags(tu, TuneSettings, {"n": int, "steps": int, "seed": int, "batch_size": int})
     tu.add_argument("--apply", action="store_true",
-                    help=f"write the chosen knobs into RUN/{KNOBS_NAME}, the depth and weight its counterfactuals "
-                         "then use when none is given")
+                    help=f"write the chosen knobs into RUN/{KNOBS_NAME}: the depth and weight, with the DDIM steps "
+                         "the grid ran at, that its counterfactuals then use when none is given")
     tu.set_defaults(func=commands.tune)
 
 
@@ -328,8 +328,10 @@ def _add_evaluation_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_sampling_flags(parser: argparse.ArgumentParser, inversion: bool) -> None:
-    parser.add_argument("--steps", type=positive_int, default=50, help="DDIM steps (default 50)")
-    # counterfactuals: the model's tuned weight; samples: plain conditional
+    # counterfactuals: the model's tuned steps and weight; samples: 50 steps, plain conditional
+    parser.add_argument("--steps", type=positive_int, default=None if inversion else 50,
+                        help=f"DDIM steps (default: {MODEL_KNOBS} {DEFAULT_STEPS})" if inversion
+                        else "DDIM steps (default 50)")
     default = f"{MODEL_KNOBS} {DEFAULT_GUIDANCE:g}" if inversion else "1"
     parser.add_argument("--guidance", default=None if inversion else "1",
                         help=f"guidance weight w (1 = plain conditional; default: {default}); a comma list sweeps "

@@ -83,6 +83,7 @@ def counterfactual(args: argparse.Namespace) -> None:
     fixed, swept = parse_do(args.do, model.graph)
     weights = floats(args.guidance, "--guidance") if args.guidance is not None else [model.knobs.guidance]
     depth = model.knobs.depth if args.depth is None else args.depth
+    steps = model.knobs.resolve_steps(args.steps)  # resolved here so that OUT.json records the steps used
     if swept and len(weights) > 1:
         raise ValueError("sweep either one --do range or --guidance, not both")
     x, labels, names, classes = inputs(args, model)
@@ -100,7 +101,7 @@ def counterfactual(args: argparse.Namespace) -> None:
                              "labels it needs")
         latents = model.encode(x, labels=model.graph.stacked({v: [row[v] for row in labels]
                                                               for v in model.graph.variables}))
-    result = sweep(model, x, columns, steps=args.steps, depth=depth, abduction=args.abduction, solver=args.solver,
+    result = sweep(model, x, columns, steps=steps, depth=depth, abduction=args.abduction, solver=args.solver,
                    classes=classes, generator=generator, latents=latents, reconstruct=True)
     recon = result.reconstructed()
     if len(columns) == 1:
@@ -111,7 +112,7 @@ def counterfactual(args: argparse.Namespace) -> None:
         save_grid(out, rows, [f"image {b}" for b in range(len(x))], ["factual", "recon", *headers])
     report = {
         "images": names, "factual_labels": labels,
-        "settings": {"steps": args.steps, "depth": depth, "abduction": args.abduction, "solver": args.solver,
+        "settings": {"steps": steps, "depth": depth, "abduction": args.abduction, "solver": args.solver,
                      "seed": args.seed},
         "model_factual_estimate": _per_image(result.labels),
         "columns": [{"do": do, "guidance": w, "model_counterfactual_estimate": _per_image(result.column(i).labels_cf)}
@@ -226,11 +227,12 @@ def tune(args: argparse.Namespace) -> None:
     predictors = load_predictors(args.predictors, device=next(model.parameters()).device) if args.predictors else None
     result = tuning.tune(model, dataset, settings, predictors)
     table = tuning.write_tuning(result, args.out, portable(args.run), portable(dataset.root))
-    best = result["best"]
-    print(f"chosen on {args.split}: depth {best['depth']:g}, guidance {best['guidance']:g}; wrote {table}")
-    if args.apply:
-        knobs = Knobs(best["depth"], best["guidance"], f"causaldiffae tune on the {args.split} split "
-                      f"({settings.n} images, {settings.steps} DDIM steps; one-standard-error choice)")
+    best, steps = result["best"], result["settings"]["steps"]  # the model's own steps where none were given
+    print(f"chosen on {args.split}: depth {best['depth']:g}, guidance {best['guidance']:g} (at {steps} DDIM steps); "
+          f"wrote {table}")
+    if args.apply:  # the grid's steps too: the depth and weight were chosen at them
+        knobs = Knobs(best["depth"], best["guidance"], steps, f"causaldiffae tune on the {args.split} split "
+                      f"({settings.n} images, {steps} DDIM steps; one-standard-error choice)")
         print(f"wrote {write_knobs(args.run, knobs)}: the model's counterfactuals now use these by default")
 
 

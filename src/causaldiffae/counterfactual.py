@@ -98,12 +98,13 @@ def guided_denoiser(model: CausalDiffAE, cond: torch.Tensor, guidance: float) ->
 
 
 @torch.inference_mode()
-def abduct_noise(model: CausalDiffAE, x: Images, z: torch.Tensor, *, steps: int = 50, depth: float | None = None,
-                 abduction: Abduction = "ddim", classes: torch.Tensor | None = None,
+def abduct_noise(model: CausalDiffAE, x: Images, z: torch.Tensor, *, steps: int | None = None,
+                 depth: float | None = None, abduction: Abduction = "ddim", classes: torch.Tensor | None = None,
                  generator: torch.Generator | None = None) -> torch.Tensor:
     """x_T of images x in [0, 1] given their factual latents z: DDIM inversion, or fresh noise at the top;
-    ``depth`` None = the model's own (``model.knobs``)."""
+    ``steps`` and ``depth`` None = the model's own (``model.knobs``)."""
     depth, _ = model.knobs.resolve(depth, None)
+    steps = model.knobs.resolve_steps(steps)
     x = model.prepare_images(x)
     z = _latents(model, z, len(x))
     _check_knobs(steps, depth)
@@ -123,15 +124,16 @@ def abduct_noise(model: CausalDiffAE, x: Images, z: torch.Tensor, *, steps: int 
 
 
 @torch.inference_mode()
-def decode(model: CausalDiffAE, x_T: torch.Tensor, z: torch.Tensor, *, steps: int = 50,
+def decode(model: CausalDiffAE, x_T: torch.Tensor, z: torch.Tensor, *, steps: int | None = None,
            guidance: float | None = None, depth: float | None = None, solver: Solver = "ddim",
            classes: torch.Tensor | None = None, clip: bool = False, spacing: ddim.Spacing = "leading") -> torch.Tensor:
-    """Decoding of x_T with latents z (B, n, d) and guidance weight w -> images in [0, 1]; ``guidance`` and
-    ``depth`` None = the model's own; ``solver`` "dpm++2m" decodes with the second-order multistep solver over the
-    same timesteps; ``clip`` the predicted x0 only when x_T is fresh noise, not an inversion;
+    """Decoding of x_T with latents z (B, n, d) and guidance weight w -> images in [0, 1]; ``steps``, ``guidance``
+    and ``depth`` None = the model's own; ``solver`` "dpm++2m" decodes with the second-order multistep solver over
+    the same timesteps; ``clip`` the predicted x0 only when x_T is fresh noise, not an inversion;
     ``spacing="trailing"`` when x_T is pure noise (the trajectory then starts at t = T - 1; see
     ``ddim.timesteps``)."""
     depth, guidance = model.knobs.resolve(depth, guidance)
+    steps = model.knobs.resolve_steps(steps)
     x_T = _tensor(model, x_T, "x_T")
     z = _latents(model, z, len(x_T))
     _check_knobs(steps, depth)
@@ -147,7 +149,7 @@ def decode(model: CausalDiffAE, x_T: torch.Tensor, z: torch.Tensor, *, steps: in
 
 
 @torch.inference_mode()
-def counterfactual(model: CausalDiffAE, x: Images, do: Mapping[str, Value], *, steps: int = 50,
+def counterfactual(model: CausalDiffAE, x: Images, do: Mapping[str, Value], *, steps: int | None = None,
                    guidance: float | None = None, depth: float | None = None, abduction: Abduction = "ddim",
                    solver: Solver = "ddim", classes: torch.Tensor | None = None,
                    generator: torch.Generator | None = None, latents: Latents | None = None,
@@ -161,12 +163,13 @@ def counterfactual(model: CausalDiffAE, x: Images, do: Mapping[str, Value], *, s
 
     A value is a scalar or one value per image; several variables at once are one joint intervention;
     ``do={}`` reconstructs. ``depth`` in (0, 1] inverts only part of the way (1.0 = all the way to x_T);
-    ``guidance`` and ``depth`` None take the model's own knobs (``model.knobs``: its ``knobs.json``, else the
-    global defaults 1.5 and 0.4). ``solver`` is the decoder ("dpm++2m": second order at the same calls; the
-    inversion stays DDIM). ``classes`` (B,) is the extra class condition of a model trained with one
-    (``num_classes > 0``). ``latents`` are the factual latents when they are already known (``model.encode(x)``;
-    the label-conditional baseline's come from the factual labels: ``model.encode(x, labels=...)``), else ``x``
-    is encoded. ``reconstruct`` also decodes the factual latents in the same batch.
+    ``steps`` (DDIM steps of the inversion and of the decoding), ``guidance`` and ``depth`` None take the model's
+    own knobs (``model.knobs``: its ``knobs.json``, else the global defaults 50, 1 and 0.5). ``solver`` is the
+    decoder ("dpm++2m": second order at the same calls; the inversion stays DDIM). ``classes`` (B,) is the extra
+    class condition of a model trained with one (``num_classes > 0``). ``latents`` are the factual latents when
+    they are already known (``model.encode(x)``; the label-conditional baseline's come from the factual labels:
+    ``model.encode(x, labels=...)``), else ``x`` is encoded. ``reconstruct`` also decodes the factual latents in
+    the same batch.
     """
     return sweep(model, x, [(do, guidance)], steps=steps, depth=depth, abduction=abduction, solver=solver,
                  classes=classes, generator=generator, latents=latents, reconstruct=reconstruct).column(0)
@@ -174,16 +177,17 @@ def counterfactual(model: CausalDiffAE, x: Images, do: Mapping[str, Value], *, s
 
 @torch.inference_mode()
 def sweep(model: CausalDiffAE, x: Images, columns: Sequence[tuple[Mapping[str, Value], float | None]], *,
-          steps: int = 50, depth: float | None = None, abduction: Abduction = "ddim", solver: Solver = "ddim",
+          steps: int | None = None, depth: float | None = None, abduction: Abduction = "ddim", solver: Solver = "ddim",
           classes: torch.Tensor | None = None, generator: torch.Generator | None = None,
           latents: Latents | None = None, reconstruct: bool = False) -> Sweep:
     """Several (do, guidance) columns of the same images with one abduction: a traversal or guidance sweep.
 
     The decodes of all columns (and the reconstruction) run as one batch per weight, in calls of at most
-    ``MAX_PIXELS_PER_CALL`` pixels. A weight or ``depth`` of None is the model's own (``model.knobs``); the other
-    arguments are ``counterfactual``'s.
+    ``MAX_PIXELS_PER_CALL`` pixels. A weight, ``steps`` or ``depth`` of None is the model's own (``model.knobs``);
+    the other arguments are ``counterfactual``'s.
     """
     depth, _ = model.knobs.resolve(depth, None)
+    steps = model.knobs.resolve_steps(steps)
     x = model.prepare_images(x)
     if x.min() < 0 or x.max() > 1:
         raise ValueError(f"images must lie in [0, 1], got values in [{x.min().item():.3g}, {x.max().item():.3g}]")

@@ -105,11 +105,11 @@ def dataset_of(model: CausalDiffAE) -> str:
 
 
 def run_demo(out: str | Path, model_dir: str | Path | None = None, train_minutes: float | None = None,
-             steps: int = 50, depth: float | None = None, n_images: int = 4, n_values: int = 7,
+             steps: int | None = None, depth: float | None = None, n_images: int = 4, n_values: int = 7,
              guidance: float | None = None) -> Path:
     """Write the demo grids and ``report.md`` into ``out``: of ``model_dir`` alone when given, of the Pendulum
-    model trained from scratch for ``train_minutes`` when given, else of every shipped model. A depth or weight
-    of None is each model's own (``model.knobs``)."""
+    model trained from scratch for ``train_minutes`` when given, else of every shipped model. Steps, a depth or a
+    weight of None are each model's own (``model.knobs``)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if train_minutes is not None:
@@ -123,10 +123,10 @@ def run_demo(out: str | Path, model_dir: str | Path | None = None, train_minutes
         model = CausalDiffAE.from_pretrained(folder)
         prefix = "" if model_dir else f"{name}-"
         title = f"`{model_dir}`" if model_dir else f"the shipped {name} model"
-        parts.append(_model_section(model, title, out, prefix, steps, *model.knobs.resolve(depth, guidance),
-                                    n_images, n_values))
-    report = (f"# causaldiffae demo\n\n{steps} DDIM steps, {n_images} test images, {n_values} values per "
-              "variable.\n\n" + "\n".join(parts))
+        parts.append(_model_section(model, title, out, prefix, model.knobs.resolve_steps(steps),
+                                    *model.knobs.resolve(depth, guidance), n_images, n_values))
+    report = (f"# causaldiffae demo\n\n{n_images} test images, {n_values} values per variable.\n\n"
+              + "\n".join(parts))
     write_text(out / "report.md", report)
     return out
 
@@ -158,7 +158,7 @@ def _model_section(model: CausalDiffAE, title: str, out: Path, prefix: str, step
     recon = counterfactual(model, x, {}, steps=steps, guidance=1.0, depth=depth, classes=classes).images
     save_grid(out / f"{prefix}reconstruction.png", [x, recon], ["data", "recon"])
     recon_err = (recon - x).abs().mean().item()
-    return (f"## {title}\n\nInversion depth {depth:g}, guidance {guidance:g}.\n\n"
+    return (f"## {title}\n\nInversion depth {depth:g}, guidance {guidance:g}, {steps} DDIM steps.\n\n"
             f"### Reconstruction (do = {{}})\n\n![reconstruction]({prefix}reconstruction.png)\n\n"
             f"Top: test images; bottom: DDIM inversion then decoding with the factual latents. They should be "
             f"indistinguishable (mean absolute error {recon_err:.4f}).\n\n" + "\n".join(sections))

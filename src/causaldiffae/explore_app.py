@@ -19,8 +19,6 @@ from typing import Any
 
 from .explorer import Explorer, Result
 
-#: Default DDIM steps of the page: the counterfactual pipeline's own default.
-DEFAULT_STEPS = 50
 #: Slider resolution: a variable's range in this many steps.
 SLIDER_STEPS = 200
 
@@ -46,8 +44,8 @@ def build_app(app: Explorer, title: str) -> Any:
     downloads = Path(tempfile.mkdtemp(prefix="causaldiffae-explore-"))
     atexit.register(shutil.rmtree, downloads, ignore_errors=True)  # the page's downloads end with the process
     # at most one DDIM step per training timestep of the default trajectory (a tiny test model has T = 100)
-    model_knobs = app.model.knobs  # the model's own depth and weight (knobs.json), else the global defaults
-    default_steps = min(DEFAULT_STEPS, round(model_knobs.depth * app.model.config.num_timesteps))
+    model_knobs = app.model.knobs  # the model's own depth, weight and steps (knobs.json), else the global defaults
+    default_steps = min(model_knobs.steps, round(model_knobs.depth * app.model.config.num_timesteps))
     with gr.Blocks(title=f"causaldiffae explorer: {title}", analytics_enabled=False) as page:
         gr.Markdown(f"# Counterfactual explorer: {title}\nPick a test image (or upload one), then move a slider: "
                     "each moved slider is a do() on its variable; its descendants follow the model's mechanisms.")
@@ -84,7 +82,9 @@ def build_app(app: Explorer, title: str) -> Any:
                                          elem_id="guidance")
                     depth = gr.Slider(0.1, 1.0, value=model_knobs.depth, step=0.05, label="inversion depth",
                                       elem_id="depth")
-                    steps = gr.Slider(5, 100, value=default_steps, step=5, label="DDIM steps", elem_id="steps")
+                    # the range holds the default, or Gradio would refuse the page's own value (a knob of 3 steps)
+                    steps = gr.Slider(min(5, default_steps), max(100, default_steps), value=default_steps, step=5,
+                                      label="DDIM steps", elem_id="steps")
         with gr.Row():
             along = gr.Dropdown(choices=variables, value=variables[0], label="traverse", elem_id="traverse-variable")
             count = gr.Slider(2, 16, value=7, step=1, label="values", elem_id="traverse-count")

@@ -192,12 +192,13 @@ class Explorer:
         return out
 
     def query(self, do: dict[str, float], guidance: float | None = None, depth: float | None = None,
-              steps: int = 50) -> Result:
+              steps: int | None = None) -> Result:
         """The chosen image under ``do`` (variable name -> value; empty reconstructs): decoded from the cached
         abduction, with the reconstruction, an amplified difference map and, where the SCM is known and the image
-        is a test image, the true counterfactual. A depth or weight of None is the model's own."""
+        is a test image, the true counterfactual. A depth, weight or steps of None is the model's own."""
         choice, do = self._current(), self.check_do(do)
         depth, guidance = self.model.knobs.resolve(depth, guidance)
+        steps = self.model.knobs.resolve_steps(steps)
         start = time.perf_counter()
         x_T, recon = self.abduct(depth, steps)
         z_cf = self.model.intervene(choice.latents, do) if do else choice.latents.z
@@ -219,11 +220,14 @@ class Explorer:
             settings={"guidance": float(guidance), "depth": float(depth), "steps": int(steps)})
 
     def traversal(self, name: str, k: int = 7, guidance: float | None = None, depth: float | None = None,
-                  steps: int = 50, low: float | None = None, high: float | None = None) -> tuple[np.ndarray, list]:
+                  steps: int | None = None, low: float | None = None,
+                  high: float | None = None) -> tuple[np.ndarray, list]:
         """``k`` counterfactuals of the chosen image with ``name`` set to evenly spaced values between ``low``
-        and ``high`` (default: the variable's range): one strip image (H, k*W, C) and the values."""
+        and ``high`` (default: the variable's range): one strip image (H, k*W, C) and the values. A depth, weight
+        or steps of None is the model's own."""
         choice = self._current()
         depth, guidance = self.model.knobs.resolve(depth, guidance)
+        steps = self.model.knobs.resolve_steps(steps)
         if not 2 <= int(k) <= 16:
             raise ValueError(f"a traversal has 2 to 16 values, got {k}")
         if name not in self.graph.variables:

@@ -1,10 +1,11 @@
-"""A model's own counterfactual knobs: the inversion depth and guidance weight chosen for it on validation.
+"""A model's own counterfactual knobs: the inversion depth, guidance weight and DDIM steps chosen for it.
 
 The best depth and weight differ between models (the shipped Pendulum model: 0.5 / 1; the epsilon-prediction
-Pendulum model shipped before it: 0.4 / 1.5; the shipped MorphoMNIST model: 0.7 / 1), so they travel with the
-weights: ``knobs.json`` beside ``model.safetensors``, written by ``causaldiffae tune RUN --apply`` and read by
-``CausalDiffAE.from_pretrained``. A call or command that names a depth or weight uses it; one that names none
-uses the model's knobs, and a model without ``knobs.json`` the global defaults below.
+Pendulum model shipped before it: 0.4 / 1.5; the shipped MorphoMNIST model: 0.7 / 1), and so do the fewest DDIM
+steps that keep a model's counterfactual quality, so they travel with the weights: ``knobs.json`` beside
+``model.safetensors``, written by ``causaldiffae tune RUN --apply`` and read by ``CausalDiffAE.from_pretrained``.
+A call or command that names a depth, weight or number of steps uses it; one that names none uses the model's
+knobs, and a model without ``knobs.json`` (or a file without "steps") the global defaults below.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from .atomic import write_text
 #: 0.4 / 1.5 and 3.48 at 1.0 / 1; docs/results/pendulum/tune/tune.md). Tune them for your own model.
 DEFAULT_DEPTH = 0.5
 DEFAULT_GUIDANCE = 1.0
+#: DDIM steps of the inversion and of the decoding when neither the call nor the model names them: the number every
+#: shipped model's knobs were tuned and evaluated at, so a knobs.json written before steps were a knob keeps them.
+DEFAULT_STEPS = 50
 KNOBS_NAME = "knobs.json"
 #: How x_T is abducted: DDIM inversion, or the reference code's fresh noise (for comparison).
 Abduction = Literal["ddim", "noise"]
@@ -32,10 +36,11 @@ Solver = Literal["ddim", "dpm++2m"]
 
 @dataclass(frozen=True)
 class Knobs:
-    """Inversion depth in (0, 1] and guidance weight w >= 0, and where they came from."""
+    """Inversion depth in (0, 1], guidance weight w >= 0 and DDIM steps >= 1, and where they came from."""
 
     depth: float = DEFAULT_DEPTH
     guidance: float = DEFAULT_GUIDANCE
+    steps: int = DEFAULT_STEPS
     chosen_by: str = "the global defaults (tuned on Pendulum's validation split)"
 
     def __post_init__(self) -> None:
@@ -46,10 +51,16 @@ class Knobs:
             raise ValueError(f"knobs: depth must lie in (0, 1], got {self.depth}")
         if self.guidance < 0:
             raise ValueError(f"knobs: guidance must be >= 0, got {self.guidance}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"knobs: steps must be a positive integer (DDIM steps), got {self.steps!r}")
 
     def resolve(self, depth: float | None, guidance: float | None) -> tuple[float, float]:
         """The given depth and weight, or these knobs where one is None."""
         return (self.depth if depth is None else depth), (self.guidance if guidance is None else guidance)
+
+    def resolve_steps(self, steps: int | None) -> int:
+        """The given number of DDIM steps, or these knobs' where it is None."""
+        return self.steps if steps is None else steps
 
 
 def read_knobs(directory: str | Path) -> Knobs:
@@ -63,11 +74,12 @@ def read_knobs(directory: str | Path) -> Knobs:
         raise ValueError(f"corrupt knobs file {path}: {err}") from None
     if not isinstance(payload, dict) or not {"depth", "guidance"} <= set(payload):
         raise ValueError(f"{path} must be a JSON object with 'depth' and 'guidance'")
-    unknown = set(payload) - {"depth", "guidance", "chosen_by"}
+    unknown = set(payload) - {"depth", "guidance", "steps", "chosen_by"}
     if unknown:
-        raise ValueError(f"{path}: unknown keys {sorted(unknown)} (expected depth, guidance, chosen_by)")
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)} (expected depth, guidance, steps, chosen_by)")
     try:
-        return Knobs(payload["depth"], payload["guidance"], str(payload.get("chosen_by", f"{KNOBS_NAME}")))
+        return Knobs(payload["depth"], payload["guidance"], payload.get("steps", DEFAULT_STEPS),
+                     str(payload.get("chosen_by", f"{KNOBS_NAME}")))
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
 

@@ -122,7 +122,7 @@ class CausalDiffAE(nn.Module):
         # learned null condition (of z and class together) for condition dropout and guidance
         self.null_cond = nn.Parameter(torch.zeros(n * d + config.num_classes))
         self.schedule = NoiseSchedule(config.num_timesteps, config.beta_schedule, config.beta_start, config.beta_end)
-        self.knobs = Knobs()  # depth and guidance of counterfactuals that name none; from_pretrained reads knobs.json
+        self.knobs = Knobs()  # depth, guidance, steps of counterfactuals that name none; from_pretrained: knobs.json
 
     # -- abduction and action ----------------------------------------------------------------------
     def encode(self, x: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None,

@@ -254,7 +254,7 @@ def _evaluated(run: Path, out: Path, settings: Settings) -> bool:
     if not done.is_file():
         return False
     document = json.loads(done.read_text())
-    wanted = asdict(settings.resolved(read_knobs(run)))  # a depth or weight of None: the run's own knobs
+    wanted = asdict(settings.resolved(read_knobs(run)))  # a depth, weight or steps of None: the run's own knobs
     return document.get("settings") == json.loads(json.dumps(wanted)) and document.get("run") == portable(run)
 
 
@@ -447,8 +447,9 @@ def _dci_summary(documents: Sequence[dict]) -> dict:
 
 
 def _other_settings(docs: Mapping[str, list[dict]], first: dict) -> str:
-    """'; rows with other settings: NAME (abduction noise, depth 1.0)' for the rows evaluated otherwise."""
-    keys = ("abduction", "depth", "guidance")
+    """'; rows with other settings: NAME (abduction noise, depth 1.0)' for the rows evaluated otherwise (each
+    model at its own knobs: depth, guidance and steps can differ between rows)."""
+    keys = ("abduction", "depth", "guidance", "steps")
     notes = []
     for name, runs in docs.items():
         own = runs[0]["settings"]

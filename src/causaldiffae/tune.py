@@ -7,13 +7,14 @@ draws them) and is decoded at every guidance weight, with and without the interv
 the L1 to the true counterfactual where the SCM is known (the criterion), the predictors' error on the
 intervened variable when predictors are given (and the share of images whose class their classifier reads as
 before), on MorphoMNIST the intervened variable's error measured by morphometry, and the null intervention's L1
-to the input (composition).
+to the input (composition). Every cell runs at one number of DDIM steps (the model's own unless given): the
+chosen depth and weight belong to it, so ``--apply`` writes it into the knobs beside them.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -23,10 +24,11 @@ from . import config as cfg
 from .atomic import write_text
 from .counterfactual import SOLVERS, Solver, sweep
 from .data.base import ImageDataset
+from .knobs import DEFAULT_STEPS
 from .metrics.effectiveness import normalized
 from .metrics.predictors import Predictors
 from .metrics.report import fmt, table, to_json
-from .metrics.settings import SOLVER_HELP
+from .metrics.settings import MODEL_KNOBS, SOLVER_HELP
 from .metrics.suite import pixel_l1
 from .metrics.truth import known_labels, morphometry_labels, true_scm
 from .model import CausalDiffAE
@@ -40,7 +42,7 @@ class TuneSettings:
     depths: tuple[float, ...] = cfg.flag((0.3, 0.4, 0.5, 0.7, 0.85, 1.0), "inversion depths")
     weights: tuple[float, ...] = cfg.flag((1.0, 1.5, 2.0), "guidance weights", option="--guidance")
     n: int = cfg.flag(64, "validation images, one do() each")
-    steps: int = cfg.flag(50, "DDIM steps")
+    steps: int | None = cfg.flag(None, f"DDIM steps of every cell ({MODEL_KNOBS} {DEFAULT_STEPS})")
     split: str = cfg.flag("val", "split to tune on", note="test is refused")
     seed: int = cfg.flag(0, "seed of the images and values")
     batch_size: int = cfg.flag(48, "images per abduction")
@@ -55,7 +57,7 @@ class TuneSettings:
             raise ValueError(f"depths must lie in (0, 1], got {bad}")
         if any(not math.isfinite(w) for w in self.weights):
             raise ValueError(f"guidance weights must be finite, got {list(self.weights)}")
-        if self.n < 1 or self.steps < 1 or self.batch_size < 1:
+        if self.n < 1 or (self.steps is not None and self.steps < 1) or self.batch_size < 1:
             raise ValueError(f"n, steps and batch_size must be positive: {self.n}, {self.steps}, {self.batch_size}")
         if self.solver not in SOLVERS:
             raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {self.solver!r}")
@@ -66,8 +68,10 @@ class TuneSettings:
 def tune(model: CausalDiffAE, dataset: ImageDataset, settings: TuneSettings | None = None,
          predictors: Predictors | None = None, progress: bool = True) -> dict:
     """Score every (depth, guidance) of the grid; returns {"settings", "criterion", "images", "grid": [rows],
-    "lowest", "best"}: "best" is the one-standard-error choice (see ``write_tuning``)."""
+    "lowest", "best"}: "best" is the one-standard-error choice (see ``write_tuning``). Steps of None are the
+    model's own; "settings" records the steps used, which the chosen knobs belong to."""
     s = settings or TuneSettings()
+    s = replace(s, steps=model.knobs.resolve_steps(s.steps))
     if s.split not in dataset.splits:
         raise ValueError(f"the dataset has no {s.split!r} split (it has {sorted(set(dataset.splits))})")
     data = dataset.with_variables(model.graph.variables).split(s.split)  # labels matched by name

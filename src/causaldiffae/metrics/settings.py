@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .. import config as cfg
-from ..knobs import DEFAULT_DEPTH, DEFAULT_GUIDANCE, KNOBS_NAME, Abduction, Knobs, Solver
+from ..knobs import DEFAULT_DEPTH, DEFAULT_GUIDANCE, DEFAULT_STEPS, KNOBS_NAME, Abduction, Knobs, Solver
 
 #: How a flag whose default is the model's own names it.
 MODEL_KNOBS = f"the model's own, from its {KNOBS_NAME}, else"
@@ -26,7 +26,8 @@ class Settings:
 
     n: int = cfg.flag(1000, "interventions per seed")
     seeds: tuple[int, ...] = cfg.flag((0, 1, 2), "comma-separated seeds")
-    steps: int = cfg.flag(50, "network calls of the inversion, and of the decoding")
+    steps: int | None = cfg.flag(None, f"network calls of the inversion, and of the decoding ({MODEL_KNOBS} "
+                                       f"{DEFAULT_STEPS})")
     guidance: float | None = cfg.flag(None, f"guidance weight w ({MODEL_KNOBS} {DEFAULT_GUIDANCE})")
     depth: float | None = cfg.flag(None, f"inversion depth in (0, 1] ({MODEL_KNOBS} {DEFAULT_DEPTH})")
     abduction: Abduction = cfg.flag("ddim", "x_T abduction: DDIM inversion, or the reference's fresh noise")
@@ -40,7 +41,8 @@ class Settings:
     """Images per variable in the example grids (seed of the first run only)."""
 
     def __post_init__(self) -> None:
-        if self.n < 1 or self.batch_size < 1 or self.subset < 0 or self.cycles < 1 or self.steps < 1:
+        steps_bad = self.steps is not None and self.steps < 1
+        if self.n < 1 or self.batch_size < 1 or self.subset < 0 or self.cycles < 1 or steps_bad:
             raise ValueError(f"evaluation settings must be positive: n={self.n}, batch_size={self.batch_size}, "
                              f"subset={self.subset}, cycles={self.cycles}, steps={self.steps}")
         if not self.seeds:
@@ -52,13 +54,14 @@ class Settings:
                 raise ValueError(f"{name} must be one of {sorted(typing.get_args(kind))}, got {getattr(self, name)!r}")
 
     def resolved(self, knobs: Knobs) -> Settings:
-        """These settings with a depth or weight of None replaced by ``knobs``'."""
+        """These settings with a depth, weight or number of steps of None replaced by ``knobs``': what a run
+        records is what it used."""
         depth, guidance = knobs.resolve(self.depth, self.guidance)
-        return replace(self, depth=depth, guidance=guidance)
+        return replace(self, depth=depth, guidance=guidance, steps=knobs.resolve_steps(self.steps))
 
     def flags(self) -> list[str]:
-        """The command-line flags that reproduce these settings (a None depth or weight is left out: the run's
-        own knobs)."""
+        """The command-line flags that reproduce these settings (a None depth, weight or steps is left out: the
+        run's own knobs)."""
         out = []
         for field in cfg.flag_fields(Settings):
             value = getattr(self, field.name)
