@@ -6,12 +6,12 @@ In one process, one after another:
 1. the machine's matmul rates (2048 x 2048 x 2048, fp32 and bf16): the ceilings (where bf16 runs slower than
    fp32, a CPU without bf16 instructions, bf16 is measured on one training step only);
 2. training steps of the default Pendulum config (forward, backward, AdamW; batch 32), fp32 and bf16 autocast;
-3. a default counterfactual of the shipped Pendulum model (its knobs, 50 DDIM steps; DDIM and DPM-Solver++
-   decoding) and samples from noise, fp32 and bf16 autocast;
+3. a default counterfactual of the shipped Pendulum model (its knobs: depth, guidance and DDIM steps; DDIM and
+   DPM-Solver++ decoding) and samples from noise (50 steps), fp32 and bf16 autocast;
 4. the same model built at the reference code's MorphoMNIST size (128 channels, 3 res blocks, attention at full
    resolution; 35 M parameters, random weights: only the cost is measured) with the reference's counterfactual:
-   fresh noise at t = 999 and 250 DDIM steps, without and with guidance, and our default counterfactual on the
-   same model.
+   fresh noise at t = 999 and 250 DDIM steps, without and with guidance, and our default counterfactual (the
+   shipped MorphoMNIST model's knobs) on the same model; printed as the ratio of their times per image.
 For each: images per second, GFLOP per image counted by torch's FLOP counter (matmuls, convolutions and
 attention; elementwise work is not counted), the GFLOP/s this achieves and its fraction of the matching matmul
 ceiling, and the process's peak memory so far. Prints a table and writes ``benchmarks/results/utilisation.json``.
@@ -124,14 +124,15 @@ def main() -> None:
     for bf16 in (False, True) if bf16_worth else (False,):
         for solver in ("ddim", "dpm++2m"):
             rows.append(measure(f"counterfactual, shipped Pendulum, {solver}",
-                                lambda s=solver: counterfactual(model, test["image"], do, steps=50, solver=s),
+                                lambda s=solver: counterfactual(model, test["image"], do, solver=s),
                                 args.images, 1, bf16, ceilings))
         rows.append(measure("sample from noise, shipped Pendulum", lambda: sample(model, {}, args.images, steps=50),
                             args.images, 1, bf16, ceilings))
 
     if not args.skip_reference:
-        mm = CausalDiffAE.from_pretrained(SHIPPED_MODELS["morphomnist"]).config
-        big = CausalDiffAE(ModelConfig(**{**mm.__dict__, **REFERENCE_SIZE})).eval()
+        shipped_mm = CausalDiffAE.from_pretrained(SHIPPED_MODELS["morphomnist"])
+        big = CausalDiffAE(ModelConfig(**{**shipped_mm.config.__dict__, **REFERENCE_SIZE})).eval()
+        ours = shipped_mm.knobs
         print(f"reference-size model: {count_parameters(big.unet) / 1e6:.1f} M UNet parameters", flush=True)
         x = torch.rand(args.reference_images, 1, 28, 28)
         classes = torch.zeros(args.reference_images, dtype=torch.long)
@@ -140,9 +141,13 @@ def main() -> None:
                                                                               abduction="noise")),
                              ("reference: fresh noise, 250 steps, w = 2", dict(steps=250, depth=1.0, guidance=2.0,
                                                                               abduction="noise")),
-                             ("ours on the reference-size model", dict(steps=50, depth=0.7, guidance=1.0))):
+                             ("ours on the reference-size model", dict(steps=ours.steps, depth=ours.depth,
+                                                                       guidance=ours.guidance))):
             rows.append(measure(name, lambda k=kwargs: counterfactual(big, x, cf, classes=classes, **k),
                                 args.reference_images, 1, False, ceilings))
+        for reference in rows[-3:-1]:
+            print(f"ours ({ours.steps} steps, depth {ours.depth}, w {ours.guidance:g}) takes "
+                  f"{reference['img_per_s'] / rows[-1]['img_per_s']:.3f} of the time of '{reference['name']}'")
 
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
