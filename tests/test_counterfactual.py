@@ -12,7 +12,7 @@ from PIL import Image
 
 from causaldiffae import CausalDiffAE, ModelConfig
 from causaldiffae.cli import main
-from causaldiffae.counterfactual import abduct_noise, counterfactual, guided_denoiser, sample, sweep
+from causaldiffae.counterfactual import abduct_noise, counterfactual, decode, guided_denoiser, sample, sweep
 from causaldiffae.data import morphomnist, pendulum
 from causaldiffae.demo import dataset_of, run_demo
 from causaldiffae.diffusion import ddim
@@ -46,6 +46,36 @@ def test_null_intervention_is_exact_when_eps_is_zero(images):
         assert torch.allclose(out, images, atol=1e-4), (depth, (out - images).abs().max())
 
 
+@pytest.mark.parametrize("depth", [1.0, 0.5])
+def test_exact_abduction_reconstructs_a_model_that_predicts_noise(images, depth):
+    """A UNet that predicts noise: plain DDIM inversion then decoding misses the image at 3 steps; the default
+    "exact" abduction (residuals of the factual decoding steps) returns it, and a do() still changes it."""
+    model = _model()
+    exact = counterfactual(model, images, {}, steps=3, depth=depth)
+    plain = counterfactual(model, images, {}, steps=3, depth=depth, abduction="ddim")
+    assert exact.noise.residuals is not None and exact.noise.residuals.shape == (3, *images.shape)
+    assert (exact.images - images).abs().max() < 1e-4
+    assert (plain.images - images).abs().mean() > 1e-3
+    torch.testing.assert_close(exact.x_T, plain.x_T)  # the same x_T; the residuals are the difference
+    moved = counterfactual(model, images, {"angle": 40.0}, steps=3, depth=depth)
+    assert (moved.images - images).abs().mean() > 1e-3
+
+
+def test_exact_abduction_decodes_with_ddim_at_its_own_steps_only(images):
+    """Its residuals belong to DDIM's steps: another solver, or other steps, is refused by name."""
+    model = _model()
+    z = model.encode(images).z
+    noise = abduct_noise(model, images, z, steps=3)
+    with pytest.raises(ValueError, match="abducted with 3 steps and cannot be decoded with 4"):
+        decode(model, noise, z, steps=4)
+    with pytest.raises(ValueError, match="'dpm\\+\\+2m' cannot decode the 'exact' abduction"):
+        decode(model, noise, z, steps=3, solver="dpm++2m")
+    with pytest.raises(ValueError, match="'dpm\\+\\+2m' cannot decode the 'exact' abduction"):
+        counterfactual(model, images, {}, steps=3, solver="dpm++2m")
+    torch.testing.assert_close(decode(model, noise.repeat(2), z.repeat(2, 1, 1), steps=3),
+                               images.repeat(2, 1, 1, 1), atol=1e-4, rtol=0)
+
+
 def test_noise_abduction_loses_the_image(images):
     model = _model(zero_eps=True)
     out = counterfactual(model, images, {}, steps=10, abduction="noise",
@@ -64,7 +94,7 @@ def test_noise_abduction_is_q_sample_at_the_top_of_the_trajectory(images, depth,
                        generator=torch.Generator().manual_seed(0))
     noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(0))
     expected = model.schedule.add_noise(images * 2 - 1, noise, torch.full((3,), top))
-    assert torch.allclose(x_T, expected)
+    assert torch.allclose(x_T.x_T, expected) and x_T.residuals is None
 
 
 def test_fresh_noise_is_decoded_with_clipping_an_inversion_without(images, monkeypatch):

@@ -108,7 +108,7 @@ def test_counterfactuals_decode_with_either_solver():
     """The pipeline's ``solver``: with two steps both solvers take the same first-order steps (equal images);
     with more they differ; an unknown name is refused with the valid ones."""
     model, x = _model(), torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-    args = dict(do={"a": 0.7}, guidance=1.0, depth=1.0)
+    args = dict(do={"a": 0.7}, guidance=1.0, depth=1.0, abduction="ddim")
     torch.testing.assert_close(counterfactual(model, x, steps=2, solver="dpm++2m", **args).images,
                                counterfactual(model, x, steps=2, solver="ddim", **args).images)
     five = [counterfactual(model, x, steps=5, solver=s, **args).images for s in ("ddim", "dpm++2m")]

@@ -168,14 +168,17 @@ def test_settings_and_their_flags_round_trip():
     parser = argparse.ArgumentParser()
     add_flags(parser, {"n": int, "steps": int, "batch_size": int, "subset": int, "guidance": float, "depth": float})
     assert from_flags(parser.parse_args([])) == Settings()
-    chosen = Settings(n=8, seeds=(0, 3), steps=20, depth=0.7, solver="dpm++2m", batch_size=5, subset=0)
+    chosen = Settings(n=8, seeds=(0, 3), steps=20, depth=0.7, abduction="ddim", solver="dpm++2m", batch_size=5,
+                      subset=0)
     assert chosen.flags() == ["--n", "8", "--seeds", "0,3", "--steps", "20", "--depth", "0.7", "--abduction", "ddim",
                               "--solver", "dpm++2m", "--batch-size", "5", "--subset", "0"]
     assert from_flags(parser.parse_args(chosen.flags())) == chosen
     with pytest.raises(ValueError, match="--guidance must be a finite number"):
         Settings(guidance=float("inf"))
-    with pytest.raises(ValueError, match=r"abduction must be one of \['ddim', 'noise'\], got 'fresh'"):
+    with pytest.raises(ValueError, match=r"abduction must be one of \['exact', 'ddim', 'noise'\], got 'fresh'"):
         Settings(abduction="fresh")
+    with pytest.raises(ValueError, match="'dpm\+\+2m' cannot decode the 'exact' abduction"):
+        Settings(solver="dpm++2m")  # the default abduction keeps residuals of DDIM steps
 
 
 # -- the suite on a model that returns the factual image -------------------------------------------------

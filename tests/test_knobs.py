@@ -96,8 +96,9 @@ def test_from_pretrained_reads_the_knobs_and_counterfactuals_use_them(tmp_path):
 
 
 def test_the_models_own_steps_set_the_network_calls_of_a_counterfactual(tmp_path):
-    """knobs.json says 3 steps: a counterfactual that names none runs 3 inversion and 3 decoding UNet calls (one per
-    step at guidance 1, a batch this small in one call); a call that names its steps runs those instead."""
+    """knobs.json says 3 steps: a counterfactual that names none runs 3 + 1 inversion calls (the "exact" abduction's
+    one more, at the top) and 3 decoding UNet calls (one per step at guidance 1, a batch this small in one call); a
+    call that names its steps runs those instead; the plain "ddim" abduction saves the one."""
     ab_model().save_pretrained(tmp_path)
     write_knobs(tmp_path, Knobs(0.5, 1.0, 3))
     model = CausalDiffAE.from_pretrained(tmp_path)
@@ -107,12 +108,15 @@ def test_the_models_own_steps_set_the_network_calls_of_a_counterfactual(tmp_path
     model.unet.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)  # type: ignore[method-assign]
     x = torch.rand(2, 1, 8, 8)
     counterfactual(model, x, {"a": 0.5})
-    assert len(calls) == 3 + 3
+    assert len(calls) == 4 + 3
     calls.clear()
     counterfactual(model, x, {"a": 0.5}, steps=5)
-    assert len(calls) == 5 + 5
+    assert len(calls) == 6 + 5
     calls.clear()
     counterfactual(model, x, {"a": 0.5}, reconstruct=True)  # the reconstruction decodes in the same calls
+    assert len(calls) == 4 + 3
+    calls.clear()
+    counterfactual(model, x, {"a": 0.5}, abduction="ddim")
     assert len(calls) == 3 + 3
     with pytest.raises(ValueError, match="steps must be a positive integer"):
         counterfactual(model, x, {"a": 0.5}, steps=2.5)

@@ -36,8 +36,8 @@ from .cli_args import (
 from .cli_commands import inputs as _inputs  # noqa: F401  (its name here before it moved)
 from .cli_errors import describe, end_progress_bars, out_of_memory, silence_stdout
 from .config import add_flags
-from .knobs import DEFAULT_DEPTH, DEFAULT_GUIDANCE, DEFAULT_STEPS, KNOBS_NAME, Solver
-from .metrics.settings import MODEL_KNOBS, SOLVER_HELP, Settings
+from .knobs import DEFAULT_ABDUCTION, DEFAULT_DEPTH, DEFAULT_GUIDANCE, DEFAULT_STEPS, KNOBS_NAME, Abduction, Solver
+from .metrics.settings import ABDUCTION_HELP, MODEL_KNOBS, SOLVER_HELP, Settings
 
 __all__ = ["MAX_SWEEP", "build_parser", "describe", "main", "parse_do", "parse_index"]
 
@@ -176,8 +176,8 @@ def _add_counterfactual(subcommands: Any) -> None:
     cf.add_argument("--data", help="dataset folder (default: the one named in RUN/config.yaml)")
     cf.add_argument("--out", required=True, help="output PNG; the JSON goes beside it")
     _add_sampling_flags(cf, inversion=True)
-    cf.add_argument("--abduction", choices=["ddim", "noise"], default="ddim",
-                    help="x_T by DDIM inversion, or the reference's fresh noise (for comparison)")
+    cf.add_argument("--abduction", choices=list(typing.get_args(Abduction)), default=DEFAULT_ABDUCTION,
+                    help=f"{ABDUCTION_HELP} (default {DEFAULT_ABDUCTION})")
     cf.add_argument("--solver", choices=list(typing.get_args(Solver)), default="ddim",
                     help=f"{SOLVER_HELP} (default ddim)")
     cf.set_defaults(func=commands.counterfactual)

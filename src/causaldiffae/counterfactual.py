@@ -1,11 +1,12 @@
 """Counterfactual generation: abduction -> action -> prediction (docs/method-notes.md, "Counterfactuals").
 
 1. Abduction: ``u = mu(x0)``, ``z = causal_layer(u)``; ``x_T`` by deterministic DDIM inversion of x0
-   conditioned on the factual z (the reference draws fresh noise instead; ``abduction="noise"`` keeps that
-   choice for comparison).
+   conditioned on the factual z, with the residual of each factual decoding step (``abduction="exact"``, the
+   default: do={} then reconstructs at any number of steps; ``"ddim"`` is the plain inversion; the reference
+   draws fresh noise instead, and ``abduction="noise"`` keeps that choice for comparison).
 2. Action: ``do`` sets the intervened blocks (label units -> normalised value broadcast over the block) and
    recomputes their descendants through the learned mechanisms with the same u.
-3. Prediction: DDIM decoding of x_T with the counterfactual z and guidance weight w:
+3. Prediction: DDIM decoding of x_T (adding the residuals back) with the counterfactual z and guidance weight w:
    ``eps = eps_null + w * (eps_cf - eps_null)``, both evaluations in one UNet call.
 """
 
@@ -22,7 +23,7 @@ import torch
 from . import memory
 from .diffusion import ddim, dpm_solver
 from .images import to_signed, to_unit
-from .knobs import Abduction, Solver
+from .knobs import DEFAULT_ABDUCTION, Abduction, Solver, check_decoding
 from .model import CausalDiffAE, Latents, Value
 
 SOLVERS: dict[str, ddim.Sampler] = {"ddim": ddim.sample, "dpm++2m": dpm_solver.sample}
@@ -34,13 +35,34 @@ MAX_PIXELS_PER_CALL = 1 << 24
 
 
 @dataclass(frozen=True)
+class Abducted:
+    """What abduction recovers of a batch of B images besides their latents: the noise x_T (B, C, H, W) at the top
+    of the trajectory and, from the "exact" abduction, the residual of each of the K factual DDIM decoding steps
+    (K, B, C, H, W), which decoding adds back (``ddim.invert_exact``)."""
+
+    x_T: torch.Tensor
+    residuals: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.x_T)
+
+    def __getitem__(self, rows: slice) -> Abducted:
+        return Abducted(self.x_T[rows], None if self.residuals is None else self.residuals[:, rows])
+
+    def repeat(self, k: int) -> Abducted:
+        """The batch k times over, as ``torch.cat([x] * k)``: to decode k latents of each image in one batch."""
+        residuals = None if self.residuals is None else self.residuals.repeat(1, k, *[1] * (self.x_T.dim() - 1))
+        return Abducted(self.x_T.repeat(k, *[1] * (self.x_T.dim() - 1)), residuals)
+
+
+@dataclass(frozen=True)
 class Counterfactual:
     """One counterfactual query's result: images in [0, 1], latents (B, n, d), labels by variable name (B,)."""
 
     images: torch.Tensor
     """The counterfactual images (B, C, H, W)."""
-    x_T: torch.Tensor
-    """The abducted noise both the counterfactual and the reconstruction decode from."""
+    noise: Abducted
+    """The abducted noise (x_T and any residuals) both the counterfactual and the reconstruction decode from."""
     z: torch.Tensor
     z_cf: torch.Tensor
     labels: dict[str, torch.Tensor]
@@ -48,7 +70,12 @@ class Counterfactual:
     labels_cf: dict[str, torch.Tensor]
     """The model's reading of the counterfactual latents: what it thinks each variable becomes."""
     reconstruction: torch.Tensor | None = None
-    """The same x_T decoded with the factual z (the null intervention), when asked for."""
+    """The same noise decoded with the factual z (the null intervention), when asked for."""
+
+    @property
+    def x_T(self) -> torch.Tensor:
+        """The abducted x_T (B, C, H, W)."""
+        return self.noise.x_T
 
 
 @dataclass(frozen=True)
@@ -58,12 +85,17 @@ class Sweep:
     every ``labels_cf`` entry (k, B), however many columns there are."""
 
     images: torch.Tensor
-    x_T: torch.Tensor
+    noise: Abducted
     z: torch.Tensor
     z_cf: torch.Tensor
     labels: dict[str, torch.Tensor]
     labels_cf: dict[str, torch.Tensor]
     reconstruction: torch.Tensor | None = None
+
+    @property
+    def x_T(self) -> torch.Tensor:
+        """The abducted x_T (B, C, H, W)."""
+        return self.noise.x_T
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -76,7 +108,7 @@ class Sweep:
 
     def column(self, i: int) -> Counterfactual:
         """Column i as one ``Counterfactual``."""
-        return Counterfactual(self.images[i], self.x_T, self.z, self.z_cf[i], self.labels,
+        return Counterfactual(self.images[i], self.noise, self.z, self.z_cf[i], self.labels,
                               {k: v[i] for k, v in self.labels_cf.items()}, self.reconstruction)
 
 
@@ -99,61 +131,82 @@ def guided_denoiser(model: CausalDiffAE, cond: torch.Tensor, guidance: float) ->
 
 @torch.inference_mode()
 def abduct_noise(model: CausalDiffAE, x: Images, z: torch.Tensor, *, steps: int | None = None,
-                 depth: float | None = None, abduction: Abduction = "ddim", classes: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """x_T of images x in [0, 1] given their factual latents z: DDIM inversion, or fresh noise at the top;
-    ``steps`` and ``depth`` None = the model's own (``model.knobs``)."""
+                 depth: float | None = None, abduction: Abduction = DEFAULT_ABDUCTION,
+                 classes: torch.Tensor | None = None, generator: torch.Generator | None = None) -> Abducted:
+    """The noise of images x in [0, 1] given their factual latents z, for ``decode``: x_T by DDIM inversion with
+    the factual decoding's residuals ("exact"), by plain DDIM inversion ("ddim"), or fresh noise at the top
+    ("noise"); ``steps`` and ``depth`` None = the model's own (``model.knobs``)."""
     depth, _ = model.knobs.resolve(depth, None)
     steps = model.knobs.resolve_steps(steps)
     x = model.prepare_images(x)
     z = _latents(model, z, len(x))
     _check_knobs(steps, depth)
     x0 = to_signed(x)
-    if abduction == "ddim":
+    residuals = None
+    if abduction in ("exact", "ddim"):
         cond = model.condition(z, x.shape[0], classes)
-        x_T = _in_calls(model, len(x0), 1.0, lambda s: ddim.invert(guided_denoiser(model, cond[s], 1.0), x0[s],
-                                                                    model.schedule, steps, depth))
+        if abduction == "ddim":
+            x_T = _in_calls(model, len(x0), 1.0, lambda s: ddim.invert(guided_denoiser(model, cond[s], 1.0), x0[s],
+                                                                        model.schedule, steps, depth))
+        else:
+            parts = [ddim.invert_exact(guided_denoiser(model, cond[s], 1.0), x0[s], model.schedule, steps, depth)
+                     for s in _slices(len(x0), _per_call(model, 1.0))]
+            x_T, residuals = (torch.cat(p, dim=i) for i, p in enumerate(zip(*parts, strict=True)))
+            _check_finite(residuals, "abduction residuals", 1.0)
     elif abduction == "noise":
         top = ddim.timesteps(model.schedule.num_timesteps, steps, depth)[-1]
         noise = torch.randn(x0.shape, generator=generator, device="cpu").to(x0)
         x_T = model.schedule.add_noise(x0, noise, torch.full((x0.shape[0],), top, device=x0.device))
     else:
-        raise ValueError(f"abduction must be 'ddim' or 'noise', got {abduction!r}")
+        raise ValueError(f"abduction must be 'exact', 'ddim' or 'noise', got {abduction!r}")
     _check_finite(x_T, "abducted noise x_T", 1.0)
-    return x_T
+    return Abducted(x_T, residuals)
 
 
 @torch.inference_mode()
-def decode(model: CausalDiffAE, x_T: torch.Tensor, z: torch.Tensor, *, steps: int | None = None,
+def decode(model: CausalDiffAE, noise: Abducted | torch.Tensor, z: torch.Tensor, *, steps: int | None = None,
            guidance: float | None = None, depth: float | None = None, solver: Solver = "ddim",
            classes: torch.Tensor | None = None, clip: bool = False, spacing: ddim.Spacing = "leading") -> torch.Tensor:
-    """Decoding of x_T with latents z (B, n, d) and guidance weight w -> images in [0, 1]; ``steps``, ``guidance``
-    and ``depth`` None = the model's own; ``solver`` "dpm++2m" decodes with the second-order multistep solver over
-    the same timesteps; ``clip`` the predicted x0 only when x_T is fresh noise, not an inversion;
-    ``spacing="trailing"`` when x_T is pure noise (the trajectory then starts at t = T - 1; see
-    ``ddim.timesteps``)."""
+    """Decoding of ``noise`` (``abduct_noise``'s, or an x_T tensor) with latents z (B, n, d) and guidance weight w
+    -> images in [0, 1]; ``steps``, ``guidance`` and ``depth`` None = the model's own and, after an abduction,
+    the same as its; ``solver`` "dpm++2m" decodes with the second-order multistep solver over the same timesteps
+    (not after the "exact" abduction, whose residuals belong to DDIM's steps); ``clip`` the predicted x0 only when
+    x_T is fresh noise, not an inversion; ``spacing="trailing"`` when x_T is pure noise (the trajectory then
+    starts at t = T - 1; see ``ddim.timesteps``)."""
     depth, guidance = model.knobs.resolve(depth, guidance)
     steps = model.knobs.resolve_steps(steps)
-    x_T = _tensor(model, x_T, "x_T")
+    noise = noise if isinstance(noise, Abducted) else Abducted(noise)
+    x_T = _tensor(model, noise.x_T, "x_T")
     z = _latents(model, z, len(x_T))
     _check_knobs(steps, depth)
     _check_guidance(guidance)
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {solver!r}")
+    residuals = noise.residuals
+    if residuals is not None:
+        if solver != "ddim":
+            raise ValueError(f"solver {solver!r} cannot decode the 'exact' abduction, whose residuals belong to DDIM "
+                             "steps: decode with solver='ddim', or abduct with abduction='ddim'")
+        if len(residuals) != steps:
+            raise ValueError(f"the noise was abducted with {len(residuals)} steps and cannot be decoded with {steps}: "
+                             "abduct and decode with the same steps")
     cond = model.condition(z, x_T.shape[0], classes)
     x0 = _in_calls(model, len(x_T), guidance,
-                   lambda s: SOLVERS[solver](guided_denoiser(model, cond[s], guidance), x_T[s], model.schedule,
-                                             steps, depth, clip=clip, spacing=spacing))
+                   lambda s: ddim.sample(guided_denoiser(model, cond[s], guidance), x_T[s], model.schedule, steps,
+                                         depth, clip=clip, spacing=spacing, residuals=residuals[:, s])
+                   if residuals is not None else
+                   SOLVERS[solver](guided_denoiser(model, cond[s], guidance), x_T[s], model.schedule,
+                                   steps, depth, clip=clip, spacing=spacing))
     _check_finite(x0, "decoded images", guidance)
     return to_unit(x0)
 
 
 @torch.inference_mode()
 def counterfactual(model: CausalDiffAE, x: Images, do: Mapping[str, Value], *, steps: int | None = None,
-                   guidance: float | None = None, depth: float | None = None, abduction: Abduction = "ddim",
-                   solver: Solver = "ddim", classes: torch.Tensor | None = None,
-                   generator: torch.Generator | None = None, latents: Latents | None = None,
-                   reconstruct: bool = False) -> Counterfactual:
+                   guidance: float | None = None, depth: float | None = None,
+                   abduction: Abduction = DEFAULT_ABDUCTION, solver: Solver = "ddim",
+                   classes: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                   latents: Latents | None = None, reconstruct: bool = False) -> Counterfactual:
     """The counterfactual of images ``x`` (B, C, H, W) in [0, 1] under ``do`` = {name: value in label units}:
     ``counterfactual(model, x, {"angle": 30}).images``.
 
@@ -165,7 +218,10 @@ def counterfactual(model: CausalDiffAE, x: Images, do: Mapping[str, Value], *, s
     ``do={}`` reconstructs. ``depth`` in (0, 1] inverts only part of the way (1.0 = all the way to x_T);
     ``steps`` (DDIM steps of the inversion and of the decoding), ``guidance`` and ``depth`` None take the model's
     own knobs (``model.knobs``: its ``knobs.json``, else the global defaults 50, 1 and 0.5). ``solver`` is the
-    decoder ("dpm++2m": second order at the same calls; the inversion stays DDIM). ``classes`` (B,) is the extra
+    decoder ("dpm++2m": second order at the same calls, after a plain "ddim" abduction). ``abduction`` "exact"
+    (the default) is DDIM inversion that also keeps each factual decoding step's residual, so that ``do={}``
+    reconstructs at any ``steps`` and few steps lose little (one more network call); "ddim" is the plain
+    inversion and "noise" the reference code's fresh noise. ``classes`` (B,) is the extra
     class condition of a model trained with one (``num_classes > 0``). ``latents`` are the factual latents when
     they are already known (``model.encode(x)``; the label-conditional baseline's come from the factual labels:
     ``model.encode(x, labels=...)``), else ``x`` is encoded. ``reconstruct`` also decodes the factual latents in
@@ -177,7 +233,8 @@ def counterfactual(model: CausalDiffAE, x: Images, do: Mapping[str, Value], *, s
 
 @torch.inference_mode()
 def sweep(model: CausalDiffAE, x: Images, columns: Sequence[tuple[Mapping[str, Value], float | None]], *,
-          steps: int | None = None, depth: float | None = None, abduction: Abduction = "ddim", solver: Solver = "ddim",
+          steps: int | None = None, depth: float | None = None, abduction: Abduction = DEFAULT_ABDUCTION,
+          solver: Solver = "ddim",
           classes: torch.Tensor | None = None, generator: torch.Generator | None = None,
           latents: Latents | None = None, reconstruct: bool = False) -> Sweep:
     """Several (do, guidance) columns of the same images with one abduction: a traversal or guidance sweep.
@@ -192,29 +249,31 @@ def sweep(model: CausalDiffAE, x: Images, columns: Sequence[tuple[Mapping[str, V
     if x.min() < 0 or x.max() > 1:
         raise ValueError(f"images must lie in [0, 1], got values in [{x.min().item():.3g}, {x.max().item():.3g}]")
     _check_knobs(steps, depth)
+    check_decoding(abduction, solver)
     columns = _columns(columns, model.knobs.guidance)
-    outputs_per_image = 2 * (len(columns) + reconstruct)  # the decoded images and the x_T repeated for them
+    copies = 2 + (steps if abduction == "exact" else 0)  # a decoded image, x_T and its residuals per query
+    outputs_per_image = copies * (len(columns) + reconstruct)
     memory.check(outputs_per_image * x[0].numel() * x.element_size() * len(x),
                  f"a sweep of {len(columns):,} columns over {len(x):,} images", "ask for fewer columns or images",
                  x.device)
     lat = _encoded(model, x) if latents is None else _given(model, latents, len(x))
-    x_T = abduct_noise(model, x, lat.z, steps=steps, depth=depth, abduction=abduction, classes=classes,
+    noise = abduct_noise(model, x, lat.z, steps=steps, depth=depth, abduction=abduction, classes=classes,
                        generator=generator)
     z_cfs = torch.stack([model.intervene(lat, do) if do else lat.z for do, _ in columns])  # (k, B, n, d)
     queries = [(z_cfs[i], w) for i, (_, w) in enumerate(columns)]
     if reconstruct:
         queries.append((lat.z, columns[0][1]))
-    outputs: list[torch.Tensor] = [x_T] * len(queries)  # each slot replaced by its decode below
+    outputs: list[torch.Tensor] = [noise.x_T] * len(queries)  # each slot replaced by its decode below
     for w in dict.fromkeys(w for _, w in queries):  # one batched decode per distinct weight
         picked = [i for i, (_, wi) in enumerate(queries) if wi == w]
         repeated = None if classes is None else torch.as_tensor(classes).repeat(len(picked))
-        images = decode(model, x_T.repeat(len(picked), 1, 1, 1), torch.cat([queries[i][0] for i in picked]),
+        images = decode(model, noise.repeat(len(picked)), torch.cat([queries[i][0] for i in picked]),
                         steps=steps, guidance=w, depth=depth, solver=solver, classes=repeated,
                         clip=abduction == "noise")  # fresh noise: clip as the reference
         for i, chunk in zip(picked, images.chunk(len(picked)), strict=True):
             outputs[i] = chunk
     labels_cf = model.read_labels(z_cfs.flatten(0, 1)).unflatten(0, z_cfs.shape[:2])  # (k, B, n)
-    return Sweep(torch.stack(outputs[: len(columns)]), x_T, lat.z, z_cfs, model.graph.named(model.read_labels(lat.z)),
+    return Sweep(torch.stack(outputs[: len(columns)]), noise, lat.z, z_cfs, model.graph.named(model.read_labels(lat.z)),
                  model.graph.named(labels_cf), outputs[-1] if reconstruct else None)
 
 

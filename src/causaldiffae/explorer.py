@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .counterfactual import abduct_noise, decode
+from .counterfactual import Abducted, abduct_noise, decode
 from .data.base import ImageDataset
 from .data.image_folder import MAX_PIXELS
 from .graph import CausalGraph
@@ -84,7 +84,7 @@ class Explorer:
             self.test = dataset.split("test") if "test" in dataset.splits else dataset
         self.scm: TrueSCM | None = true_scm(self.test) if self.test is not None else None
         self.choice: Choice | None = None
-        self._cache: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._cache: OrderedDict[tuple, tuple[Abducted, torch.Tensor]] = OrderedDict()
 
     # -- choosing an image -------------------------------------------------------------------------------
     def gallery(self, count: int = GALLERY_SIZE) -> list[tuple[np.ndarray, str]]:
@@ -157,17 +157,17 @@ class Explorer:
         return self.choice
 
     # -- counterfactuals ---------------------------------------------------------------------------------
-    def abduct(self, depth: float, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """x_T of the chosen image at (depth, steps) and its reconstruction (do = {}, w = 1): inverted and decoded
-        once, then served from the cache."""
+    def abduct(self, depth: float, steps: int) -> tuple[Abducted, torch.Tensor]:
+        """The noise of the chosen image at (depth, steps) and its reconstruction (do = {}, w = 1): inverted and
+        decoded once, then served from the cache."""
         choice = self._current()
         key = (id(choice), float(depth), int(steps))
         if key not in self._cache:
-            x_T = abduct_noise(self.model, choice.x, choice.latents.z, steps=steps, depth=depth,
-                               classes=choice.classes)
-            recon = decode(self.model, x_T, choice.latents.z, steps=steps, guidance=1.0, depth=depth,
+            noise = abduct_noise(self.model, choice.x, choice.latents.z, steps=steps, depth=depth,
+                                 classes=choice.classes)
+            recon = decode(self.model, noise, choice.latents.z, steps=steps, guidance=1.0, depth=depth,
                            classes=choice.classes)
-            self._cache[key] = (x_T, recon)
+            self._cache[key] = (noise, recon)
             while len(self._cache) > CACHE_SIZE:
                 self._cache.popitem(last=False)
         self._cache.move_to_end(key)
@@ -200,9 +200,9 @@ class Explorer:
         depth, guidance = self.model.knobs.resolve(depth, guidance)
         steps = self.model.knobs.resolve_steps(steps)
         start = time.perf_counter()
-        x_T, recon = self.abduct(depth, steps)
+        noise, recon = self.abduct(depth, steps)
         z_cf = self.model.intervene(choice.latents, do) if do else choice.latents.z
-        cf = decode(self.model, x_T, z_cf, steps=steps, guidance=guidance, depth=depth, classes=choice.classes) \
+        cf = decode(self.model, noise, z_cf, steps=steps, guidance=guidance, depth=depth, classes=choice.classes) \
             if do else recon
         seconds = time.perf_counter() - start
         truth = None
@@ -239,10 +239,10 @@ class Explorer:
         for end in (lo, hi):
             self.check_do({name: end})
         values = np.linspace(lo, hi, int(k)).tolist()
-        x_T, _ = self.abduct(depth, steps)
+        noise, _ = self.abduct(depth, steps)
         z = torch.cat([self.model.intervene(choice.latents, {name: v}) for v in values])
         classes = None if choice.classes is None else choice.classes.repeat(len(values))
-        images = decode(self.model, x_T.repeat(len(values), 1, 1, 1), z, steps=steps, guidance=guidance, depth=depth,
+        images = decode(self.model, noise.repeat(len(values)), z, steps=steps, guidance=guidance, depth=depth,
                         classes=classes)
         strip = np.concatenate([_display(im, DISPLAY_SIZE // 2) for im in to_uint8(images)], axis=1)
         return strip, values

@@ -23,7 +23,7 @@ from .atomic import write_text
 from .data import open_dataset
 from .data.base import ImageDataset
 from .evaluation import evaluate_run, portable
-from .knobs import Abduction, read_knobs
+from .knobs import DEFAULT_ABDUCTION, Abduction, read_knobs
 from .metrics.predictors import save_predictors, train_predictors
 from .metrics.report import fmt, pyplot, save_figure, table, to_json
 from .metrics.settings import Settings
@@ -37,7 +37,7 @@ class Entry:
 
     name: str
     config: str
-    abduction: Abduction = "ddim"
+    abduction: Abduction = DEFAULT_ABDUCTION
     reuse: str | None = None
     """Evaluate another entry's run instead of training one (an inference-time ablation)."""
     depth: float | None = None

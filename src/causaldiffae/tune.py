@@ -22,13 +22,13 @@ from tqdm.auto import tqdm
 
 from . import config as cfg
 from .atomic import write_text
-from .counterfactual import SOLVERS, Solver, sweep
+from .counterfactual import Solver, sweep
 from .data.base import ImageDataset
-from .knobs import DEFAULT_STEPS
+from .knobs import DEFAULT_ABDUCTION, DEFAULT_STEPS, Abduction, check_decoding
 from .metrics.effectiveness import normalized
 from .metrics.predictors import Predictors
 from .metrics.report import fmt, table, to_json
-from .metrics.settings import MODEL_KNOBS, SOLVER_HELP
+from .metrics.settings import ABDUCTION_HELP, MODEL_KNOBS, SOLVER_HELP
 from .metrics.suite import pixel_l1
 from .metrics.truth import known_labels, morphometry_labels, true_scm
 from .model import CausalDiffAE
@@ -48,6 +48,7 @@ class TuneSettings:
     batch_size: int = cfg.flag(48, "images per abduction")
     solver: Solver = cfg.flag("ddim", SOLVER_HELP)
     """The decoder of every cell: "ddim" or "dpm++2m" (``counterfactual.SOLVERS``)."""
+    abduction: Abduction = cfg.flag(DEFAULT_ABDUCTION, ABDUCTION_HELP)
 
     def __post_init__(self) -> None:
         if not self.depths or not self.weights:
@@ -59,8 +60,7 @@ class TuneSettings:
             raise ValueError(f"guidance weights must be finite, got {list(self.weights)}")
         if self.n < 1 or (self.steps is not None and self.steps < 1) or self.batch_size < 1:
             raise ValueError(f"n, steps and batch_size must be positive: {self.n}, {self.steps}, {self.batch_size}")
-        if self.solver not in SOLVERS:
-            raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {self.solver!r}")
+        check_decoding(self.abduction, self.solver)
         if self.split == "test":
             raise ValueError("tune chooses knobs, which must never see the test split: use --split val")
 
@@ -102,7 +102,7 @@ def tune(model: CausalDiffAE, dataset: ImageDataset, settings: TuneSettings | No
                 batch = data.batch(index)
                 x = batch["image"]
                 columns = [({name: value}, w) for w in s.weights] + [({}, w) for w in s.weights]
-                result = sweep(model, x, columns, steps=s.steps, depth=depth, solver=s.solver,
+                result = sweep(model, x, columns, steps=s.steps, depth=depth, solver=s.solver, abduction=s.abduction,
                                classes=batch.get("class"), latents=model.encode(x, labels=batch["labels"].float()))
                 images = result.images.float().cpu()
                 for j, w in enumerate(s.weights):

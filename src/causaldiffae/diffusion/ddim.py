@@ -15,7 +15,8 @@ clean image below tau_1, written as timestep -1 (alpha_bar = 1):
     sample:  x_{tau_K} -> ... -> x_{tau_1} -> x_0 (clean, -1)
 
 Both walk exactly the same timesteps, so they are approximate inverses; the mismatch comes only from where
-the noise is predicted and vanishes as K grows.
+the noise is predicted and vanishes as K grows. `invert_exact` also records what each decoding step misses
+(one more network call), and `sample(..., residuals=...)` adds it back: an exact inverse at any K.
 
 The functions here hold no weights: the network is a `Denoiser` closure supplied by the caller, and gradients
 are neither forced on nor off (wrap calls in torch.no_grad / torch.inference_mode as needed).
@@ -146,21 +147,29 @@ def sample(
     progress: bool = False,
     clip: bool = False,
     spacing: Spacing = "leading",
+    residuals: Tensor | None = None,
 ) -> Tensor:
     """Decode x_{tau_K} (B, ...) down to the clean image x_0 (B, ...) in `steps` DDIM steps.
 
     The denoiser is evaluated at each tau_K, ..., tau_1 on the current point; the last step goes from tau_1
     to alpha_bar = 1. Use the same (steps, depth) as the `invert` call that produced x_T. ``clip`` clamps
     each predicted x0 to [-1, 1] and ``spacing="trailing"`` starts at t = T - 1: both for generation from
-    pure noise (leave them off after inversion).
+    pure noise (leave them off after inversion). ``residuals`` (steps, B, ...) from `invert_exact` are added
+    after the steps that land on x_0, x_{tau_1}, ..., x_{tau_{K-1}} (``residuals[i]`` after the step onto level
+    i, counted from the clean image), which makes the decoding retrace that inversion exactly.
     """
     trajectory = timesteps(schedule.num_timesteps, steps, depth, spacing)
+    if residuals is not None and tuple(residuals.shape) != (steps, *x_T.shape):
+        raise ValueError(f"residuals must have shape {(steps, *x_T.shape)} (steps, *x_T.shape), "
+                         f"got {tuple(residuals.shape)}")
     targets = [-1] + trajectory[:-1]  # targets[i] is the level below trajectory[i]
     x = x_T
     for i in _progress(list(range(steps - 1, -1, -1)), progress, "DDIM sample"):
         t, t_prev = trajectory[i], targets[i]
         eps = denoiser(x, _batch_t(t, x))
         x = step(schedule, eps, t, t_prev, x, clip)
+        if residuals is not None:
+            x = x + residuals[i]
     return x
 
 
@@ -180,12 +189,45 @@ def invert(
     has no training timestep; the denoiser sees it at tau_1 (= 0, the least noisy training timestep).
     So the denoiser is called at tau_1, tau_1, tau_2, ..., tau_{K-1}.
     """
+    return _invert(denoiser, x0, schedule, steps, depth, progress, residuals=False)[0]
+
+
+def invert_exact(
+    denoiser: Denoiser,
+    x0: Tensor,
+    schedule: NoiseSchedule,
+    steps: int = 50,
+    depth: float = 1.0,
+    progress: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """`invert`, plus the residual of each step of the decoding that retraces it: (x_{tau_K}, residuals).
+
+    ``sample`` from x_{tau_K} misses x0 because it predicts the noise at the upper end of each step where the
+    inversion predicted it at the lower end. ``residuals[i]`` (shape (steps, B, ...)) is what the decoding step
+    onto level i (0 = the clean image, i = tau_i above) misses there: x_i - step(eps(x_{i+1}), x_{i+1}).
+    ``sample(..., residuals=residuals)`` with the same denoiser then returns x0 up to rounding at any number of
+    steps, and with another condition it decodes from the same exogenous state. The noise predictions that the
+    decoding makes at x_{tau_1}, ..., x_{tau_{K-1}} are the inversion's own (same point, timestep and
+    condition); only the top one, at x_{tau_K}, is new: steps + 1 calls in all.
+    """
+    return _invert(denoiser, x0, schedule, steps, depth, progress, residuals=True)
+
+
+def _invert(denoiser: Denoiser, x0: Tensor, schedule: NoiseSchedule, steps: int, depth: float, progress: bool,
+            residuals: bool) -> tuple[Tensor, Tensor]:
+    """The inversion loop of `invert` and `invert_exact`: x_{tau_K} and, when asked, the residuals (else empty)."""
     trajectory = timesteps(schedule.num_timesteps, steps, depth)
-    sources = [-1] + trajectory[:-1]  # sources[i] is the level below trajectory[i]
-    x = x0
+    levels = [-1] + trajectory  # levels[i] is where inversion step i starts, levels[i + 1] where it ends
+    x, below = x0, x0
+    missed: list[Tensor] = []
     for i in _progress(list(range(steps)), progress, "DDIM invert"):
-        t, t_next = sources[i], trajectory[i]
-        t_model = t if t >= 0 else trajectory[0]
-        eps = denoiser(x, _batch_t(t_model, x))
-        x = invert_step(schedule, eps, t, t_next, x)
-    return x
+        t, t_next = levels[i], levels[i + 1]
+        eps = denoiser(x, _batch_t(t if t >= 0 else trajectory[0], x))
+        if residuals and i > 0:  # the decoding step from this level onto the one below predicts this same eps
+            missed.append(below - step(schedule, eps, t, levels[i - 1], x))
+        below, x = x, invert_step(schedule, eps, t, t_next, x)
+    if not residuals:
+        return x, x.new_empty(0)
+    eps = denoiser(x, _batch_t(levels[-1], x))
+    missed.append(below - step(schedule, eps, levels[-1], levels[-2], x))
+    return x, torch.stack(missed)

@@ -8,16 +8,28 @@ from __future__ import annotations
 
 import argparse
 import math
-import typing
 from dataclasses import dataclass, replace
 from typing import Any
 
 from .. import config as cfg
-from ..knobs import DEFAULT_DEPTH, DEFAULT_GUIDANCE, DEFAULT_STEPS, KNOBS_NAME, Abduction, Knobs, Solver
+from ..knobs import (
+    DEFAULT_ABDUCTION,
+    DEFAULT_DEPTH,
+    DEFAULT_GUIDANCE,
+    DEFAULT_STEPS,
+    KNOBS_NAME,
+    Abduction,
+    Knobs,
+    Solver,
+    check_decoding,
+)
 
 #: How a flag whose default is the model's own names it.
 MODEL_KNOBS = f"the model's own, from its {KNOBS_NAME}, else"
-SOLVER_HELP = "decoder: ddim, or dpm++2m (second order at the same network calls; the inversion stays DDIM)"
+SOLVER_HELP = ("decoder: ddim, or dpm++2m (second order at the same network calls; the inversion stays DDIM; "
+               "needs --abduction ddim)")
+ABDUCTION_HELP = ("x_T abduction: exact (DDIM inversion keeping each factual decoding step's residual, so do={} "
+                  "reconstructs at any steps), ddim (plain DDIM inversion) or noise (the reference's fresh noise)")
 
 
 @dataclass
@@ -30,7 +42,7 @@ class Settings:
                                        f"{DEFAULT_STEPS})")
     guidance: float | None = cfg.flag(None, f"guidance weight w ({MODEL_KNOBS} {DEFAULT_GUIDANCE})")
     depth: float | None = cfg.flag(None, f"inversion depth in (0, 1] ({MODEL_KNOBS} {DEFAULT_DEPTH})")
-    abduction: Abduction = cfg.flag("ddim", "x_T abduction: DDIM inversion, or the reference's fresh noise")
+    abduction: Abduction = cfg.flag(DEFAULT_ABDUCTION, ABDUCTION_HELP)
     solver: Solver = cfg.flag("ddim", SOLVER_HELP)
     batch_size: int = cfg.flag(50, "images per abduction (50 is the fastest on a CPU; a GPU wants a few hundred)")
     subset: int = cfg.flag(50, "images of reversibility, the 10-cycle composition and the guidance sweep")
@@ -49,9 +61,7 @@ class Settings:
             raise ValueError("give at least one seed")
         if self.guidance is not None and not math.isfinite(self.guidance):
             raise ValueError(f"--guidance must be a finite number, got {self.guidance}")
-        for name, kind in (("abduction", Abduction), ("solver", Solver)):
-            if getattr(self, name) not in typing.get_args(kind):
-                raise ValueError(f"{name} must be one of {sorted(typing.get_args(kind))}, got {getattr(self, name)!r}")
+        check_decoding(self.abduction, self.solver)
 
     def resolved(self, knobs: Knobs) -> Settings:
         """These settings with a depth, weight or number of steps of None replaced by ``knobs``': what a run

@@ -219,7 +219,8 @@ def write_grids(model: CausalDiffAE, images: ImageDataset, folder: Path, step: i
     batch = images.batch(range(len(images)), next(model.parameters()).device)
     x0, classes = batch["image"], batch.get("class")
     z = model.encode(x0, labels=batch["labels"]).z
-    x_T = abduct_noise(model, x0, z, steps=steps, depth=1.0, classes=classes)
+    x_T = abduct_noise(model, x0, z, steps=steps, depth=1.0, abduction="ddim", classes=classes)  # not "exact",
+    # whose reconstruction is the input by construction: the plain inversion shows how well the model decodes
     recon = decode(model, x_T, z, steps=steps, guidance=1.0, depth=1.0, classes=classes)
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(x0)
     samples = decode(model, noise, z, steps=steps, guidance=1.0, depth=1.0, classes=classes, clip=True,
