@@ -37,7 +37,7 @@ def _prepare(model: CausalDiffAE, variant: str) -> CausalDiffAE:
     if "channels_last" in variant.split("+"):
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     if "compile" in variant.split("+"):
-        model.unet = torch.compile(model.unet)  # type: ignore[assignment]
+        model.unet.compile()  # as train.compile does: in place, the weights keep their names
     return model
 
 

@@ -6,8 +6,8 @@ In one process, one after another:
 1. the machine's matmul rates (2048 x 2048 x 2048, fp32 and bf16): the ceilings (where bf16 runs slower than
    fp32, a CPU without bf16 instructions, bf16 is measured on one training step only);
 2. training steps of the default Pendulum config (forward, backward, AdamW; batch 32), fp32 and bf16 autocast;
-3. a default counterfactual of the shipped Pendulum model (its knobs: depth, guidance and DDIM steps; DDIM and
-   DPM-Solver++ decoding) and samples from noise (50 steps), fp32 and bf16 autocast;
+3. a default counterfactual of the shipped Pendulum model (its knobs: depth, guidance and DDIM steps; the exact
+   abduction with DDIM decoding, and plain DDIM inversion with DPM-Solver++ decoding) and samples from noise (50 steps), fp32 and bf16 autocast;
 4. the same model built at the reference code's MorphoMNIST size (128 channels, 3 res blocks, attention at full
    resolution; 35 M parameters, random weights: only the cost is measured) with the reference's counterfactual:
    fresh noise at t = 999 and 250 DDIM steps, without and with guidance, and our default counterfactual (the
@@ -122,9 +122,10 @@ def main() -> None:
     test = data.split("test").batch(torch.arange(args.images))
     do = {"angle": test["labels"][:, 0].flip(0)}
     for bf16 in (False, True) if bf16_worth else (False,):
-        for solver in ("ddim", "dpm++2m"):
-            rows.append(measure(f"counterfactual, shipped Pendulum, {solver}",
-                                lambda s=solver: counterfactual(model, test["image"], do, solver=s),
+        for abduction, solver in (("exact", "ddim"), ("ddim", "dpm++2m")):
+            rows.append(measure(f"counterfactual, shipped Pendulum, {abduction} abduction, {solver}",
+                                lambda a=abduction, s=solver: counterfactual(model, test["image"], do, abduction=a,
+                                                                             solver=s),
                                 args.images, 1, bf16, ceilings))
         rows.append(measure("sample from noise, shipped Pendulum", lambda: sample(model, {}, args.images, steps=50),
                             args.images, 1, bf16, ceilings))

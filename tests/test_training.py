@@ -165,6 +165,20 @@ def test_resume_reproduces_the_uninterrupted_run(run_a, run_b):
             assert torch.allclose(wa[key], wb[key], atol=1e-6), (name, key)
 
 
+def test_compiled_unet_trains_the_same_model(run_a, tmp_path, data_overrides):
+    """train.compile compiles the UNet in place: the same losses step by step as the eager run, and weights under
+    the same names (a checkpoint or exported model of a compiled run loads anywhere)."""
+    run = tmp_path / "compiled"
+    train(_config(data_overrides, "train.compile=true"), run, progress=False)
+    for ra, rb in zip(_metrics(run_a), _metrics(run), strict=True):
+        assert float(rb["loss"]) == pytest.approx(float(ra["loss"]), rel=1e-4), ra["step"]
+    for name in ["checkpoints/step-00000006/model.safetensors", "model.safetensors"]:
+        eager, compiled = _weights(run_a / name), _weights(run / name)
+        assert compiled.keys() == eager.keys()
+        for key in eager:
+            assert torch.allclose(compiled[key], eager[key], atol=1e-4), (name, key)
+
+
 def test_training_into_a_run_with_checkpoints_needs_resume(run_a, data_overrides):
     before = (run_a / "metrics.csv").read_bytes()
     with pytest.raises(ValueError, match="resume"):

@@ -40,6 +40,20 @@ def test_identity_model_scores_the_factual_error_everywhere(identity):
     assert result["best"]["guidance"] == 1.0  # every cell ties: the cheaper weight
 
 
+def test_each_cell_breaks_down_by_the_intervened_variable(identity):
+    """8 images, one do() each, the graph's 4 variables in turn: 2 images per variable, and the cell's mean is
+    the mean of the 4 per-variable means (equal counts); the identity model returns the factual image whatever
+    the depth and weight, so a variable's mean is the same in every cell."""
+    model, data = identity
+    result = tune(model, data, GRID, progress=False)
+    for row in result["grid"]:
+        per = row["by_variable"]
+        assert list(per) == model.graph.variables
+        means = [per[name]["true_cf_l1"] for name in per]
+        assert sum(means) / len(means) == pytest.approx(row["true_cf_l1"], rel=1e-5)
+    assert len({round(r["by_variable"][model.graph.variables[0]]["true_cf_l1"], 4) for r in result["grid"]}) == 1
+
+
 def test_one_standard_error_rule_by_hand():
     """Guidance 1 is kept unless the lowest cell beats it by more than one paired standard error."""
     cheap = torch.tensor([1.0, 2.0, 3.0, 4.0])

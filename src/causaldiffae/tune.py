@@ -68,8 +68,9 @@ class TuneSettings:
 def tune(model: CausalDiffAE, dataset: ImageDataset, settings: TuneSettings | None = None,
          predictors: Predictors | None = None, progress: bool = True) -> dict:
     """Score every (depth, guidance) of the grid; returns {"settings", "criterion", "images", "grid": [rows],
-    "lowest", "best"}: "best" is the one-standard-error choice (see ``write_tuning``). Steps of None are the
-    model's own; "settings" records the steps used, which the chosen knobs belong to."""
+    "lowest", "best"}: "best" is the one-standard-error choice (see ``write_tuning``); each row also holds its
+    means per do() variable ("by_variable"). Steps of None are the model's own; "settings" records the steps
+    used, which the chosen knobs belong to."""
     s = settings or TuneSettings()
     s = replace(s, steps=model.knobs.resolve_steps(s.steps))
     if s.split not in dataset.splits:
@@ -94,6 +95,7 @@ def tune(model: CausalDiffAE, dataset: ImageDataset, settings: TuneSettings | No
     truths = {name: scm.counterfactual(rows.tolist(), {name: values})[0] for name, rows, values in queries} \
         if scm is not None else {}
     scores: dict[tuple[float, float], dict[str, list[torch.Tensor]]] = {}
+    by_variable: dict[tuple[float, float, str], dict[str, list[torch.Tensor]]] = {}  # the same, per do() variable
     bar = tqdm(total=len(s.depths) * s.n, unit="img", desc="tune", disable=not progress, dynamic_ncols=True)
     for depth in s.depths:
         for name, rows, values in queries:
@@ -106,23 +108,27 @@ def tune(model: CausalDiffAE, dataset: ImageDataset, settings: TuneSettings | No
                                classes=batch.get("class"), latents=model.encode(x, labels=batch["labels"].float()))
                 images = result.images.float().cpu()
                 for j, w in enumerate(s.weights):
-                    entry = scores.setdefault((depth, w), {})
+                    entries = scores.setdefault((depth, w), {}), by_variable.setdefault((depth, w, name), {})
+
+                    def add(key: str, values: torch.Tensor, entries: tuple = entries) -> None:
+                        for entry in entries:
+                            entry.setdefault(key, []).append(values)
+
                     cf, null = images[j], images[len(s.weights) + j]
-                    entry.setdefault("null_l1", []).append(pixel_l1(null, x))
+                    add("null_l1", pixel_l1(null, x))
                     if scm is not None:
-                        truth = truths[name][start: start + s.batch_size]
-                        entry.setdefault("true_cf_l1", []).append(pixel_l1(cf, truth))
+                        add("true_cf_l1", pixel_l1(cf, truths[name][start: start + s.batch_size]))
                     intended = normalized(graph, known_labels(graph, batch["labels"].float(), {name: value}))
                     var_index = graph.index(name)
                     if predictors is not None:
                         predicted = normalized(graph, predictors.predict(cf).float().cpu())
-                        entry.setdefault("effectiveness", []).append((predicted - intended)[:, var_index].abs())
+                        add("effectiveness", (predicted - intended)[:, var_index].abs())
                         if predictors.classifier is not None:
                             kept = predictors.predict_class(cf) == predictors.predict_class(x)
-                            entry.setdefault("class_kept", []).append(kept.float().cpu())
+                            add("class_kept", kept.float().cpu())
                     if scm is not None and scm.kind == "morphomnist":  # thickness and intensity measured
                         measured = normalized(graph, morphometry_labels(cf))
-                        entry.setdefault("measured", []).append((measured - intended)[:, var_index].abs())
+                        add("measured", (measured - intended)[:, var_index].abs())
                 bar.update(len(index))
     bar.close()
     criterion = "true_cf_l1" if scm is not None else "effectiveness"
@@ -133,6 +139,8 @@ def tune(model: CausalDiffAE, dataset: ImageDataset, settings: TuneSettings | No
         for key, chunks in entry.items():
             row[key], row[f"{key}_sem"] = _mean_sem(torch.cat(chunks))
         row["paired_difference"], row["paired_sem"], row["within_one_sem"] = paired[depth, w]
+        row["by_variable"] = {name: {key: _mean_sem(torch.cat(chunks))[0]
+                                     for key, chunks in by_variable[depth, w, name].items()} for name in names}
         grid.append(row)
     return {"settings": asdict(s), "criterion": criterion, "images": len(picks), "grid": grid,
             "lowest": {"depth": lowest[0], "guidance": lowest[1]},

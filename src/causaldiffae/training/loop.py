@@ -80,6 +80,8 @@ def _train(accelerator: Accelerator, run: Path, config: RunConfig, resolved: dic
     if accelerator.is_main_process:
         write_text(run / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
         _truncate_metrics(run / "metrics.csv", step)
+    if tc.compile:  # in place, so the weights keep their names in checkpoints and the exported model
+        model.unet.compile()
     model, optimizer = accelerator.prepare(model, optimizer)
     ema.to(accelerator.device)
 
