@@ -37,7 +37,8 @@ from .cli_commands import inputs as _inputs  # noqa: F401  (its name here before
 from .cli_errors import describe, end_progress_bars, out_of_memory, silence_stdout
 from .config import add_flags
 from .knobs import DEFAULT_ABDUCTION, DEFAULT_DEPTH, DEFAULT_GUIDANCE, DEFAULT_STEPS, KNOBS_NAME, Abduction, Solver
-from .metrics.settings import ABDUCTION_HELP, MODEL_KNOBS, SOLVER_HELP, Settings
+from .metrics.settings import ABDUCTION_HELP, MODEL_KNOBS, PRECISION_HELP, SOLVER_HELP, Settings
+from .precision import PRECISIONS
 
 __all__ = ["MAX_SWEEP", "build_parser", "describe", "main", "parse_do", "parse_index"]
 
@@ -337,6 +338,7 @@ def _add_sampling_flags(parser: argparse.ArgumentParser, inversion: bool) -> Non
                         help=f"guidance weight w (1 = plain conditional; default: {default}); a comma list sweeps "
                              "it, e.g. 0,1,2,3")
     parser.add_argument("--seed", type=int, default=0, help="seed of any random draw (default 0)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP)
     parser.add_argument("--class", dest="cls", type=int, help="class for a model with a class condition (e.g. digit)")
     if inversion:
         parser.add_argument("--depth", type=depth,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,7 @@ def counterfactual(args: argparse.Namespace) -> None:
     out = Path(args.out)
     report_path = out.with_suffix(".json")
     _outputs(args, out, report_path)
-    model = _load_model(args.run)
+    model = _load_model(args.run, args.precision)
     fixed, swept = parse_do(args.do, model.graph)
     weights = floats(args.guidance, "--guidance") if args.guidance is not None else [model.knobs.guidance]
     depth = model.knobs.depth if args.depth is None else args.depth
@@ -113,7 +114,7 @@ def counterfactual(args: argparse.Namespace) -> None:
     report = {
         "images": names, "factual_labels": labels,
         "settings": {"steps": steps, "depth": depth, "abduction": args.abduction, "solver": args.solver,
-                     "seed": args.seed},
+                     "precision": args.precision, "seed": args.seed},
         "model_factual_estimate": _per_image(result.labels),
         "columns": [{"do": do, "guidance": w, "model_counterfactual_estimate": _per_image(result.column(i).labels_cf)}
                     for i, (do, w) in enumerate(columns)],
@@ -129,7 +130,7 @@ def sample(args: argparse.Namespace) -> None:
     from .images import save_grid
 
     _outputs(args, Path(args.out))
-    model = _load_model(args.run)
+    model = _load_model(args.run, args.precision)
     fixed, swept = parse_do(args.do, model.graph)
     if swept:
         raise ValueError("causaldiffae sample takes fixed values (name=value), not ranges")
@@ -220,7 +221,8 @@ def tune(args: argparse.Namespace) -> None:
     from .model import load_config
 
     settings = tuning.TuneSettings(tuple(floats(args.depths, "--depths")), tuple(floats(args.guidance, "--guidance")),
-                                   args.n, args.steps, args.split, args.seed, args.batch_size, args.solver)
+                                   args.n, args.steps, args.split, args.seed, args.batch_size, args.solver,
+                                   args.abduction)
     _output_folder(args.out, args.run, ("tune.json", "tune.md"))
     dataset = _dataset(args, load_config(Path(args.run)).image_size)
     model = _load_model(args.run)
@@ -301,12 +303,20 @@ def _dataset(args: argparse.Namespace, size: int) -> Any:
     return run_dataset(args.run, args.data, size)
 
 
-def _load_model(run: str) -> Any:
+def _load_model(run: str, precision: str = "fp32") -> Any:
+    """The model of ``run`` on the GPU when there is one, its UNet at ``precision`` (a warning where bf16 is
+    emulated)."""
     import torch
 
     from .model import CausalDiffAE
+    from .precision import check_precision, emulation_warning
 
-    return CausalDiffAE.from_pretrained(run, device="cuda" if torch.cuda.is_available() else "cpu")
+    model = CausalDiffAE.from_pretrained(run, device="cuda" if torch.cuda.is_available() else "cpu")
+    model.precision = check_precision(precision)
+    warning = emulation_warning(model.precision, next(model.parameters()).device)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    return model
 
 
 def _check_batch(config: Any) -> None:

@@ -27,6 +27,7 @@ from .encoder import Encoder
 from .graph import CausalGraph
 from .images import to_signed
 from .knobs import Knobs, read_knobs
+from .precision import Precision, autocast
 from .unet import UNet, UNetConfig
 
 CONFIG_NAME, WEIGHTS_NAME, FORMAT = "model_config.json", "model.safetensors", "causaldiffae"
@@ -123,6 +124,7 @@ class CausalDiffAE(nn.Module):
         self.null_cond = nn.Parameter(torch.zeros(n * d + config.num_classes))
         self.schedule = NoiseSchedule(config.num_timesteps, config.beta_schedule, config.beta_start, config.beta_end)
         self.knobs = Knobs()  # depth, guidance, steps of counterfactuals that name none; from_pretrained: knobs.json
+        self.precision: Precision = "fp32"  # of the UNet at inference ("bf16": autocast; precision.py)
 
     # -- abduction and action ----------------------------------------------------------------------
     def encode(self, x: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None,
@@ -213,8 +215,10 @@ class CausalDiffAE(nn.Module):
 
     def eps(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """eps_theta(x_t, t, cond) with x_t in the model's [-1, 1] scale, whatever the UNet predicts: a v-model's
-        output becomes eps = sqrt(ab) v + sqrt(1 - ab) x_t, so every sampler and solver sees the noise."""
-        out = self.unet(x_t, t, cond)
+        output becomes eps = sqrt(ab) v + sqrt(1 - ab) x_t, so every sampler and solver sees the noise. The UNet
+        runs at ``self.precision``; the noise comes back in x_t's dtype."""
+        with autocast(self.precision, x_t.device):
+            out = self.unet(x_t, t, cond).to(x_t.dtype)
         if self.config.prediction == "epsilon":
             return out
         ab = self.schedule.alpha_bar(t, x_t)

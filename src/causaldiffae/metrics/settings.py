@@ -23,11 +23,14 @@ from ..knobs import (
     Solver,
     check_decoding,
 )
+from ..precision import Precision, check_precision
 
 #: How a flag whose default is the model's own names it.
 MODEL_KNOBS = f"the model's own, from its {KNOBS_NAME}, else"
 SOLVER_HELP = ("decoder: ddim, or dpm++2m (second order at the same network calls; the inversion stays DDIM; "
                "needs --abduction ddim)")
+PRECISION_HELP = ("of the UNet at inference: fp32, or bf16 autocast (faster only where bf16 is native: GPUs, CPUs "
+                  "with AMX or AVX-512 BF16; default fp32)")
 ABDUCTION_HELP = ("x_T abduction: exact (DDIM inversion keeping each factual decoding step's residual, so do={} "
                   "reconstructs at any steps), ddim (plain DDIM inversion) or noise (the reference's fresh noise)")
 
@@ -44,6 +47,7 @@ class Settings:
     depth: float | None = cfg.flag(None, f"inversion depth in (0, 1] ({MODEL_KNOBS} {DEFAULT_DEPTH})")
     abduction: Abduction = cfg.flag(DEFAULT_ABDUCTION, ABDUCTION_HELP)
     solver: Solver = cfg.flag("ddim", SOLVER_HELP)
+    precision: Precision = cfg.flag("fp32", PRECISION_HELP)
     batch_size: int = cfg.flag(50, "images per abduction (50 is the fastest on a CPU; a GPU wants a few hundred)")
     subset: int = cfg.flag(50, "images of reversibility, the 10-cycle composition and the guidance sweep")
     cycles: int = 10
@@ -62,6 +66,7 @@ class Settings:
         if self.guidance is not None and not math.isfinite(self.guidance):
             raise ValueError(f"--guidance must be a finite number, got {self.guidance}")
         check_decoding(self.abduction, self.solver)
+        check_precision(self.precision)
 
     def resolved(self, knobs: Knobs) -> Settings:
         """These settings with a depth, weight or number of steps of None replaced by ``knobs``': what a run

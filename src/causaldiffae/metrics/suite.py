@@ -74,8 +74,12 @@ def evaluate(model: CausalDiffAE, dataset: ImageDataset, predictors: Predictors,
     work = len(settings.seeds) * (settings.n + min(settings.n, reversed_rows) + settings.subset * (settings.cycles + 1))
     bar = tqdm(total=work, unit="img", desc="evaluate", disable=not progress, dynamic_ncols=True)
     seeds = []
-    for i, seed in enumerate(settings.seeds):
-        seeds.append(context.run_seed(seed, bar, on_examples if i == 0 else None))
+    previous, model.precision = model.precision, settings.precision  # the UNet's, for this run only
+    try:
+        for i, seed in enumerate(settings.seeds):
+            seeds.append(context.run_seed(seed, bar, on_examples if i == 0 else None))
+    finally:
+        model.precision = previous
     bar.close()
     return {"settings": asdict(settings), "variables": model.graph.variables, "predictors": predictors.held_out,
             "predictors_interventional": predictors.held_out_interventional,
