@@ -4,11 +4,11 @@
         --candidate MODEL[:...] [--n 100]
 
 Each model runs at the given DDIM steps, depth and guidance weight; those left out are the model's own knobs
-(``knobs.json``); the abduction left out is the default ("exact"). For
-do(angle) and do(light) on the same n test images and values (seeded, as ``counterfactual_quality.py`` draws
-them): the mean absolute pixel error (on [0, 1]) of the counterfactual to the rendered true counterfactual, how
-many counterfactuals are closer to the truth than the factual image is, the network calls per image (inversion
-steps, one more for the "exact" abduction, + decoding steps x the branches guidance needs) and the seconds per image of ``counterfactual()`` (best of
+(``knobs.json``); the abduction left out is the default ("exact"). For do(angle) and do(light) on the same n test
+images and values (seeded, as ``counterfactual_quality.py`` draws them): the mean absolute pixel error (on [0, 1])
+of the counterfactual to the rendered true counterfactual, how many counterfactuals are closer to the truth than
+the factual image is, the network calls per image (inversion steps, one more for the "exact" abduction, +
+decoding steps x the branches guidance needs) and the seconds per image of ``counterfactual()`` (best of
 ``--repeats`` timings on the first ``--batch`` images, models alternating so both see the same machine state).
 Prints the paired difference of the errors (candidate - reference, mean and standard error over the same images)
 and the candidate's time as a fraction of the reference's, and writes JSON.

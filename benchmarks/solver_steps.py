@@ -1,7 +1,7 @@
 """Counterfactual error against network calls: abductions and decoders at several step counts.
 
     python benchmarks/solver_steps.py [pendulum|morphomnist|MODEL_DIR] [--steps 10,20,30,50] [--n 64]
-        [--solvers ddim,dpm++2m] [--abductions exact,ddim] [--predictors DIR]
+        [--solvers ddim,dpm++2m] [--abductions exact,ddim] [--predictors DIR] [--precision bf16]
 
 On the validation split (never test), at the model's own depth and guidance (``knobs.json``), one do() per image
 (variables in turn, values drawn from the split's marginal, the same for every cell), the inversion always DDIM
@@ -28,6 +28,7 @@ from causaldiffae.counterfactual import counterfactual
 from causaldiffae.data import BUILTIN, open_dataset
 from causaldiffae.demo import SHIPPED_MODELS, dataset_of
 from causaldiffae.metrics.predictors import load_predictors
+from causaldiffae.precision import PRECISIONS
 from causaldiffae.tune import TuneSettings, tune
 
 
@@ -39,10 +40,12 @@ def main() -> None:
     parser.add_argument("--solvers", default="ddim,dpm++2m", help="decoders to compare (comma-separated)")
     parser.add_argument("--abductions", default="ddim", help="abductions to compare (comma-separated: exact,ddim)")
     parser.add_argument("--predictors", help="a predictors folder: also report effectiveness")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS, help="of the UNet (bf16: autocast)")
     parser.add_argument("--json", help="output (default benchmarks/results/solver_steps_DATASET.json)")
     args = parser.parse_args()
 
     model = CausalDiffAE.from_pretrained(SHIPPED_MODELS.get(args.model, args.model))
+    model.precision = args.precision
     dataset = dataset_of(model)
     data = open_dataset(dataset, None, model.config.image_size, progress=False,
                         class_column=BUILTIN[dataset].class_column if model.config.num_classes else None)
@@ -73,8 +76,9 @@ def main() -> None:
             print(f"    do({name}): " + ", ".join(f"{k} {v:.3f}" for k, v in means.items() if k != "null_l1"))
     out = Path(args.json or f"benchmarks/results/solver_steps_{dataset}.json")
     out.write_text(json.dumps({"model": args.model, "dataset": dataset, "split": "val", "n": args.n,
-                               "depth": knobs.depth, "guidance": knobs.guidance, "threads": torch.get_num_threads(),
-                               "machine": platform.machine(), "rows": rows}, indent=1) + "\n")
+                               "depth": knobs.depth, "guidance": knobs.guidance, "precision": args.precision,
+                               "threads": torch.get_num_threads(), "machine": platform.machine(), "rows": rows},
+                              indent=1) + "\n")
     print(f"wrote {out}")
 
 

@@ -296,6 +296,7 @@ def test_cli_evaluate_writes_the_report(tmp_path, saved, tiny_dataset):
                     "DAG consistency", "Guidance sweep", ": oracle", "Gap closed", "train split", "colour cast",
                     "do(shadow_length): shadow_length error"):
         assert heading in report, heading
+    assert "composition is 0 up to rounding" in report and document["settings"]["abduction"] == "exact"
     assert (out / "guidance-sweep.png").stat().st_size > 0
     assert (out / "examples-do-angle.png").stat().st_size > 0
 

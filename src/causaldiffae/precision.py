@@ -3,7 +3,7 @@
 Under bf16 autocast the UNet's matrix multiplications and convolutions run in bfloat16 (8 bits of mantissa) while
 the DDIM arithmetic around it stays in float32 (``CausalDiffAE.eps`` returns the noise in the input's dtype). It
 pays where bf16 is native: GPUs, and CPUs with AMX tiles or AVX-512 BF16 (the performance issue's probes on such a
-Xeon: 1.5-2x for training). Without them PyTorch emulates bf16, many times slower than float32 (26x on a
+Xeon: 1.5-2x for training). Without them PyTorch emulates bf16, many times slower than float32 (19x on a
 training step of this project's AVX2 machine; docs/performance.md), so float32 stays the default.
 """
 

@@ -133,7 +133,10 @@ def markdown(doc: dict) -> str:
                       table(["intervention", *variables], morpho_rows)]
     comp = summary.get("composition", {})
     parts += ["## Composition and reversibility (L1 to the factual image)\n",
-              f"On the first {s['subset']} images of each seed.\n",
+              f"On the first {s['subset']} images of each seed."
+              + (" With the exact abduction the null intervention returns the image by construction, so composition "
+                 "is 0 up to rounding at guidance 1; `--abduction ddim` measures the model's own reconstruction."
+                 if s.get("abduction") == "exact" else "") + "\n",
               table(["composition, 1 cycle", f"composition, {s['cycles']} cycles", "reversibility"],
                     [[fmt(comp.get("l1_1")), fmt(comp.get(f"l1_{s['cycles']}")), fmt(summary["reversibility_l1"])]])]
     parts += ["## Minimality\n", "Change of the non-descendants' predictions (normalised) and CLD (Melistas et al. "
