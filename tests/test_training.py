@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import json
 import math
 import shutil
 from pathlib import Path
@@ -345,3 +346,28 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, data_overrides):
     ckpt = sorted((out / "checkpoints").glob("step-*"))
     assert len(ckpt) == 1 and int(ckpt[0].name.split("-")[1]) > 0
     assert CausalDiffAE.from_pretrained(out) is not None
+
+
+def test_checkpoints_keep_the_fp16_loss_scale(tmp_path):
+    """An fp16 run's loss scaler (its scale after a backoff from 1024 to 256) is saved in state.json and restored by
+    resume; a run without one writes no scaler section; a section that is not numbers is a corrupt checkpoint."""
+    from torch.amp import GradScaler
+
+    from causaldiffae.training import checkpoint
+
+    model = torch.nn.Linear(2, 2)
+    ema, optimizer = copy.deepcopy(model), torch.optim.AdamW(model.parameters())
+    scaler = GradScaler("cpu", init_scale=1024.0)
+    scaler.scale(torch.ones(()))  # the scale exists once a loss has been scaled
+    scaler.update(new_scale=256.0)
+    saved = checkpoint.save(tmp_path, 3, model, ema, optimizer, keep=2, scaler=scaler)
+    assert json.loads((saved / "state.json").read_text())["scaler"]["scale"] == 256.0
+    fresh = GradScaler("cpu", init_scale=1024.0)
+    assert checkpoint.resume(tmp_path, model, ema, optimizer, scaler=fresh) == 3
+    assert fresh.get_scale() == 256.0
+    plain = checkpoint.save(tmp_path, 4, model, ema, optimizer, keep=2)
+    assert "scaler" not in json.loads((plain / "state.json").read_text())
+    state = json.loads((plain / "state.json").read_text())
+    (plain / "state.json").write_text(json.dumps({**state, "scaler": {"scale": "big"}}))
+    with pytest.raises(checkpoint.CorruptCheckpoint, match="scaler section"):
+        checkpoint.load(plain, model, ema, optimizer)

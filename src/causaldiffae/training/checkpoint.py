@@ -18,6 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.amp import GradScaler
 
 from ..atomic import atomic_dir
 from ..model import load_state
@@ -61,22 +62,27 @@ def step_of(path: Path) -> int:
     return int(match[1])
 
 
-def save(run: Path, step: int, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer, keep: int) -> Path:
-    """Write checkpoint ``step`` atomically and delete all but the ``keep`` newest."""
+def save(run: Path, step: int, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer, keep: int,
+         scaler: GradScaler | None = None) -> Path:
+    """Write checkpoint ``step`` atomically and delete all but the ``keep`` newest. The fp16 loss scaler's state
+    (``scaler``, a handful of numbers) goes into state.json, so a resumed fp16 run keeps its scale."""
     target = checkpoint_dir(run) / f"step-{step:08d}"
     opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+    meta = {"step": step, "optimizer": opt_meta}
+    if scaler is not None and scaler.is_enabled():
+        meta["scaler"] = scaler.state_dict()
     with atomic_dir(target) as tmp:
         save_file(_cpu(model.state_dict()), str(tmp / "model.safetensors"))
         save_file(_cpu(ema.state_dict()), str(tmp / "ema.safetensors"))
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-        (tmp / STATE_NAME).write_text(json.dumps({"step": step, "optimizer": opt_meta}, indent=1))
+        (tmp / STATE_NAME).write_text(json.dumps(meta, indent=1))
     for old in checkpoints(run)[keep:]:
         shutil.rmtree(old, ignore_errors=True)
     return target
 
 
 def resume(run: Path, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer,
-           warn: Callable[[str], None] | None = None) -> int:
+           warn: Callable[[str], None] | None = None, scaler: GradScaler | None = None) -> int:
     """Load the newest intact checkpoint of ``run`` and return its step; corrupt newer ones are skipped, and
     ``warn`` is told which and why."""
     found = checkpoints(run)
@@ -85,7 +91,7 @@ def resume(run: Path, model: nn.Module, ema: nn.Module, optimizer: torch.optim.O
     skipped: list[str] = []
     for path in found:
         try:
-            step = load(path, model, ema, optimizer).step
+            step = load(path, model, ema, optimizer, scaler).step
         except CorruptCheckpoint as err:
             skipped.append(str(err))
             continue
@@ -102,8 +108,10 @@ def nothing_to_resume(run: Path) -> ValueError:
                       "drop --resume to start a run there (with --overwrite if it holds files)")
 
 
-def load(path: Path, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer) -> TrainingState:
-    """Restore model, EMA and optimiser in place from a checkpoint folder; errors name the bad file."""
+def load(path: Path, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer,
+         scaler: GradScaler | None = None) -> TrainingState:
+    """Restore model, EMA, optimiser and (when both the checkpoint and the run have one) the fp16 loss scaler in
+    place from a checkpoint folder; errors name the bad file."""
     meta = _read_state(path)
     model_state, ema_state, opt_tensors = (_read(path / name) for name in
                                            ("model.safetensors", "ema.safetensors", "optimizer.safetensors"))
@@ -113,6 +121,8 @@ def load(path: Path, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Op
         optimizer.load_state_dict(_unflatten_optimizer(opt_tensors, meta["optimizer"]))
     except (KeyError, ValueError, RuntimeError) as err:
         raise ValueError(f"checkpoint {path} has an optimiser state that does not fit this model: {err}") from None
+    if scaler is not None and scaler.is_enabled() and "scaler" in meta:
+        scaler.load_state_dict(meta["scaler"])
     return TrainingState(step=meta["step"])
 
 
@@ -133,6 +143,9 @@ def _read_state(path: Path) -> dict:
     elif not (isinstance(meta.get("optimizer"), dict) and isinstance(meta["optimizer"].get("scalars"), dict)
               and isinstance(meta["optimizer"].get("param_groups"), list)):
         problem = "has no optimizer section with param_groups and scalars"
+    elif "scaler" in meta and not (isinstance(meta["scaler"], dict) and all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in meta["scaler"].values())):
+        problem = "has a scaler section that is not a mapping of numbers"
     if problem:
         raise CorruptCheckpoint(f"corrupt checkpoint {path.name}: {file} {problem}")
     return meta

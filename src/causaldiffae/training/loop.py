@@ -75,7 +75,8 @@ def _train(accelerator: Accelerator, run: Path, config: RunConfig, resolved: dic
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     step = 0
     if resume:
-        step = checkpoint.resume(run, model, ema, optimizer, _warn if accelerator.is_main_process else None)
+        step = checkpoint.resume(run, model, ema, optimizer, _warn if accelerator.is_main_process else None,
+                                 accelerator.scaler)
     saved = step if resume else None  # the step of the newest checkpoint this run can rely on
     if accelerator.is_main_process:
         write_text(run / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
@@ -124,7 +125,8 @@ def _train(accelerator: Accelerator, run: Path, config: RunConfig, resolved: dic
         if accelerator.is_main_process and tc.sample_every and step % tc.sample_every == 0:
             write_grids(ema, grid_set, run / "samples", step, tc.grid_steps, tc.seed)
         if accelerator.is_main_process and tc.checkpoint_every and step % tc.checkpoint_every == 0:
-            checkpoint.save(run, step, accelerator.unwrap_model(model), ema, optimizer, tc.keep_checkpoints)
+            checkpoint.save(run, step, accelerator.unwrap_model(model), ema, optimizer, tc.keep_checkpoints,
+                            accelerator.scaler)
             ema.save_pretrained(run)  # the run folder loads with from_pretrained while it trains
             saved = step
     bar.close()
@@ -132,7 +134,8 @@ def _train(accelerator: Accelerator, run: Path, config: RunConfig, resolved: dic
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if saved != step:
-            checkpoint.save(run, step, accelerator.unwrap_model(model), ema, optimizer, tc.keep_checkpoints)
+            checkpoint.save(run, step, accelerator.unwrap_model(model), ema, optimizer, tc.keep_checkpoints,
+                            accelerator.scaler)
             ema.save_pretrained(run)
         if not (run / "samples" / f"step-{step:08d}-samples.png").exists():
             write_grids(ema, grid_set, run / "samples", step, tc.grid_steps, tc.seed)
