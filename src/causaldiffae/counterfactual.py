@@ -43,12 +43,6 @@ class Abducted:
     x_T: torch.Tensor
     residuals: torch.Tensor | None = None
 
-    def __len__(self) -> int:
-        return len(self.x_T)
-
-    def __getitem__(self, rows: slice) -> Abducted:
-        return Abducted(self.x_T[rows], None if self.residuals is None else self.residuals[:, rows])
-
     def repeat(self, k: int) -> Abducted:
         """The batch k times over, as ``torch.cat([x] * k)``: to decode k latents of each image in one batch."""
         residuals = None if self.residuals is None else self.residuals.repeat(1, k, *[1] * (self.x_T.dim() - 1))
@@ -180,23 +174,21 @@ def decode(model: CausalDiffAE, noise: Abducted | torch.Tensor, z: torch.Tensor,
     z = _latents(model, z, len(x_T))
     _check_knobs(steps, depth)
     _check_guidance(guidance)
-    if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {solver!r}")
     residuals = noise.residuals
-    if residuals is not None:
-        if solver != "ddim":
-            raise ValueError(f"solver {solver!r} cannot decode the 'exact' abduction, whose residuals belong to DDIM "
-                             "steps: decode with solver='ddim', or abduct with abduction='ddim'")
-        if len(residuals) != steps:
-            raise ValueError(f"the noise was abducted with {len(residuals)} steps and cannot be decoded with {steps}: "
-                             "abduct and decode with the same steps")
+    check_decoding("ddim" if residuals is None else "exact", solver)
+    if residuals is not None and len(residuals) != steps:
+        raise ValueError(f"the noise was abducted with {len(residuals)} steps and cannot be decoded with {steps}: "
+                         "abduct and decode with the same steps")
     cond = model.condition(z, x_T.shape[0], classes)
-    x0 = _in_calls(model, len(x_T), guidance,
-                   lambda s: ddim.sample(guided_denoiser(model, cond[s], guidance), x_T[s], model.schedule, steps,
-                                         depth, clip=clip, spacing=spacing, residuals=residuals[:, s])
-                   if residuals is not None else
-                   SOLVERS[solver](guided_denoiser(model, cond[s], guidance), x_T[s], model.schedule,
-                                   steps, depth, clip=clip, spacing=spacing))
+
+    def run(s: slice) -> torch.Tensor:
+        denoiser = guided_denoiser(model, cond[s], guidance)
+        if residuals is None:
+            return SOLVERS[solver](denoiser, x_T[s], model.schedule, steps, depth, clip=clip, spacing=spacing)
+        return ddim.sample(denoiser, x_T[s], model.schedule, steps, depth, clip=clip, spacing=spacing,
+                           residuals=residuals[:, s])
+
+    x0 = _in_calls(model, len(x_T), guidance, run)
     _check_finite(x0, "decoded images", guidance)
     return to_unit(x0)
 
