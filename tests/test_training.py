@@ -251,7 +251,7 @@ def test_label_fraction_hides_train_labels_before_normalising_and_is_recorded(tm
     path.write_text(yaml.safe_dump(graph))
     config = load_run_config(TINY_CONFIG, [*data_overrides, f"graph={path}", "data.label_fraction={angle: 0.25}",
                                            "train.max_steps=1"])
-    _, _, train_set, grid_set = _prepare_data(config)
+    _, _, train_set, grid_set, _ = _prepare_data(config)
     n = sum(r["split"] == "train" for r in tiny_rows)
     kept = (~train_set.labels.isnan()).sum(dim=0).tolist()
     assert kept == [max(1, round(0.25 * n)), n, n, n]

@@ -213,6 +213,36 @@ def evaluate(args: argparse.Namespace) -> None:
     print(f"wrote {report}, {report.parent / 'metrics.json'} and the plots in {report.parent}")
 
 
+def mechanisms(args: argparse.Namespace) -> None:
+    from .metrics.mechanisms import check_mechanisms, markdown
+    from .metrics.report import to_json
+    from .model import CausalDiffAE
+
+    if (args.family or args.steps != 2000) and not args.fit:
+        raise ValueError("--family and --steps go with --fit (they say how to refit the mechanisms)")
+    if args.out:
+        _output_folder(args.out, args.run, ("mechanisms.md", "mechanisms.json"))
+    model = CausalDiffAE.from_pretrained(args.run)
+    dataset = _dataset(args, model.config.image_size)
+    if args.fit:
+        family = args.family or (model.config.label_mechanism if model.config.label_mechanism != "none" else "spline")
+        model = model.with_label_mechanism(family)
+        val = dataset.split("val").labels if "val" in dataset.splits else None
+        for fit in model.fit_mechanisms(dataset.split("train").labels, val, steps=args.steps, seed=args.seed,
+                                        progress=True):
+            print(f"mechanism {fit.line()}", file=sys.stderr)
+        model.save_pretrained(args.run)
+        print(f"saved the refit {family} mechanisms into {args.run}", file=sys.stderr)
+    check = check_mechanisms(model, dataset, cf_split=args.split, n=args.n, seed=args.seed)
+    text = markdown(check)
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / "mechanisms.md", text)
+        write_text(out / "mechanisms.json", to_json(check))
+
+
 def tune(args: argparse.Namespace) -> None:
     from . import tune as tuning
     from .evaluation import portable

@@ -51,7 +51,9 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, types: Mapping[str, An
         note = f"; {field.metadata['note']}" if field.metadata.get("note") else ""
         shown = "" if default is None else f" (default {text}{note})"
         kwargs: dict[str, Any] = {"default": text, "help": field.metadata["help"] + shown}
-        if typing.get_origin(hint) is typing.Literal:
+        if hint is bool:  # a switch: present = true
+            kwargs.update(action="store_true", help=field.metadata["help"] + note)
+        elif typing.get_origin(hint) is typing.Literal:
             kwargs["choices"] = list(typing.get_args(hint))
         elif field.name in types:
             kwargs["type"] = types[field.name]

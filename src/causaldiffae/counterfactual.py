@@ -198,7 +198,8 @@ def counterfactual(model: CausalDiffAE, x: Images, do: Mapping[str, Value], *, s
                    guidance: float | None = None, depth: float | None = None,
                    abduction: Abduction = DEFAULT_ABDUCTION, solver: Solver = "ddim",
                    classes: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                   latents: Latents | None = None, reconstruct: bool = False) -> Counterfactual:
+                   latents: Latents | None = None, labels: torch.Tensor | None = None,
+                   reconstruct: bool = False) -> Counterfactual:
     """The counterfactual of images ``x`` (B, C, H, W) in [0, 1] under ``do`` = {name: value in label units}:
     ``counterfactual(model, x, {"angle": 30}).images``.
 
@@ -216,11 +217,13 @@ def counterfactual(model: CausalDiffAE, x: Images, do: Mapping[str, Value], *, s
     inversion and "noise" the reference code's fresh noise. ``classes`` (B,) is the extra
     class condition of a model trained with one (``num_classes > 0``). ``latents`` are the factual latents when
     they are already known (``model.encode(x)``; the label-conditional baseline's come from the factual labels:
-    ``model.encode(x, labels=...)``), else ``x`` is encoded. ``reconstruct`` also decodes the factual latents in
-    the same batch.
+    ``model.encode(x, labels=...)``), else ``x`` is encoded. ``labels`` (B, n) are the factual labels where
+    known (NaN elsewhere): the mechanisms then abduct each child's noise from them instead of from the model's
+    reading of the image (``model.intervene``). ``reconstruct`` also decodes the factual latents in the same batch.
     """
     return sweep(model, x, [(do, guidance)], steps=steps, depth=depth, abduction=abduction, solver=solver,
-                 classes=classes, generator=generator, latents=latents, reconstruct=reconstruct).column(0)
+                 classes=classes, generator=generator, latents=latents, labels=labels,
+                 reconstruct=reconstruct).column(0)
 
 
 @torch.inference_mode()
@@ -228,7 +231,7 @@ def sweep(model: CausalDiffAE, x: Images, columns: Sequence[tuple[Mapping[str, V
           steps: int | None = None, depth: float | None = None, abduction: Abduction = DEFAULT_ABDUCTION,
           solver: Solver = "ddim",
           classes: torch.Tensor | None = None, generator: torch.Generator | None = None,
-          latents: Latents | None = None, reconstruct: bool = False) -> Sweep:
+          latents: Latents | None = None, labels: torch.Tensor | None = None, reconstruct: bool = False) -> Sweep:
     """Several (do, guidance) columns of the same images with one abduction: a traversal or guidance sweep.
 
     The decodes of all columns (and the reconstruction) run as one batch per weight, in calls of at most
@@ -251,7 +254,7 @@ def sweep(model: CausalDiffAE, x: Images, columns: Sequence[tuple[Mapping[str, V
     lat = _encoded(model, x) if latents is None else _given(model, latents, len(x))
     noise = abduct_noise(model, x, lat.z, steps=steps, depth=depth, abduction=abduction, classes=classes,
                        generator=generator)
-    z_cfs = torch.stack([model.intervene(lat, do) if do else lat.z for do, _ in columns])  # (k, B, n, d)
+    z_cfs = torch.stack([model.intervene(lat, do, labels) if do else lat.z for do, _ in columns])  # (k, B, n, d)
     queries = [(z_cfs[i], w) for i, (_, w) in enumerate(columns)]
     if reconstruct:
         queries.append((lat.z, columns[0][1]))

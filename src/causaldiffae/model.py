@@ -8,6 +8,7 @@ Read this file whole: ModelConfig says what can be configured, CausalDiffAE comp
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from .encoder import Encoder
 from .graph import CausalGraph
 from .images import to_signed
 from .knobs import Knobs, read_knobs
+from .mechanisms import FAMILIES, Family, MechanismFit, deterministic_warning
 from .precision import Precision, autocast
 from .unet import UNet, UNetConfig
 
@@ -64,6 +66,11 @@ class ModelConfig:
     label_weight: float = cfg.param(1.0, "weight of the label prior term; 0 = the unaligned DiffAE baseline (KL only)")
     mechanisms: bool = cfg.param(True, "learn the causal layer's mechanisms; false = the DiffAE baseline: z = u and "
                                        "do() changes only the intervened blocks")
+    label_mechanism: Family = cfg.param(
+        "spline", "how do() moves a child's label: its invertible mechanism given its parents, fit by likelihood on "
+                  "the labels with exact abduction of the noise (spline: monotone spline of the child, then location "
+                  "and scale from the parents; affine: location and scale; additive: location only); none: the "
+                  "causal layer's MLP with the same u (models saved before mechanisms.py)")
     condition_on: Literal["latents", "labels"] = cfg.param(
         "latents", "latents: CausalDiffAE; labels: the label-conditional DDIM baseline, whose UNet sees the "
                    "normalised labels (no encoder; counterfactuals need the factual labels)")
@@ -80,6 +87,7 @@ class ModelConfig:
             "beta_start": 0 < self.beta_start < min(1.0, self.beta_end),
             "beta_end": self.beta_start < self.beta_end < 1,
             "prediction": self.prediction in ("epsilon", "v"),
+            "label_mechanism": self.label_mechanism in FAMILIES,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -115,7 +123,7 @@ class CausalDiffAE(nn.Module):
             if config.condition_on == "latents" else None
         learned = config.mechanisms and config.condition_on == "latents"
         latent_graph = self.graph if learned else CausalGraph.from_dict({**self.graph.to_dict(), "edges": []})
-        self.causal_layer = CausalLayer(latent_graph, d, config.mechanism_hidden)
+        self.causal_layer = CausalLayer(latent_graph, d, config.mechanism_hidden, config.label_mechanism)
         self.unet = UNet(UNetConfig(
             channels=config.channels, cond_dim=n * d + config.num_classes, base_channels=config.unet_channels,
             channel_mult=config.channel_mult, num_res_blocks=config.num_res_blocks,
@@ -167,26 +175,59 @@ class CausalDiffAE(nn.Module):
         zeros = torch.zeros_like(z)
         return Latents(z, zeros, z, z)
 
-    def intervene(self, latents: Latents, do: Mapping[str, Value]) -> torch.Tensor:
+    def intervene(self, latents: Latents, do: Mapping[str, Value], labels: torch.Tensor | None = None) -> torch.Tensor:
         """do(name = value in label units) -> counterfactual z (B, n, d); descendants are recomputed
-        through the mechanisms with the same u, every other block is bit-identical to the factual z."""
-        return self.causal_layer(latents.u, do=self._blocks(do, latents.z), factual=latents.z)
+        through the mechanisms with the same u, every other block is bit-identical to the factual z. ``labels``
+        (B, n), the factual labels where known (NaN elsewhere), replace the model's reading of the factual latents
+        in the abduction of each child's noise. A do() on a variable that its parents determine in the training
+        labels warns once, naming it and the R^2."""
+        for name in do:
+            fit = self.causal_layer.labels.deterministic(name) if name in self.graph.variables else None
+            if fit is not None:
+                warnings.warn(deterministic_warning(fit), UserWarning, stacklevel=2)
+        known = None
+        if labels is not None:
+            known = self.normalize_labels(torch.as_tensor(labels).to(latents.z))
+            if known.shape != latents.z.shape[:2]:
+                raise ValueError(f"labels must have shape {tuple(latents.z.shape[:2])} (NaN where unknown), got "
+                                 f"{tuple(known.shape)}")
+        return self.causal_layer(latents.u, do=self._blocks(do, latents.z), factual=latents.z, known=known)
 
     def generate_latents(self, values: Mapping[str, Value], n: int) -> torch.Tensor:
         """z (n, nv, d) of images that no encoder has seen: the given variables take ``values`` (label units), the
-        others follow their mechanisms with zero exogenous noise (u = 0); every root needs a value."""
+        others follow their mechanisms with zero exogenous noise (u = 0, and the label mechanism's median); every root
+        needs a value."""
         roots = [v for v in self.graph.variables if not self.graph.parents(v) and v not in values]
         if roots:
             raise ValueError(f"generating latents needs a value for every root variable; missing {roots}")
         param = next(self.parameters())
         u = torch.zeros(n, len(self.graph), self.config.latent_dim, device=param.device, dtype=param.dtype)
-        return self.causal_layer(u, do=self._blocks(values, u))
+        return self.causal_layer(u, do=self._blocks(values, u), median=True)
 
     def _blocks(self, do: Mapping[str, Value], like: torch.Tensor) -> dict[str, torch.Tensor]:
         """do values in label units -> normalised latent blocks (B, d), one value broadcast over each block."""
         b = like.shape[0]
         return {name: self.graph[name].normalize(_per_image(value, b, name, like))[:, None].expand(
             b, self.config.latent_dim) for name, value in do.items()}
+
+    def fit_mechanisms(self, labels: torch.Tensor, val: torch.Tensor | None = None, steps: int = 2000, seed: int = 0,
+                       progress: bool = False) -> list[MechanismFit]:
+        """Fit the label mechanisms by likelihood on raw training labels (N, n; NaN = missing), each on the rows
+        where its child and parents are labelled, scored on ``val``; they then carry every do() (mechanisms.py)."""
+        param = next(self.parameters())
+        norm = self.normalize_labels(labels.to(param))
+        return self.causal_layer.labels.fit(norm, None if val is None else self.normalize_labels(val.to(param)),
+                                            steps=steps, seed=seed, progress=progress)
+
+    def with_label_mechanism(self, family: Family) -> CausalDiffAE:
+        """The same model (every weight shared, the UNet untouched) with unfitted label mechanisms of ``family``:
+        how a model saved before mechanisms.py, or with another family, gets new ones (then ``fit_mechanisms``)."""
+        config = ModelConfig(**{**vars(self.config), "label_mechanism": family})
+        model = CausalDiffAE(config).to(next(self.parameters()))
+        kept = {k: v for k, v in self.state_dict().items() if not k.startswith("causal_layer.labels.")}
+        model.load_state_dict({**model.state_dict(), **kept})
+        model.knobs, model.precision = self.knobs, self.precision
+        return model.eval()
 
     def read_labels(self, z: torch.Tensor) -> torch.Tensor:
         """The model's own estimate of every variable in label units: each block's mean, de-normalised (B, n)."""
@@ -345,7 +386,10 @@ def load_config(directory: Path) -> ModelConfig:
         raise ValueError(f"corrupt model config {path}: {err}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a causaldiffae model config (format {FORMAT!r} expected)")
-    return cfg.from_dict(ModelConfig, payload.get("model"), "model")
+    model = payload.get("model")
+    if isinstance(model, dict) and "label_mechanism" not in model:  # saved before mechanisms.py: the MLP's do()
+        model = {**model, "label_mechanism": "none"}
+    return cfg.from_dict(ModelConfig, model, "model")
 
 
 def load_state(module: nn.Module, state: Mapping[str, torch.Tensor], source: Path) -> None:

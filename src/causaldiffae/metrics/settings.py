@@ -48,6 +48,9 @@ class Settings:
     abduction: Abduction = cfg.flag(DEFAULT_ABDUCTION, ABDUCTION_HELP)
     solver: Solver = cfg.flag("ddim", SOLVER_HELP)
     precision: Precision = cfg.flag("fp32", PRECISION_HELP)
+    known_labels: bool = cfg.flag(False, "abduct each child's noise from the test split's factual labels instead of "
+                                         "the model's reading of the image (as the 2024 benchmark gives its models "
+                                         "the factual parents)")
     batch_size: int = cfg.flag(50, "images per abduction (50 is the fastest on a CPU; a GPU wants a few hundred)")
     subset: int = cfg.flag(50, "images of reversibility, the 10-cycle composition and the guidance sweep")
     cycles: int = 10

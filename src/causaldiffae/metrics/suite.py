@@ -332,10 +332,10 @@ class _Context:
     def _sweep(self, x: torch.Tensor, columns: list, classes: torch.Tensor | None, labels: torch.Tensor,
                g: torch.Generator | None = None, reconstruct: bool = False) -> Sweep:
         """``sweep`` at the evaluation's settings; the factual latents from the images (the label-conditional
-        baseline's from their factual ``labels``)."""
+        baseline's from their factual ``labels``, which with ``known_labels`` also serve the mechanisms' abduction)."""
         return sweep(self.model, x, columns, steps=self.s.steps, depth=self.s.depth, abduction=self.s.abduction,
-                     solver=self.s.solver, classes=classes, generator=g,
-                     latents=self.model.encode(x, labels=labels), reconstruct=reconstruct)
+                     solver=self.s.solver, classes=classes, generator=g, latents=self.model.encode(x, labels=labels),
+                     labels=labels if self.s.known_labels else None, reconstruct=reconstruct)
 
     def _dci(self, seed: int) -> dict:
         """DCI of the model's causal latents z against the labels, GBT per factor; per dimension and per block."""

@@ -108,13 +108,41 @@ class TrueSCM:
 
 def true_scm(dataset: ImageDataset) -> TrueSCM | None:
     """The true SCM of a dataset our generators wrote (recognised by its graph), else None."""
-    graph = dataset.graph
+    kind = scm_kind(dataset.graph)
+    if kind == "morphomnist" and not (dataset.root / morphomnist.SOURCE_FILE).is_file():
+        return None  # converted published data keep no source digits to render from
+    return TrueSCM(kind, dataset) if kind else None
+
+
+def scm_kind(graph: CausalGraph) -> str | None:
+    """The built-in dataset whose structural equations this graph states (same variables and edges), else None."""
     for kind, builtin in BUILTIN.items():
         if _same_structure(graph, CausalGraph.from_dict(builtin.graph)):
-            if kind == "morphomnist" and not (dataset.root / morphomnist.SOURCE_FILE).is_file():
-                return None  # converted published data keep no source digits
-            return TrueSCM(kind, dataset)
+            return kind
     return None
+
+
+def true_label_counterfactual(kind: str, variables: Sequence[str], factual: torch.Tensor,
+                              do: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The true SCM's counterfactual labels (B, n) of raw factual labels (B, n) under ``do`` (name -> (B,)), in
+    label space only (no image is rendered, so published data without source digits qualify): Pendulum's shadows
+    are recomputed from angle and light, MorphoMNIST's intensity from the new thickness and the abducted noise."""
+    index = {v: i for i, v in enumerate(variables)}
+    out = factual.clone().double()
+    for name, value in do.items():
+        out[:, index[name]] = torch.as_tensor(value, dtype=out.dtype)
+    rows = out.tolist()
+    for b, row in enumerate(rows):
+        if kind == "pendulum":
+            physical = pendulum.shadow(row[index["angle"]], row[index["light"]])
+            for name, value in zip(("shadow_length", "shadow_position"), physical, strict=True):
+                if name not in do:
+                    row[index[name]] = value
+        elif "intensity" not in do and "thickness" in do:
+            noise = morphomnist.intensity_noise(float(factual[b, index["thickness"]]),
+                                                float(factual[b, index["intensity"]]))
+            row[index["intensity"]] = float(morphomnist.intensity_of(row[index["thickness"]], noise))
+    return torch.tensor(rows, dtype=factual.dtype)
 
 
 def _same_structure(a: CausalGraph, b: CausalGraph) -> bool:

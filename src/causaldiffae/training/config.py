@@ -74,6 +74,8 @@ class TrainConfig:
     cpu: bool = cfg.param(False, "train on the CPU even when a GPU is present")
     compile: bool = cfg.param(False, "torch.compile the UNet: 1.17x on 2 CPU cores for the Pendulum config at an "
                                      "unchanged loss, after a minute of compiling (docs/performance.md)")
+    mechanism_steps: int = cfg.param(2000, "full-batch Adam steps of each label mechanism's likelihood fit, made "
+                                           "on the labelled training rows before the first step (seconds)")
     log_every: int = cfg.param(50, "steps between rows of metrics.csv")
     sample_every: int = cfg.param(1000, "steps between sample and reconstruction grids (0 = only at the end)")
     checkpoint_every: int = cfg.param(1000, "steps between checkpoints (0 = only at the end)")
@@ -82,7 +84,7 @@ class TrainConfig:
     grid_steps: int = cfg.param(20, "DDIM steps used for the grids")
 
     def __post_init__(self) -> None:
-        positive = ["batch_size", "max_steps", "log_every", "keep_checkpoints", "grid_images", "grid_steps"]
+        positive = ["batch_size", "max_steps", "mechanism_steps", "log_every", "keep_checkpoints", "grid_images", "grid_steps"]
         bad = [k for k in positive if getattr(self, k) < 1]
         bad += [k for k in ["lr", "ema_decay"] if not getattr(self, k) > 0]
         bad += [k for k in ["lr_warmup_steps", "weight_decay", "grad_clip", "gamma_max", "gamma_warmup_steps",

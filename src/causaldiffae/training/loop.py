@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import csv
 import io
+import json
 import math
 import signal
 import sys
@@ -36,6 +37,7 @@ from ..model import CausalDiffAE, ModelConfig
 from . import checkpoint, run_folder
 from .config import RunConfig
 
+MECHANISMS_LOG = "mechanisms.json"  # rows and validation fit of each label mechanism
 METRICS = ("step", "loss", "mse", "kl", "label", "gamma", "lr", "img_per_s", "elapsed_s")
 
 
@@ -58,19 +60,28 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
         with accelerator.main_process_first():
             if main:
                 run_folder.prepare(run, resume, overwrite, _warn)
-            graph, model_config, train_set, grid_set = _prepare_data(config)
+            graph, model_config, train_set, grid_set, val_labels = _prepare_data(config)
         resolved = {**config.to_dict(), "graph": graph.to_dict()}
         if resume:
             run_folder.check_config(run, resolved, allow_config_change)
-        _train(accelerator, run, config, resolved, model_config, train_set, grid_set, resume, progress)
+        _train(accelerator, run, config, resolved, model_config, train_set, grid_set, val_labels, resume, progress)
     return run
 
 
 def _train(accelerator: Accelerator, run: Path, config: RunConfig, resolved: dict, model_config: ModelConfig,
-           train_set: ImageDataset, grid_set: ImageDataset, resume: bool, progress: bool) -> None:
+           train_set: ImageDataset, grid_set: ImageDataset, val_labels: torch.Tensor | None, resume: bool,
+           progress: bool) -> None:
     tc = config.train
     torch.manual_seed(tc.seed)
     model = CausalDiffAE(model_config)
+    if not resume:  # the label mechanisms need only the labels: fit once, before the first step (resume loads them)
+        fits = model.fit_mechanisms(train_set.labels, val_labels, steps=tc.mechanism_steps, seed=tc.seed,
+                                    progress=progress and accelerator.is_local_main_process)
+        if accelerator.is_main_process and fits:
+            for fit in fits:
+                print(f"causaldiffae: mechanism {fit.line()}", file=sys.stderr)
+            write_text(run / MECHANISMS_LOG, json.dumps([fit.to_dict() for fit in fits], indent=1) + "\n")
+    model.causal_layer.labels.requires_grad_(False)  # fixed from here: no optimiser step or weight decay moves them
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     step = 0
@@ -171,9 +182,11 @@ class _GracefulStop:
         self._previous = {}
 
 
-def _prepare_data(config: RunConfig) -> tuple[CausalGraph, ModelConfig, ImageDataset, ImageDataset]:
+def _prepare_data(config: RunConfig) -> tuple[CausalGraph, ModelConfig, ImageDataset, ImageDataset,
+                                               torch.Tensor | None]:
     """Open (or generate) the dataset and check everything that could fail later: the run's graph, model
-    config, training split and grid images."""
+    config, training split, grid images and the validation labels that score the mechanisms (None without a val
+    split)."""
     data, tc = config.data, config.train
     dataset = open_dataset(data.name, data.root, data.image_size, data.resize, class_column=data.class_column)
     if "train" not in dataset.splits:
@@ -192,7 +205,8 @@ def _prepare_data(config: RunConfig) -> tuple[CausalGraph, ModelConfig, ImageDat
         raise ValueError(f"train.grid_steps={tc.grid_steps} does not fit model.num_timesteps: {err}") from None
     shown = _grid_split(dataset)
     grid_set = shown.subset(torch.linspace(0, len(shown) - 1, min(tc.grid_images, len(shown))).round().long())
-    return graph, model_config, dataset.split("train"), grid_set
+    val_labels = dataset.split("val").labels if "val" in dataset.splits else None
+    return graph, model_config, dataset.split("train"), grid_set, val_labels
 
 
 def resolve_graph(spec: str | dict | None, dataset: ImageDataset) -> CausalGraph:
