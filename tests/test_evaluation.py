@@ -169,9 +169,10 @@ def test_settings_and_their_flags_round_trip():
     add_flags(parser, {"n": int, "steps": int, "batch_size": int, "subset": int, "guidance": float, "depth": float})
     assert from_flags(parser.parse_args([])) == Settings()
     chosen = Settings(n=8, seeds=(0, 3), steps=20, depth=0.7, abduction="ddim", solver="dpm++2m", batch_size=5,
-                      subset=0)
+                      subset=0, known_labels=True)
     assert chosen.flags() == ["--n", "8", "--seeds", "0,3", "--steps", "20", "--depth", "0.7", "--abduction", "ddim",
-                              "--solver", "dpm++2m", "--precision", "fp32", "--batch-size", "5", "--subset", "0"]
+                              "--solver", "dpm++2m", "--precision", "fp32", "--known-labels", "--batch-size", "5",
+                              "--subset", "0"]
     assert from_flags(parser.parse_args(chosen.flags())) == chosen
     with pytest.raises(ValueError, match="--guidance must be a finite number"):
         Settings(guidance=float("inf"))

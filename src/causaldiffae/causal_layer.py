@@ -57,6 +57,11 @@ class CausalLayer(nn.Module):
             factual = self(u)
         affected = self.graph.affected(do)
         blocks: list[torch.Tensor | None] = [None] * len(self.graph)
+        # each computed block's label value, factual ones as read (or known): what a child's mechanism sees
+        levels: list[torch.Tensor | None] = [None] * len(self.graph)
+        means = None if factual is None else factual.mean(-1)  # (B, n): the model's reading of every variable
+        if means is not None and known is not None:
+            means = torch.where(torch.isnan(known), means, known.to(means))
         for name in self.order:
             i = self.graph.index(name)
             if name in do:
@@ -67,19 +72,21 @@ class CausalLayer(nn.Module):
                 parents = torch.cat([_computed(blocks, j) for j in self.parent_index[name]], dim=-1)  # (B, |pa| * d)
                 blocks[i] = self.mechanisms[name](parents) + u[:, i]
                 mech = self.labels.fitted(name)
-                if mech is not None and factual is not None:
-                    new_parents = torch.stack([_computed(blocks, j).mean(-1) for j in self.parent_index[name]], 1)
+                if mech is not None and means is not None and factual is not None:
+                    new_parents = torch.stack([_computed(levels, j) for j in self.parent_index[name]], dim=1)
                     if median:  # the mechanism's value at zero noise, the rest of the block as the MLP made it
                         label = mech.predict(torch.zeros_like(new_parents[:, 0]), new_parents)
                         blocks[i] = blocks[i] + (label - blocks[i].mean(-1))[:, None]
-                    else:  # abduction at the factual parents, the same noise at the new ones
-                        means = factual.mean(-1)  # (B, n): the model's reading of every variable
-                        if known is not None:
-                            means = torch.where(torch.isnan(known), means, known.to(means))
+                    else:  # abduction at the factual parents, the same noise at the new ones; the block moves by
+                        # the change, so the decoder sees the factual block plus what the mechanism adds
                         label = mech.counterfactual(means[:, i], means[:, self.parent_index[name]], new_parents)
                         blocks[i] = factual[:, i] + (label - means[:, i])[:, None]
+                    levels[i] = label
             else:
                 blocks[i] = u[:, i]
+            if levels[i] is None:
+                levels[i] = means[:, i] if means is not None and name not in do and name not in affected \
+                    else _computed(blocks, i).mean(-1)
         return torch.stack([_computed(blocks, i) for i in range(len(blocks))], dim=1)
 
 

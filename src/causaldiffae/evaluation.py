@@ -10,6 +10,7 @@ import torch
 
 from .data.base import ImageDataset
 from .images import save_grid
+from .metrics.mechanisms import check_mechanisms
 from .metrics.predictors import load_predictors
 from .metrics.report import metrics_document, write_report
 from .metrics.settings import Settings
@@ -51,7 +52,8 @@ def evaluate_run(run: str | Path, dataset: ImageDataset, predictors: str | Path,
 
     start = time.perf_counter()
     results = evaluate(model, dataset, judges, settings, progress, examples)
+    mechanisms = check_mechanisms(model, dataset, n=settings.n, seed=settings.seeds[0])  # labels only: seconds
     meta = {"run": portable(run), "data": portable(dataset.root), "predictors_dir": portable(predictors),
             "device": device_name(dev), "seconds": round(time.perf_counter() - start, 1),
-            "date": time.strftime("%Y-%m-%d")}
+            "date": time.strftime("%Y-%m-%d"), "mechanisms": mechanisms}
     return write_report(metrics_document(results, meta), out)

@@ -101,10 +101,12 @@ class MechanismFit:
     child: str
     parents: list[str]
     rows: int
+    """Training rows with the child and every parent labelled."""
     val_rows: int
     r2: float
     spread: float
     nll: float
+    fitted: bool = True
 
     @property
     def deterministic(self) -> bool:
@@ -115,9 +117,9 @@ class MechanismFit:
         return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in vars(self).items()}
 
     def line(self) -> str:
-        if not self.rows:
-            return (f"{self.child} | {', '.join(self.parents)}: not fitted (fewer than {MIN_ROWS} rows with the "
-                    "child and every parent labelled); the causal layer's MLP carries do() to it")
+        if not self.fitted:
+            return (f"{self.child} | {', '.join(self.parents)}: not fitted ({self.rows} rows with the child and every "
+                    f"parent labelled, fewer than {MIN_ROWS}); the causal layer's MLP carries do() to it")
         return (f"{self.child} | {', '.join(self.parents)}: fit on {self.rows:,} labelled rows; on {self.val_rows:,} "
                 f"validation rows R^2 {self.r2:.4f}, residual spread {self.spread:.4g}, NLL {self.nll:.3f}")
 
@@ -162,7 +164,7 @@ class MechanismSet(nn.Module):
         parents = self.graph.parents(name)
         y, pa = _complete(labels, self.graph.index(name), self.parents_of(labels, name))
         if len(y) < MIN_ROWS:
-            return MechanismFit(name, parents, 0, 0, float("nan"), float("nan"), float("nan"))
+            return MechanismFit(name, parents, len(y), 0, float("nan"), float("nan"), float("nan"), fitted=False)
         margin = 0.05 * float(y.max() - y.min()) + 1e-3
         mech.bounds.copy_(torch.tensor([float(y.min()) - margin, float(y.max()) + margin]))
         optimizer = torch.optim.Adam(mech.parameters(), lr=lr)
@@ -181,7 +183,7 @@ class MechanismSet(nn.Module):
         mech.rows.fill_(len(y))
         mech.r2.fill_(scored.r2)
         mech.spread.fill_(scored.spread / self.graph[name].scale[1])
-        return replace(scored, rows=len(y))
+        return replace(scored, rows=len(y), fitted=True)
 
     @torch.no_grad()
     def score(self, name: str, labels: torch.Tensor) -> MechanismFit:
@@ -191,18 +193,18 @@ class MechanismSet(nn.Module):
         y, pa = _complete(labels, self.graph.index(name), self.parents_of(labels, name))
         nan = float("nan")
         if not len(y):
-            return MechanismFit(name, self.graph.parents(name), int(mech.rows), 0, nan, nan, nan)
+            return MechanismFit(name, self.graph.parents(name), int(mech.rows), 0, nan, nan, nan, mech.fitted)
         residual = y - mech.predict(torch.zeros_like(y), pa)
         r2 = 1 - float(residual.pow(2).mean()) / max(float(y.var(unbiased=False)), 1e-12)
         spread = float(residual.std(unbiased=False)) * self.graph[name].scale[1]
         return MechanismFit(name, self.graph.parents(name), int(mech.rows), len(y), r2, spread,
-                            -float(mech.log_prob(y, pa).mean()))
+                            -float(mech.log_prob(y, pa).mean()), mech.fitted)
 
     def describe(self, name: str) -> MechanismFit:
         """The fit saved with ``name``'s mechanism (validation R^2, spread in label units)."""
         mech = self.items[name]
         return MechanismFit(name, self.graph.parents(name), int(mech.rows), 0, float(mech.r2),
-                            float(mech.spread) * self.graph[name].scale[1], float("nan"))
+                            float(mech.spread) * self.graph[name].scale[1], float("nan"), mech.fitted)
 
     def deterministic(self, name: str) -> MechanismFit | None:
         """The fit of ``name`` when its parents explain it (R^2 >= DETERMINISTIC_R2), else None."""

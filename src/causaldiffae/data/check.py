@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-from .base import SPLITS, load_dataset
+from ..mechanisms import MechanismSet, deterministic_warning
+from .base import SPLITS, ImageDataset, load_dataset
 
 
 def summarize(root: str | Path, resize_to: int | None = None) -> str:
@@ -34,4 +35,26 @@ def summarize(root: str | Path, resize_to: int | None = None) -> str:
         lo, hi = (f"{known.min().item():>10.4g}", f"{known.max().item():>10.4g}") if len(known) else ("-", "-")
         norm = var.normalization or "from the training split at train time"
         lines.append(f"  {var.name:<{width}}  " + "  ".join(cover) + f"  {lo:>10}  {hi:>10}  {norm}")
-    return "\n".join(lines)
+    return "\n".join(lines + mechanism_lines(data))
+
+
+def mechanism_lines(data: ImageDataset, steps: int = 500) -> list[str]:
+    """How well each variable's parents explain it in these labels (a spline mechanism fit on the training rows,
+    scored on val): one line per child, and one more per child its parents determine, which no model trained on
+    these labels can move apart from them."""
+    graph = data.graph
+    if not any(graph.parents(v) for v in graph.variables):
+        return []
+    train = data.split("train").labels if "train" in data.splits else data.labels
+    known = ~torch.isnan(train)
+    centre = torch.nan_to_num(train).sum(0) / known.sum(0).clamp_min(1)
+    spread = (torch.nan_to_num(train - centre).pow(2).sum(0) / known.sum(0).clamp_min(1)).sqrt().clamp_min(1e-6)
+    norms = {v: {"mean": float(centre[i]), "std": float(spread[i])} for i, v in enumerate(graph.variables)}
+    graph = graph.with_normalization(norms)
+    val = data.split("val").labels if "val" in data.splits else None
+    mechanisms = MechanismSet(graph, "spline")
+    fits = mechanisms.fit(graph.normalize(train), None if val is None else graph.normalize(val), steps=steps)
+    lines = ["mechanisms (each child from its parents, spline fit on the train labels, scored on val):"]
+    lines += [f"  {fit.line()}" for fit in fits]
+    lines += [f"note: {deterministic_warning(fit)}" for fit in fits if fit.fitted and fit.deterministic]
+    return lines

@@ -24,17 +24,19 @@ from .truth import scm_kind, true_label_counterfactual
 @torch.inference_mode()
 def check_mechanisms(model: CausalDiffAE, dataset: ImageDataset, fit_split: str = "val", cf_split: str = "test",
                      n: int = 1000, seed: int = 0, batch: int = 250) -> dict[str, Any]:
-    """The mechanisms' fit on ``fit_split`` labels and, with a known SCM, their counterfactual errors on up to ``n``
-    fully labelled rows of ``cf_split`` (one do() per row and parent, values drawn from that split's marginal)."""
+    """The mechanisms' fit on ``fit_split`` labels (the train split's when the data have no such split) and, with a
+    known SCM, their counterfactual errors on up to ``n`` fully labelled rows of ``cf_split`` (one do() per row and
+    parent, values drawn from that split's marginal)."""
     graph, mechanisms = model.graph, model.causal_layer.labels
+    if fit_split not in dataset.splits and "train" in dataset.splits:
+        fit_split = "train"
     out: dict[str, Any] = {"family": model.config.label_mechanism, "fit_split": fit_split, "cf_split": cf_split,
                            "mechanisms": [], "counterfactual": None}
     if fit_split in dataset.splits:
         labels = model.normalize_labels(dataset.split(fit_split).labels.float())
         for name in mechanisms.items:
             fit = mechanisms.score(name, labels)
-            out["mechanisms"].append({**vars(fit), "deterministic": fit.deterministic,
-                                      "fitted": mechanisms.fitted(name) is not None})
+            out["mechanisms"].append({**vars(fit), "deterministic": fit.fitted and fit.deterministic})
     kind = scm_kind(graph)
     if kind is None or cf_split not in dataset.splits:
         return out

@@ -179,6 +179,10 @@ def markdown(doc: dict) -> str:
                   table(["w", "effectiveness (normalised MAE, intervened variable)", "composition L1"],
                         [[k, fmt(e["effectiveness"]), fmt(e["composition_l1"])]
                          for k, e in summary["guidance_sweep"].items()])]
+    if doc.get("mechanisms"):
+        from .mechanisms import markdown as mechanisms_markdown  # here: that module builds on this one's tables
+
+        parts.append(mechanisms_markdown(doc["mechanisms"]))
     return "\n".join(parts)
 
 

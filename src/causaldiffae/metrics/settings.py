@@ -79,11 +79,13 @@ class Settings:
 
     def flags(self) -> list[str]:
         """The command-line flags that reproduce these settings (a None depth, weight or steps is left out: the
-        run's own knobs)."""
+        run's own knobs; a switch appears when it is on)."""
         out = []
         for field in cfg.flag_fields(Settings):
             value = getattr(self, field.name)
-            if value is not None:
+            if isinstance(value, bool):
+                out += [cfg.option(field)] if value else []
+            elif value is not None:
                 out += [cfg.option(field), ",".join(map(str, value)) if isinstance(value, tuple) else str(value)]
         return out
 
