@@ -70,18 +70,19 @@ class CausalLayer(nn.Module):
                 blocks[i] = factual[:, i]
             elif name in self.mechanisms:
                 parents = torch.cat([_computed(blocks, j) for j in self.parent_index[name]], dim=-1)  # (B, |pa| * d)
-                blocks[i] = self.mechanisms[name](parents) + u[:, i]
+                block = self.mechanisms[name](parents) + u[:, i]
                 mech = self.labels.fitted(name)
                 if mech is not None and means is not None and factual is not None:
                     new_parents = torch.stack([_computed(levels, j) for j in self.parent_index[name]], dim=1)
                     if median:  # the mechanism's value at zero noise, the rest of the block as the MLP made it
                         label = mech.predict(torch.zeros_like(new_parents[:, 0]), new_parents)
-                        blocks[i] = blocks[i] + (label - blocks[i].mean(-1))[:, None]
+                        block = block + (label - block.mean(-1))[:, None]
                     else:  # abduction at the factual parents, the same noise at the new ones; the block moves by
                         # the change, so the decoder sees the factual block plus what the mechanism adds
                         label = mech.counterfactual(means[:, i], means[:, self.parent_index[name]], new_parents)
-                        blocks[i] = factual[:, i] + (label - means[:, i])[:, None]
+                        block = factual[:, i] + (label - means[:, i])[:, None]
                     levels[i] = label
+                blocks[i] = block
             else:
                 blocks[i] = u[:, i]
             if levels[i] is None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import nn
@@ -33,6 +33,11 @@ DETERMINISTIC_R2 = 0.99  # a child its parents explain this well cannot be inter
 
 class Mechanism(nn.Module):
     """One child given its parents, normalised units: ``e = (h(y) - loc(pa)) / scale(pa)``, invertible in y and e."""
+
+    bounds: torch.Tensor
+    rows: torch.Tensor
+    r2: torch.Tensor
+    spread: torch.Tensor
 
     def __init__(self, n_parents: int, family: Family, hidden: int = 64, bins: int = 16) -> None:
         super().__init__()
@@ -136,9 +141,13 @@ class MechanismSet(nn.Module):
             v: Mechanism(len(graph.parents(v)), family, hidden)
             for v in graph.variables if graph.parents(v) and family != "none"})
 
+    def mechanism(self, name: str) -> Mechanism:
+        """The mechanism of ``name`` (a child of the graph), fitted or not."""
+        return cast(Mechanism, self.items[name])
+
     def fitted(self, name: str) -> Mechanism | None:
         """The fitted mechanism of ``name``, or None (a root, family none, or too few labels)."""
-        mech = self.items[name] if name in self.items else None
+        mech = self.mechanism(name) if name in self.items else None
         return mech if mech is not None and mech.fitted else None
 
     def parents_of(self, values: torch.Tensor, name: str) -> torch.Tensor:
@@ -151,7 +160,8 @@ class MechanismSet(nn.Module):
         where the child and all its parents are labelled; score on ``val`` (the training rows when None).
         Full-batch Adam with a cosine decay, from a fresh initialisation seeded by ``seed``: reproducible."""
         reports = []
-        for name, mech in self.items.items():
+        for name in self.items:
+            mech = self.mechanism(name)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 fresh = Mechanism(mech.n_parents, mech.family, mech.hidden, mech.bins)
@@ -189,7 +199,7 @@ class MechanismSet(nn.Module):
     def score(self, name: str, labels: torch.Tensor) -> MechanismFit:
         """R^2 of the mechanism's median prediction, residual spread (label units) and NLL (normalised units) on the
         rows of ``labels`` (N, n; normalised) where the child and its parents are labelled."""
-        mech = self.items[name]
+        mech = self.mechanism(name)
         y, pa = _complete(labels, self.graph.index(name), self.parents_of(labels, name))
         nan = float("nan")
         if not len(y):
@@ -202,7 +212,7 @@ class MechanismSet(nn.Module):
 
     def describe(self, name: str) -> MechanismFit:
         """The fit saved with ``name``'s mechanism (validation R^2, spread in label units)."""
-        mech = self.items[name]
+        mech = self.mechanism(name)
         return MechanismFit(name, self.graph.parents(name), int(mech.rows), 0, float(mech.r2),
                             float(mech.spread) * self.graph[name].scale[1], float("nan"), mech.fitted)
 

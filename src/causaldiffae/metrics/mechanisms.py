@@ -56,8 +56,9 @@ def check_mechanisms(model: CausalDiffAE, dataset: ImageDataset, fit_split: str 
         truth = true_label_counterfactual(kind, graph.variables, factual, {parent: values})
         norm = {parent: graph[parent].normalize(values)}
         from_labels = graph.denormalize(mechanisms.counterfactual(model.normalize_labels(factual), norm))
-        from_latents = from_known = None
+        from_latents = from_known = reading = None
         if z is not None:
+            reading = model.read_labels(z.z)
             from_latents = model.read_labels(model.intervene(z, {parent: values}))
             from_known = model.read_labels(model.intervene(z, {parent: values}, labels=factual))
         for child in children:
@@ -65,10 +66,10 @@ def check_mechanisms(model: CausalDiffAE, dataset: ImageDataset, fit_split: str 
             floor = float((factual[:, i] - truth[:, i]).abs().mean())
             entry = {"do": parent, "child": child, "rows": len(factual), "no_op": floor,
                      "labels": float((from_labels[:, i] - truth[:, i]).abs().mean())}
-            if from_latents is not None and from_known is not None:
+            if from_latents is not None and from_known is not None and reading is not None:
                 entry["latents"] = float((from_latents[:, i] - truth[:, i]).abs().mean())
                 entry["latents_known"] = float((from_known[:, i] - truth[:, i]).abs().mean())
-                entry["reading"] = float((model.read_labels(z.z)[:, i] - factual[:, i]).abs().mean())
+                entry["reading"] = float((reading[:, i] - factual[:, i]).abs().mean())
             results.append(entry)
     out["counterfactual"] = {"scm": kind, "pairs": results}
     return out
@@ -84,8 +85,8 @@ def _latents(model: CausalDiffAE, rows: ImageDataset, batch: int) -> Any:
 def markdown(check: dict[str, Any]) -> str:
     """The check as a report section."""
     parts = [f"## Mechanisms (family: {check['family']})\n",
-             f"Fit on the {check['fit_split']} labels: R^2 of the mechanism's median against the child, residual spread "
-             "in the child's units, NLL in normalised units; rows = labelled training rows the fit used.\n"]
+             f"Fit on the {check['fit_split']} labels: R^2 of the mechanism's median against the child, residual "
+             "spread in the child's units, NLL in normalised units; rows = labelled training rows the fit used.\n"]
     rows = [[m["child"], ", ".join(m["parents"]), f"{m['rows']:,}" if m["fitted"] else "not fitted",
              f"{m['val_rows']:,}", f"{m['r2']:.4f}", f"{m['spread']:.4g}", f"{m['nll']:.3f}",
              "yes" if m["deterministic"] else "no"] for m in check["mechanisms"]]

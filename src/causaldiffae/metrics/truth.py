@@ -135,9 +135,9 @@ def true_label_counterfactual(kind: str, variables: Sequence[str], factual: torc
     for b, row in enumerate(rows):
         if kind == "pendulum":
             physical = pendulum.shadow(row[index["angle"]], row[index["light"]])
-            for name, value in zip(("shadow_length", "shadow_position"), physical, strict=True):
+            for name, shadow in zip(("shadow_length", "shadow_position"), physical, strict=True):
                 if name not in do:
-                    row[index[name]] = value
+                    row[index[name]] = shadow
         elif "intensity" not in do and "thickness" in do:
             noise = morphomnist.intensity_noise(float(factual[b, index["thickness"]]),
                                                 float(factual[b, index["intensity"]]))

@@ -84,7 +84,8 @@ class TrainConfig:
     grid_steps: int = cfg.param(20, "DDIM steps used for the grids")
 
     def __post_init__(self) -> None:
-        positive = ["batch_size", "max_steps", "mechanism_steps", "log_every", "keep_checkpoints", "grid_images", "grid_steps"]
+        positive = ["batch_size", "max_steps", "mechanism_steps", "log_every", "keep_checkpoints", "grid_images",
+                    "grid_steps"]
         bad = [k for k in positive if getattr(self, k) < 1]
         bad += [k for k in ["lr", "ema_decay"] if not getattr(self, k) > 0]
         bad += [k for k in ["lr_warmup_steps", "weight_decay", "grad_clip", "gamma_max", "gamma_warmup_steps",
