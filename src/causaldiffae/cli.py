@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"causaldiffae {__version__}")
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_data, _add_train, _add_counterfactual, _add_sample, _add_explore, _add_demo, _add_predictors,
-                _add_evaluate, _add_mechanisms, _add_tune, _add_reproduce):
+                _add_evaluate, _add_mechanisms, _add_benchmark, _add_tune, _add_reproduce):
         add(subcommands)
     return parser
 
@@ -287,6 +287,29 @@ def _add_mechanisms(subcommands: Any) -> None:
     me.add_argument("--steps", type=positive_int, default=2000, help="with --fit: Adam steps per mechanism "
                                                                      "(default 2000)")
     me.set_defaults(func=commands.mechanisms)
+
+
+def _add_benchmark(subcommands: Any) -> None:
+    bm = subcommands.add_parser(
+        "benchmark", help="the published Morpho-MNIST test digits under the 2024 benchmark's protocol",
+        description="Melistas et al. (NeurIPS 2024 D&B) on the 10,000 published t10k digits: one parent at a time, "
+                    "do() values from the test set forced into another bin, the child intensity under do(thickness) "
+                    "recomputed by the SCM. Every cell of their table, read by morphometry (measured) and by "
+                    "--predictors (predicted, with the digit reader), beside each no-op floor and their published "
+                    "rows. Writes OUT/benchmark.md and OUT/benchmark.json.")
+    bm.add_argument("run", help="a MorphoMNIST model folder (28 px, thickness -> intensity)")
+    bm.add_argument("--published", required=True, metavar="DIR",
+                    help="folder with t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz] and t10k-morpho.csv "
+                         "(as the Morpho-MNIST, DeepSCM and causal-gen releases ship them)")
+    bm.add_argument("--predictors", help="predictors folder with a digit classifier (the predicted column and the "
+                                         "digit columns)")
+    bm.add_argument("--out", required=True, help="folder for benchmark.md and benchmark.json")
+    bm.add_argument("--n", type=positive_int, default=10_000, help="digits per seed (default all 10,000)")
+    bm.add_argument("--seeds", default="0", help="comma-separated seeds of the digits and do() values (default 0)")
+    bm.add_argument("--known-labels", action="store_true",
+                    help="abduct the intensity noise from the factual labels, as the benchmark's models get them")
+    bm.add_argument("--batch-size", type=positive_int, default=250, help="digits per batch (default 250)")
+    bm.set_defaults(func=commands.benchmark)
 
 
 def _add_tune(subcommands: Any) -> None:

@@ -243,6 +243,29 @@ def mechanisms(args: argparse.Namespace) -> None:
         write_text(out / "mechanisms.json", to_json(check))
 
 
+def benchmark(args: argparse.Namespace) -> None:
+    from .benchmark import BenchmarkSettings, markdown, published_digits, run_benchmark
+    from .evaluation import portable
+    from .metrics.predictors import load_predictors
+    from .metrics.report import to_json
+    from .metrics.settings import parse_seeds
+
+    settings = BenchmarkSettings(args.n, parse_seeds(args.seeds), args.known_labels, args.batch_size)
+    _output_folder(args.out, args.run, ("benchmark.md", "benchmark.json"))
+    model = _load_model(args.run)
+    digits = published_digits(args.published)
+    predictors = load_predictors(args.predictors, device=next(model.parameters()).device) if args.predictors else None
+    result = run_benchmark(model, digits, predictors, settings)
+    result.update(run=portable(args.run), published=portable(args.published),
+                  predictors=portable(args.predictors) if args.predictors else None)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    text = markdown(result, portable(args.run))
+    write_text(out / "benchmark.md", text)
+    write_text(out / "benchmark.json", to_json(result))
+    print(text)
+
+
 def tune(args: argparse.Namespace) -> None:
     from . import tune as tuning
     from .evaluation import portable
