@@ -11,8 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from causaldiffae.benchmark import (BenchmarkSettings, bin_of, do_values, intended_intensity, published_digits,
-                                    run_benchmark)
+from causaldiffae.benchmark import (
+    BenchmarkSettings,
+    bin_of,
+    do_values,
+    intended_intensity,
+    published_digits,
+    run_benchmark,
+)
 from causaldiffae.data import morphomnist
 from causaldiffae.knobs import Knobs
 from causaldiffae.model import CausalDiffAE, ModelConfig
