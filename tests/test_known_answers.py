@@ -283,6 +283,24 @@ def test_reversibility_is_measured_against_the_factual_image(shifted):
     assert seed["reversibility_l1"] == pytest.approx((SHIFT + 2 * SHIFT + 2 * SHIFT) / 3, abs=1e-3)
 
 
+def test_idempotence_measures_what_the_same_do_changes_again(shifted):
+    """The same do(v) on the counterfactual re-sets v's channel to the same value + SHIFT (no change) and shifts
+    the two other channels by SHIFT again: L1 to the counterfactual = (0 + 4 + 4) / 3."""
+    seed, _ = shifted
+    assert seed["idempotence_l1"] == pytest.approx(2 * SHIFT / 3, abs=1e-3)
+
+
+def test_executed_share_is_the_made_change_over_the_asked_change(shifted):
+    """The fake reads v at drawn + SHIFT: its change from the factual reading over the asked change is known per
+    image; the share is their ratio of means."""
+    seed, calls = shifted
+    x, single, _ = calls[0]
+    factual = x.mean(dim=(2, 3))[:, 0] * 255
+    drawn = single["a"]
+    expected = ((drawn + SHIFT - factual).abs().mean() / (drawn - factual).abs().mean()).item()
+    assert seed["executed"]["do(a)"] == pytest.approx(expected, abs=1e-3)
+
+
 def test_composition_accumulates_a_known_shift(shifted):
     """Each null intervention adds 4 levels to every channel: L1 after k cycles is 4 k (unclipped)."""
     seed, _ = shifted
@@ -299,7 +317,7 @@ def test_guidance_sweep_of_a_known_shift(shifted):
     for w in (0.0, 1.0, 2.0):
         point = seed["guidance_sweep"][f"w={w:g}"]
         assert point["effectiveness"] == pytest.approx(1.25 * w, abs=1e-3), w
-        assert point["composition_l1"] == pytest.approx(SHIFT * w, abs=1e-3), w
+        assert point["null_l1"] == pytest.approx(SHIFT * w, abs=1e-3), w
 
 
 def test_realism_reference_is_the_train_split(shifted):

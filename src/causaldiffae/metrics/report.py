@@ -132,13 +132,18 @@ def markdown(doc: dict) -> str:
                       "image, the oracle the true counterfactual.\n",
                       table(["intervention", *variables], morpho_rows)]
     comp = summary.get("composition", {})
-    parts += ["## Composition and reversibility (L1 to the factual image)\n",
-              f"On the first {s['subset']} images of each seed."
-              + (" With the exact abduction the null intervention returns the image by construction, so composition "
-                 "is 0 up to rounding at guidance 1; `--abduction ddim` measures the model's own reconstruction."
-                 if s.get("abduction") == "exact" else "") + "\n",
-              table(["composition, 1 cycle", f"composition, {s['cycles']} cycles", "reversibility"],
-                    [[fmt(comp.get("l1_1")), fmt(comp.get(f"l1_{s['cycles']}")), fmt(summary["reversibility_l1"])]])]
+    parts += ["## The decoder's cycle, idempotence and reversibility (L1, 0-255)\n",
+              f"On the first {s['subset']} images of each seed. The cycle re-abducts and decodes the image "
+              f"with do() = {{}} ({comp.get('abduction', s.get('abduction'))} inversion: the exact abduction would "
+              "return any image by construction, even through a decoder that ignores its latents). Idempotence: "
+              "the same do() applied again to the counterfactual (0 = nothing more changes). Reversibility: "
+              "undoing the do() on the counterfactual, to the factual image; it rewards weak interventions, so it "
+              "stands beside the share of the asked change that the counterfactuals made (the intervened "
+              "variable's predicted change over its intended change, mean over the single interventions).\n",
+              table(["cycle, 1", f"cycle, {s['cycles']}", "idempotence", "reversibility", "executed share"],
+                    [[fmt(comp.get("l1_1")), fmt(comp.get(f"l1_{s['cycles']}")),
+                      fmt(summary.get("idempotence_l1")), fmt(summary["reversibility_l1"]),
+                      fmt(summary.get("executed_share"))]])]
     parts += ["## Minimality\n", "Change of the non-descendants' predictions (normalised) and CLD (Melistas et al. "
               "2024; lower is better) on the predictors' features, each beside the oracle's (the true "
               "counterfactual's); `–`: the intervened variables have no non-descendants.\n",
@@ -156,13 +161,18 @@ def markdown(doc: dict) -> str:
                      ["factual test images (their inputs)", fmt(r.get("images_factual")), fmt(r["fid_factual"]),
                       fmt(r["kid_factual"]), fmt(r.get("colour_cast_factual"))]])]
     if "dci" in summary:
-        d = summary["dci"]
-        parts += ["## Disentanglement (DCI, gradient-boosted trees, causal latents z)\n",
-                  table(["", "disentanglement", "completeness", "informativeness"],
-                        [["per latent dimension", fmt(d["disentanglement"]), fmt(d["completeness"]),
+        rows = []
+        for field, d in (("z", summary["dci"]), ("u", summary.get("dci_u"))):
+            if d:
+                rows += [[f"{field}, per latent dimension", fmt(d["disentanglement"]), fmt(d["completeness"]),
                           fmt(d["informativeness"])],
-                         ["per variable block", fmt(d.get("block_disentanglement")),
-                          fmt(d.get("block_completeness")), ""]])]
+                         [f"{field}, per variable block", fmt(d.get("block_disentanglement")),
+                          fmt(d.get("block_completeness")), ""]]
+        parts += ["## Disentanglement (DCI, gradient-boosted trees)\n",
+                  "On z it is about 1 by construction: the label term makes each block a copy of its label, and "
+                  "copies of the labels themselves score the same. On u (the encoder's noise, before the "
+                  "mechanisms) it says how much of each label the noise carries. Neither ranks a model.\n",
+                  table(["latents", "disentanglement", "completeness", "informativeness"], rows)]
     else:
         parts += ["## Disentanglement\n", "n/a: this model has no encoder.\n"]
     dag_rows = []
@@ -176,8 +186,10 @@ def markdown(doc: dict) -> str:
               table(["intervention", "variable", "may move", "moved", "oracle moved", "true change"], dag_rows)]
     if "guidance_sweep" in summary:
         parts += ["## Guidance sweep\n", "![guidance sweep](guidance-sweep.png)\n",
-                  table(["w", "effectiveness (normalised MAE, intervened variable)", "composition L1"],
-                        [[k, fmt(e["effectiveness"]), fmt(e["composition_l1"])]
+                  "The null-intervention L1 at each weight: with the exact abduction 0 by construction at w = 1 only "
+                  "(its residuals are those of the w = 1 decoding), so it is no score at w = 1.\n",
+                  table(["w", "effectiveness (normalised MAE, intervened variable)", "null-intervention L1"],
+                        [[k, fmt(e["effectiveness"]), fmt(e["null_l1"])]
                          for k, e in summary["guidance_sweep"].items()])]
     if doc.get("mechanisms"):
         from .mechanisms import markdown as mechanisms_markdown  # here: that module builds on this one's tables
@@ -205,12 +217,13 @@ def save_figure(fig: Any, path: Path) -> None:
 
 def _plot_sweep(sweep: dict, path: Path, title: str) -> None:
     fig, ax = pyplot().subplots(figsize=(5, 4))
-    xs = [e["composition_l1"]["mean"] for e in sweep.values()]
+    xs = [e["null_l1"]["mean"] for e in sweep.values()]
     ys = [e["effectiveness"]["mean"] for e in sweep.values()]
     ax.plot(xs, ys, "o-")
     for label, x, y in zip(sweep, xs, ys, strict=True):
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_xlabel("composition: null-intervention L1 (0-255)")
+    ax.set_xlabel("null-intervention L1 at w (0-255; 0 at w = 1 by construction with the exact abduction)",
+                  fontsize=8)
     ax.set_ylabel("effectiveness: normalised MAE")
     ax.set_title(f"guidance sweep {title}", fontsize=9)
     fig.tight_layout()

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from .. import memory
 from ..counterfactual import Sweep, sweep
 from ..data.base import ImageDataset
+from ..knobs import Abduction
 from ..model import CausalDiffAE
 from . import dci, minimality, realism
 from .effectiveness import attribute_errors, movement, non_descendant_change, normalized
@@ -110,7 +111,8 @@ class _Context:
         picks = order.repeat(math.ceil(self.s.n / len(order)))[: self.s.n]
         names = self.graph.variables
         rows = {name: picks[i:: len(names)] for i, name in enumerate(names)}
-        results: dict = {"effectiveness": {}, "noop_floor": {}, "minimality": {}, "dag_consistency": {}}
+        results: dict = {"effectiveness": {}, "noop_floor": {}, "executed": {}, "minimality": {},
+                         "dag_consistency": {}}
         if self.scm is not None:
             results.update(truth={}, oracle={}, gap_closed={})
         if self.predictors.classifier is not None:
@@ -123,15 +125,17 @@ class _Context:
             if on_examples is not None:
                 self._examples(name, index[: self.s.examples], g, on_examples)
         self._score_multi(results, passes)
-        reversibility = [d.get("reversibility", torch.zeros(0)) for d in passes]
-        results["reversibility_l1"] = torch.cat(reversibility).mean().item()  # NaN with subset 0
+        shares = [v for v in results["executed"].values() if v is not None]
+        results["executed_share"] = sum(shares) / len(shares) if shares else None  # over the single interventions
+        for metric in ("reversibility", "idempotence"):  # NaN with subset 0
+            results[f"{metric}_l1"] = torch.cat([d.get(metric, torch.zeros(0)) for d in passes]).mean().item()
         results["realism"] = self._realism(passes, seed)
         sub = picks[: self.s.subset]
         if len(sub):
             results["composition"] = self._composition(sub, bar)
             results["guidance_sweep"] = self._guidance_sweep(sub, g)
-        if self.model.encoder is not None:
-            results["dci"] = self._dci(seed)
+        if self.model.encoder is not None:  # z: the causal latents (aligned to the labels by the loss), u: the noise
+            results["dci"], results["dci_u"] = self._dci(seed, "z"), self._dci(seed, "u")
         return results
 
     def _realism(self, passes: list[dict], seed: int) -> dict:
@@ -187,9 +191,13 @@ class _Context:
             if m:
                 classes = batch["class"][:m] if "class" in batch else None
                 # the label baseline's factual labels of a counterfactual: its own reading of z_cf
+                cf_labels = self.model.read_labels(result.z_cf[0][:m])
                 back = self._sweep(cf[:m], [({name: labels[:m, self.graph.index(name)]}, self.s.guidance)], classes,
-                                   self.model.read_labels(result.z_cf[0][:m]), g).images[0].float().cpu()
-                data.add(reversibility=pixel_l1(back, x[:m]))
+                                   cf_labels, g).images[0].float().cpu()
+                # idempotence: the same do() again on the counterfactual should change nothing
+                again = self._sweep(cf[:m], [({name: single[name][:m]}, self.s.guidance)], classes, cf_labels,
+                                    g).images[0].float().cpu()
+                data.add(reversibility=pixel_l1(back, x[:m]), idempotence=pixel_l1(again, cf[:m]))
             intended, truth = self._intended(rows, single)
             intended_multi, truth_multi = self._intended(rows, multi)
             data.add(x=x, cf=cf, intended=intended, intended_multi=intended_multi,
@@ -219,6 +227,8 @@ class _Context:
         results["noop_floor"][key] = attribute_errors(graph, data["predicted_x0"], data["intended"])
         moved = movement(graph, data["predicted_x0"], data["predicted_cf"])
         truth_moved = movement(graph, self._labels(index), data["intended"])
+        asked = movement(graph, data["predicted_x0"], data["intended"])[name]
+        results["executed"][key] = moved[name] / asked if asked > 0 else None  # share of the asked change made
         results["dag_consistency"][key] = {
             v: {"moved": moved[v], "true_change": truth_moved[v],
                 "allowed": v in graph.affected([name])} for v in graph.variables}
@@ -287,7 +297,10 @@ class _Context:
                                       for v in self.graph.variables if v in affected and v in oracle}
 
     def _composition(self, index: torch.Tensor, bar: tqdm) -> dict:
-        """L1 to x0 after each of ``cycles`` null interventions (each re-abducts its input)."""
+        """The decoder's own cycle: L1 to x0 after each of ``cycles`` null interventions (each re-abducts its
+        input), by plain DDIM inversion where the evaluation's abduction is the exact one (which returns any
+        image by construction, whatever the decoder: 0 for a model that ignores its latents)."""
+        abduction: Abduction = "ddim" if self.s.abduction == "exact" else self.s.abduction
         curve = []
         for start in range(0, len(index), self.s.batch_size):
             rows = index[start: start + self.s.batch_size]
@@ -295,17 +308,19 @@ class _Context:
             x = current = batch["image"]
             errors = []
             for _ in range(self.s.cycles):
-                current = self._sweep(current, [({}, self.s.guidance)], batch.get("class"),
-                                      batch["labels"]).images[0].float().cpu()
+                current = self._sweep(current, [({}, self.s.guidance)], batch.get("class"), batch["labels"],
+                                      abduction=abduction).images[0].float().cpu()
                 errors.append(pixel_l1(current, x))
                 bar.update(len(rows))
             curve.append(torch.stack(errors, dim=1))
             bar.update(len(rows))
         mean = torch.cat(curve).mean(dim=0)
-        return {"l1_1": mean[0].item(), f"l1_{self.s.cycles}": mean[-1].item(), "curve": mean.tolist()}
+        return {"l1_1": mean[0].item(), f"l1_{self.s.cycles}": mean[-1].item(), "curve": mean.tolist(),
+                "abduction": abduction}
 
     def _guidance_sweep(self, index: torch.Tensor, g: torch.Generator) -> dict:
-        """Effectiveness on the intervened variable (normalised MAE) and null-intervention L1 for each weight w."""
+        """Effectiveness on the intervened variable (normalised MAE) and null-intervention L1 for each weight w (with
+        the exact abduction 0 by construction at w = 1 only: its residuals are those of the w = 1 decoding)."""
         weights = self.s.weights
         errors: dict[float, list[torch.Tensor]] = {w: [] for w in weights}
         l1: dict[float, list[torch.Tensor]] = {w: [] for w in weights}
@@ -327,32 +342,38 @@ class _Context:
                 errors[w].append(diff[:, column].abs())
                 l1[w].append(pixel_l1(result.images[len(weights) + j].float().cpu(), x))
         return {f"w={w:g}": {"effectiveness": torch.cat(errors[w]).mean().item(),
-                             "composition_l1": torch.cat(l1[w]).mean().item()} for w in weights}
+                             "null_l1": torch.cat(l1[w]).mean().item()} for w in weights}
 
     def _sweep(self, x: torch.Tensor, columns: list, classes: torch.Tensor | None, labels: torch.Tensor,
-               g: torch.Generator | None = None, reconstruct: bool = False) -> Sweep:
+               g: torch.Generator | None = None, reconstruct: bool = False,
+               abduction: Abduction | None = None) -> Sweep:
         """``sweep`` at the evaluation's settings; the factual latents from the images (the label-conditional
         baseline's from their factual ``labels``, which with ``known_labels`` also serve the mechanisms' abduction)."""
-        return sweep(self.model, x, columns, steps=self.s.steps, depth=self.s.depth, abduction=self.s.abduction,
+        return sweep(self.model, x, columns, steps=self.s.steps, depth=self.s.depth,
+                     abduction=abduction or self.s.abduction,
                      solver=self.s.solver, classes=classes, generator=g, latents=self.model.encode(x, labels=labels),
                      labels=labels if self.s.known_labels else None, reconstruct=reconstruct)
 
-    def _dci(self, seed: int) -> dict:
-        """DCI of the model's causal latents z against the labels, GBT per factor; per dimension and per block."""
+    def _dci(self, seed: int, which: str) -> dict:
+        """DCI of the model's latents ``which`` against the labels, GBT per factor; per dimension and per block. On
+        z it is about 1 by construction (the label term makes each block a copy of its label); on u it says how
+        much of each label the encoder's noise itself carries."""
         train = self.full.split("train") if self.full.splits.count("train") >= 10 else self.test  # tiny data
-        codes_train, labels_train = self._codes(train, seed)
-        codes_test, labels_test = self._codes(self.test, seed + 1)
+        codes_train, labels_train = self._codes(train, seed, which)
+        codes_test, labels_test = self._codes(self.test, seed + 1, which)
         return dci.dci(codes_train, labels_train, codes_test, labels_test, block_size=self.model.config.latent_dim,
                        seed=seed)
 
-    def _codes(self, data: ImageDataset, seed: int) -> tuple:
+    def _codes(self, data: ImageDataset, seed: int, which: str) -> tuple:
+        """Latents ``which`` (z, the causal latents, or u, the exogenous noise) of up to dci_samples images."""
         g = torch.Generator().manual_seed(seed)
         index = torch.randperm(len(data), generator=g)[: self.s.dci_samples]
         codes = []
         for start in range(0, len(index), 500):
             batch = data.batch(index[start: start + 500])
             with torch.inference_mode():
-                codes.append(self.model.encode(batch["image"].to(self.device)).z.flatten(1).float().cpu())
+                latents = self.model.encode(batch["image"].to(self.device))
+                codes.append(getattr(latents, which).flatten(1).float().cpu())
         return torch.cat(codes).numpy(), data.labels[index].float().numpy()
 
     def _examples(self, name: str, index: torch.Tensor, g: torch.Generator, on_examples: Callable) -> None:
