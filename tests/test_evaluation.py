@@ -294,7 +294,8 @@ def test_cli_evaluate_writes_the_report(tmp_path, saved, tiny_dataset):
     assert document["settings"]["n"] == 4 and document["device"]
     report = (out / "report.md").read_text()
     for heading in ("Effectiveness", "true counterfactual", "cycle, idempotence and reversibility", "Mechanisms",
-                    "Minimality", "Realism", "DCI", "u, per variable block", "DAG consistency", "Guidance sweep", ": oracle", "Gap closed", "train split", "colour cast",
+                    "Minimality", "Realism", "DCI", "u, per variable block", "DAG consistency", "Guidance sweep",
+                    ": oracle", "Gap closed", "train split", "colour cast",
                     "do(shadow_length): shadow_length error"):
         assert heading in report, heading
     # the exact abduction returns any image: the decoder's cycle is measured with the plain inversion instead
