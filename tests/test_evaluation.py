@@ -417,3 +417,17 @@ def test_summarize_skips_metrics_that_did_not_apply():
     out = summarize([{"r": None, "a": 1.0}, {"r": 2.0, "a": 3.0}])
     assert out["a"]["mean"] == 2.0 and math.isnan(out["r"]["mean"]) and out["r"]["values"][1] == 2.0
     assert summarize([None, None]) is None
+
+
+def test_portable_paths_name_no_absolute_path(tmp_path, monkeypatch):
+    """Committed reports hold no absolute paths: under the working folder relative, under home with ~, elsewhere
+    relative to the working folder (../shared/data/... as the benchmark records the published digits)."""
+    from causaldiffae.evaluation import portable
+
+    work = tmp_path / "work" / "main"
+    (work / "runs").mkdir(parents=True)
+    (tmp_path / "work" / "shared").mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert portable(work / "runs") == "runs"
+    assert portable(tmp_path / "work" / "shared") == "../shared"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from pathlib import Path
@@ -26,12 +27,13 @@ def device_name(device: torch.device) -> str:
 
 def portable(path: str | Path) -> str:
     """A path for a committed report: relative to the working directory when under it, ``~`` for the home
-    folder, so a report names no machine's absolute paths."""
+    folder, else relative to the working directory (``../shared/...``), so a report names no machine's absolute
+    paths."""
     path = Path(path).resolve()
     for base, prefix in ((Path.cwd(), ""), (Path.home(), "~/")):
         if path.is_relative_to(base):
             return prefix + str(path.relative_to(base))
-    return str(path)
+    return os.path.relpath(path)
 
 
 def evaluate_run(run: str | Path, dataset: ImageDataset, predictors: str | Path, out: str | Path,
