@@ -8,7 +8,8 @@ On the validation split (never test), at the model's own depth and guidance (``k
 with the same steps ("exact" also keeps the residuals of the factual decoding steps; it decodes with DDIM only):
 the pixel L1 (0-255) to the rendered true counterfactual with its standard error, the null intervention's L1 to
 the input (how well do={} still reconstructs), with ``--predictors`` the effectiveness (normalised absolute
-error of the intervened variable as the predictors read it), and the seconds per image of one
+error of the intervened variable as the predictors read it), on MorphoMNIST the executed share (the measured
+change of the intervened variable over its intended change), and the seconds per image of one
 ``counterfactual()`` call on 16 images (inversion and decoding at the model's guidance), each also per do()
 variable. Prints a table and writes ``benchmarks/results/solver_steps_DATASET.json``.
 """
@@ -66,10 +67,10 @@ def main() -> None:
         seconds = (time.perf_counter() - start) / len(timed["image"])
         row = {"abduction": abduction, "solver": solver, "steps": steps,
                **{k: cell[k] for k in ("true_cf_l1", "true_cf_l1_sem", "null_l1", "effectiveness",
-                                       "effectiveness_sem", "measured", "measured_sem") if k in cell},
+                                       "effectiveness_sem", "measured", "measured_sem", "executed") if k in cell},
                "seconds_per_image": round(seconds, 3), "by_variable": cell["by_variable"]}
         rows.append(row)
-        effect = "".join(f", {k} {row[k]:.3f}" for k in ("effectiveness", "measured") if k in row)
+        effect = "".join(f", {k} {row[k]:.3f}" for k in ("effectiveness", "measured", "executed") if k in row)
         print(f"{abduction:>5} {solver:>8} {steps:>3} steps: true-cf L1 {row['true_cf_l1']:.3f} ± "
               f"{row['true_cf_l1_sem']:.3f}, null L1 {row['null_l1']:.3f}{effect}, {seconds:.3f} s/img", flush=True)
         for name, means in cell["by_variable"].items():

@@ -106,3 +106,4 @@ def test_morphomnist_cells_report_measured_error_and_class_kept(tmp_path):
     assert [r["class_kept"] for r in result["grid"]] == [1.0, 1.0]
     measured = [r["measured"] for r in result["grid"]]
     assert measured[0] > 0 and measured[0] == pytest.approx(measured[1], abs=1e-3)
+    assert [r["executed"] for r in result["grid"]] == pytest.approx([0.0, 0.0], abs=1e-3)  # it changes nothing

@@ -103,6 +103,8 @@ def tune(model: CausalDiffAE, dataset: ImageDataset, settings: TuneSettings | No
                 index, value = rows[start: start + s.batch_size], values[start: start + s.batch_size]
                 batch = data.batch(index)
                 x = batch["image"]
+                morpho = scm is not None and scm.kind == "morphomnist"  # thickness and intensity measured
+                factual_measured = normalized(graph, morphometry_labels(x)) if morpho else None
                 columns = [({name: value}, w) for w in s.weights] + [({}, w) for w in s.weights]
                 result = sweep(model, x, columns, steps=s.steps, depth=depth, solver=s.solver, abduction=s.abduction,
                                classes=batch.get("class"), latents=model.encode(x, labels=batch["labels"].float()))
@@ -126,9 +128,13 @@ def tune(model: CausalDiffAE, dataset: ImageDataset, settings: TuneSettings | No
                         if predictors.classifier is not None:
                             kept = predictors.predict_class(cf) == predictors.predict_class(x)
                             add("class_kept", kept.float().cpu())
-                    if scm is not None and scm.kind == "morphomnist":  # thickness and intensity measured
+                    if factual_measured is not None:
                         measured = normalized(graph, morphometry_labels(cf))
                         add("measured", (measured - intended)[:, var_index].abs())
+                        # what the intervention executed: the measured change over the asked one (ratio of means)
+                        before = factual_measured[:, var_index]
+                        add("measured_change", (measured[:, var_index] - before).abs())
+                        add("asked_change", (intended[:, var_index] - before).abs())
                 bar.update(len(index))
     bar.close()
     criterion = "true_cf_l1" if scm is not None else "effectiveness"
@@ -138,6 +144,8 @@ def tune(model: CausalDiffAE, dataset: ImageDataset, settings: TuneSettings | No
         row: dict = {"depth": depth, "guidance": w}
         for key, chunks in entry.items():
             row[key], row[f"{key}_sem"] = _mean_sem(torch.cat(chunks))
+        if "asked_change" in row:  # the executed share: 1 = the whole asked change, measured on the image
+            row["executed"] = row["measured_change"] / row["asked_change"] if row["asked_change"] else None
         row["paired_difference"], row["paired_sem"], row["within_one_sem"] = paired[depth, w]
         row["by_variable"] = {name: {key: _mean_sem(torch.cat(chunks))[0]
                                      for key, chunks in by_variable[depth, w, name].items()} for name in names}
@@ -180,15 +188,18 @@ def write_tuning(result: dict, out: str | Path, run: str, data: str) -> Path:
                "measured": "measured (norm. MAE, intervened var.)", "class_kept": "class kept",
                "null_l1": "null-intervention L1 (0-255)"}
     keys = [k for k in headers if k in result["grid"][0]]
+    executed = "executed" in result["grid"][0]  # measured change over asked change: a ratio, no standard error
     rows = [[fmt(r["depth"]), fmt(r["guidance"])] + [f"{r[k]:.4g} ± {r[k + '_sem']:.2g}" for k in keys]
+            + ([fmt(r["executed"])] if executed else [])
             + [f"{r['paired_difference']:+.3g} ± {r['paired_sem']:.2g}", "yes" if r["within_one_sem"] else "no"]
             for r in sorted(result["grid"], key=lambda r: (r["depth"], r["guidance"]))]
     best = result["best"]
     text = [f"# Tuning of `{run}` on the {s['split']} split\n",
             f"Data `{data}`; {result['images']} {s['split']} images, one do() each (variables in turn), seed "
             f"{s['seed']}, {s['steps']} DDIM steps; mean ± standard error over images. The test split is not "
-            f"used.\n", table(["depth", "guidance", *(headers[k] for k in keys), "criterion − lowest (paired)",
-                                 "within one SE"], rows),
+            f"used.\n", table(["depth", "guidance", *(headers[k] for k in keys),
+                                 *(["executed share (measured change / asked)"] if executed else []),
+                                 "criterion − lowest (paired)", "within one SE"], rows),
             f"\nCriterion: {headers[result['criterion']]}. Lowest: depth {result['lowest']['depth']:g}, guidance "
             f"{result['lowest']['guidance']:g}. Every cell scores the same images under the same interventions, so "
             f"each is compared with the lowest image by image (mean ± standard error of the paired difference). "
