@@ -118,3 +118,11 @@ def test_data_check_names_the_determined_variables(tiny_dataset: Path, capsys) -
     out = capsys.readouterr().out
     assert "shadow_length | angle, light: fit on" in out
     assert "R^2" in out
+
+
+def test_the_command_line_warns_in_one_line() -> None:
+    """do() on a variable its parents determine: one line naming it, no source file or code line."""
+    from causaldiffae.cli import _one_line_warning
+
+    line = _one_line_warning(UserWarning("shadow_length is a deterministic function"), UserWarning, "x.py", 3)
+    assert line == "causaldiffae: warning: shadow_length is a deterministic function\n"

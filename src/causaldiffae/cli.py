@@ -17,6 +17,7 @@ import argparse
 import os
 import sys
 import typing
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -53,6 +54,7 @@ EXIT_STATUS = ("exit status: 0 done; 2 a usage error, or a problem that the one-
 
 def main(argv: Sequence[str] | None = None) -> int:
     out = None
+    warnings.formatwarning = _one_line_warning
     try:
         args = build_parser().parse_args(argv)
         out = getattr(args, "out", None)
@@ -71,6 +73,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("causaldiffae: interrupted (a training run continues with --resume)", file=sys.stderr)
         return 130
     return 0
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      line: str | None = None) -> str:
+    """A warning as one line a user reads (no source file and code line): ``causaldiffae: warning: ...``."""
+    return f"causaldiffae: warning: {message}\n"
 
 
 def build_parser() -> argparse.ArgumentParser:
