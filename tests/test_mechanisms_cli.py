@@ -120,9 +120,13 @@ def test_data_check_names_the_determined_variables(tiny_dataset: Path, capsys) -
     assert "R^2" in out
 
 
-def test_the_command_line_warns_in_one_line() -> None:
-    """do() on a variable its parents determine: one line naming it, no source file or code line."""
+def test_the_command_line_warns_in_one_line(run: Path) -> None:
+    """do() on a variable its parents determine: one line naming it, no source file or code line; the caller's
+    warning format comes back after the command."""
     from causaldiffae.cli import _one_line_warning
 
     line = _one_line_warning(UserWarning("shadow_length is a deterministic function"), UserWarning, "x.py", 3)
     assert line == "causaldiffae: warning: shadow_length is a deterministic function\n"
+    before = warnings.formatwarning
+    assert exit_code(["mechanisms", str(run)]) == 0
+    assert warnings.formatwarning is before

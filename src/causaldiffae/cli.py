@@ -53,8 +53,16 @@ EXIT_STATUS = ("exit status: 0 done; 2 a usage error, or a problem that the one-
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; warnings print as one line while it runs (the caller's format comes back after)."""
+    previous, warnings.formatwarning = warnings.formatwarning, _one_line_warning
+    try:
+        return _run(argv)
+    finally:
+        warnings.formatwarning = previous
+
+
+def _run(argv: Sequence[str] | None) -> int:
     out = None
-    warnings.formatwarning = _one_line_warning
     try:
         args = build_parser().parse_args(argv)
         out = getattr(args, "out", None)
