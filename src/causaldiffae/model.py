@@ -58,6 +58,10 @@ class ModelConfig:
     prediction: Literal["epsilon", "v"] = cfg.param(
         "epsilon", "what the UNet predicts: epsilon (the noise) or v = sqrt(ab) eps - sqrt(1 - ab) x0 (Salimans & Ho "
                    "2022), whose x0 stays well determined at t = T - 1, where epsilon's is divided by sqrt(ab) = 0.006")
+    min_snr_gamma: float = cfg.param(
+        0.0, "Min-SNR-gamma loss weighting over timesteps (Hang et al., ICCV 2023): each sample's diffusion loss is "
+             "weighted min(SNR_t, gamma) / SNR_t for epsilon, / (SNR_t + 1) for v, so that the many easy low-noise "
+             "steps stop dominating the gradient; 0 = the plain (uniform) MSE")
     prior_std: float = cfg.param(1.0, "s, std of the label prior p(z_i | y_i) = N(ynorm_i 1_d, s^2 I)")
     kl_weight: float = cfg.param(1.0, "weight of KL(q(u|x) || N(0, I)) relative to the label term")
     deterministic_encoder: bool = cfg.param(False, "u = mu, no sampling and no KL term (DiffAE's semantic "
@@ -83,6 +87,7 @@ class ModelConfig:
             "unet_channels": self.unet_channels >= 1, "num_res_blocks": self.num_res_blocks >= 1,
             "num_timesteps": self.num_timesteps >= 2, "prior_std": self.prior_std > 0,
             "kl_weight": self.kl_weight >= 0, "label_weight": self.label_weight >= 0,
+            "min_snr_gamma": self.min_snr_gamma >= 0,
             "p_uncond": 0 <= self.p_uncond <= 1, "dropout": 0 <= self.dropout < 1, "num_classes": self.num_classes >= 0,
             "beta_start": 0 < self.beta_start < min(1.0, self.beta_end),
             "beta_end": self.beta_start < self.beta_end < 1,
@@ -302,12 +307,23 @@ class CausalDiffAE(nn.Module):
         t = torch.randint(0, self.config.num_timesteps, (b,), device=dev)
         noise = torch.randn(x0.shape, device=dev, dtype=x0.dtype)  # not _like: independent of memory layout
         target = noise
+        ab = self.schedule.alpha_bar(t, x0)  # (B, 1, 1, 1)
         if self.config.prediction == "v":  # v = sqrt(ab) eps - sqrt(1 - ab) x0
-            ab = self.schedule.alpha_bar(t, x0)
             target = ab.sqrt() * noise - (1 - ab).sqrt() * x0
-        mse = (self.unet(self.schedule.add_noise(x0, noise, t), t, cond) - target).pow(2).mean()
+        per_sample = (self.unet(self.schedule.add_noise(x0, noise, t), t, cond) - target).pow(2).flatten(1).mean(1)
+        mse = (per_sample * self.loss_weights(ab.flatten())).mean()
         total = mse + gamma * (self.config.kl_weight * kl + self.config.label_weight * label)
         return {"loss": total, "mse": mse, "kl": kl, "label": label}
+
+    def loss_weights(self, alpha_bar: torch.Tensor) -> torch.Tensor:
+        """Per-sample weights (B,) of the diffusion loss at alpha_bar_t (B,): 1, or Min-SNR-gamma's
+        min(SNR, gamma) / SNR for epsilon and min(SNR, gamma) / (SNR + 1) for v (SNR = ab / (1 - ab)), the same
+        weight on x0's error in both parameterisations."""
+        gamma = self.config.min_snr_gamma
+        if not gamma:
+            return torch.ones_like(alpha_bar)
+        snr = alpha_bar / (1 - alpha_bar)
+        return snr.clamp(max=gamma) / (snr + 1 if self.config.prediction == "v" else snr)
 
     def check_images(self, x: torch.Tensor) -> None:
         expected = (self.config.channels, self.config.image_size, self.config.image_size)

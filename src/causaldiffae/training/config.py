@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,9 @@ class TrainConfig:
     batch_size: int = cfg.param(32, "images per step and process")
     lr: float = cfg.param(2e-4, "AdamW learning rate")
     lr_warmup_steps: int = cfg.param(100, "linear learning-rate warm-up")
+    lr_schedule: Literal["constant", "cosine"] = cfg.param(
+        "constant", "after the warm-up: constant, or a cosine decay to lr * lr_final at max_steps")
+    lr_final: float = cfg.param(0.1, "the cosine schedule's last learning rate, as a share of lr")
     weight_decay: float = cfg.param(0.0, "AdamW weight decay")
     grad_clip: float = cfg.param(1.0, "gradient norm clip (0 = off)")
     ema_decay: float = cfg.param(0.999, "decay of the EMA weights that are exported and sampled")
@@ -83,11 +87,21 @@ class TrainConfig:
     grid_images: int = cfg.param(8, "test images in each grid")
     grid_steps: int = cfg.param(20, "DDIM steps used for the grids")
 
+    def learning_rate(self, step: int) -> float:
+        """The learning rate of optimiser step ``step`` (0-based): linear warm-up over lr_warmup_steps, then
+        constant or a cosine from lr down to lr * lr_final at max_steps."""
+        warmup = max(1, self.lr_warmup_steps)
+        if step + 1 < warmup or self.lr_schedule == "constant":
+            return self.lr * min(1.0, (step + 1) / warmup)
+        progress = min(1.0, (step + 1 - warmup) / max(1, self.max_steps - warmup))
+        return self.lr * (self.lr_final + (1 - self.lr_final) * 0.5 * (1 + math.cos(math.pi * progress)))
+
     def __post_init__(self) -> None:
         positive = ["batch_size", "max_steps", "mechanism_steps", "log_every", "keep_checkpoints", "grid_images",
                     "grid_steps"]
         bad = [k for k in positive if getattr(self, k) < 1]
         bad += [k for k in ["lr", "ema_decay"] if not getattr(self, k) > 0]
+        bad += ["lr_final"] if not 0 <= self.lr_final <= 1 else []
         bad += [k for k in ["lr_warmup_steps", "weight_decay", "grad_clip", "gamma_max", "gamma_warmup_steps",
                             "sample_every", "checkpoint_every"] if getattr(self, k) < 0]
         if self.ema_decay >= 1 or (self.max_minutes is not None and self.max_minutes <= 0):

@@ -110,7 +110,7 @@ def _train(accelerator: Accelerator, run: Path, config: RunConfig, resolved: dic
         indices = _batch_indices(len(train_set), tc.batch_size, world, rank, step, tc.seed)
         gamma = tc.gamma_max * min(1.0, step / tc.gamma_warmup_steps) if tc.gamma_warmup_steps else tc.gamma_max
         for group in optimizer.param_groups:
-            group["lr"] = tc.lr * min(1.0, (step + 1) / max(1, tc.lr_warmup_steps))
+            group["lr"] = tc.learning_rate(step)
         with accelerator.autocast():
             terms = model(train_set.batch(indices, accelerator.device), gamma=gamma)
         accelerator.backward(terms["loss"])

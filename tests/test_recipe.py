@@ -1,0 +1,59 @@
+"""The training recipe's levers, on values worked out by hand: Min-SNR-gamma weights, the learning-rate schedule,
+and the FLOPs a training image costs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from causaldiffae.training.config import TrainConfig
+from causaldiffae.training.flops import flops_per_image, model_flops_per_image
+from conftest import ab_model
+
+
+@pytest.mark.parametrize("prediction, expected", [
+    ("epsilon", [1.0, 1.0, 5 / 9]),  # min(SNR, 5) / SNR at SNR = 1/9, 1, 9
+    ("v", [0.1, 0.5, 0.5]),  # min(SNR, 5) / (SNR + 1)
+])
+def test_min_snr_weights(prediction: str, expected: list[float]) -> None:
+    model = ab_model(min_snr_gamma=5.0, prediction=prediction)
+    weights = model.loss_weights(torch.tensor([0.1, 0.5, 0.9]))  # alpha_bar: SNR = ab / (1 - ab)
+    assert weights.tolist() == pytest.approx(expected, abs=1e-6)
+    assert ab_model().loss_weights(torch.tensor([0.1, 0.9])).tolist() == [1.0, 1.0]  # gamma 0: uniform
+
+
+def test_a_gamma_above_every_snr_gives_the_plain_epsilon_loss() -> None:
+    batch = {"image": torch.rand(4, 1, 8, 8), "labels": torch.rand(4, 2)}
+    losses = []
+    for gamma in (0.0, 1e9):
+        model = ab_model(min_snr_gamma=gamma).train()
+        torch.manual_seed(3)
+        losses.append(model.loss(batch)["mse"].item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+
+
+def test_learning_rate_schedule() -> None:
+    constant = TrainConfig(lr=1.0, lr_warmup_steps=10, max_steps=110)
+    assert [constant.learning_rate(s) for s in (0, 4, 9, 60, 109)] == pytest.approx([0.1, 0.5, 1, 1, 1])
+    cosine = TrainConfig(lr=1.0, lr_warmup_steps=10, max_steps=110, lr_schedule="cosine", lr_final=0.1)
+    assert cosine.learning_rate(4) == pytest.approx(0.5)  # the warm-up is shared
+    assert cosine.learning_rate(9) == pytest.approx(1.0)  # the top of the cosine
+    assert cosine.learning_rate(59) == pytest.approx(0.55)  # half way: 0.1 + 0.9 * (1 + cos(pi / 2)) / 2
+    assert cosine.learning_rate(109) == pytest.approx(0.1)  # the end: lr * lr_final
+    with pytest.raises(ValueError, match="lr_final"):
+        TrainConfig(lr_final=1.5)
+
+
+def test_flops_of_a_linear_layer() -> None:
+    """y = W x with W (4, 8): 2 * 8 * 4 FLOPs forward and as many for the weight's gradient, per image."""
+    layer = torch.nn.Linear(8, 4, bias=False)
+    x = torch.randn(5, 8)
+    assert flops_per_image(lambda: layer(x).sum(), 5) == 4 * 8 * 4
+
+
+def test_model_flops_per_image_do_not_depend_on_the_batch() -> None:
+    model = ab_model()
+    per_image = [model_flops_per_image(model, {"image": torch.rand(b, 1, 8, 8), "labels": torch.rand(b, 2)})
+                 for b in (2, 4)]
+    assert per_image[0] > 1e4 and per_image[0] == pytest.approx(per_image[1], rel=1e-6)
+    assert all(p.grad is None for p in model.parameters())
