@@ -1,0 +1,117 @@
+"""Quality on the validation split against training compute, for training recipes side by side.
+
+    python benchmarks/training_to_quality.py pendulum --recipe current= \
+        --recipe minsnr-cosine=model.min_snr_gamma=5,train.lr_schedule=cosine \
+        --steps 1500 --every 500 --seeds 0,1 [--n 64] [--predictors DIR] [--runs runs/ttq]
+
+Each recipe is the dataset's config (``configs/DATASET.yaml``) with its ``--set`` overrides, trained once per seed
+into ``RUNS/RECIPE/seed-S`` (an existing run there is resumed, so a longer ``--steps`` extends it), keeping a
+checkpoint every ``--every`` steps. Every checkpoint's EMA weights are scored on the validation split (never
+test) at the shipped model's knobs (depth, guidance, steps): the pixel L1 to the rendered true counterfactual
+and, with ``--predictors``, the effectiveness, as ``causaldiffae tune`` scores one cell. Compute is the images
+seen (steps x batch size) times the FLOPs of one training image, counted by torch's FlopCounterMode, so it does
+not depend on the machine. Writes ``benchmarks/results/training_to_quality_DATASET.json`` and a PNG plot beside
+it; a recipe is better only where its curve lies below at equal compute by more than the spread over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from causaldiffae import CausalDiffAE
+from causaldiffae.data import open_dataset
+from causaldiffae.demo import SHIPPED_MODELS
+from causaldiffae.metrics.predictors import load_predictors
+from causaldiffae.metrics.report import pyplot, save_figure
+from causaldiffae.metrics.settings import parse_seeds
+from causaldiffae.model import load_state
+from causaldiffae.training import load_run_config, train
+from causaldiffae.training.checkpoint import checkpoints, step_of
+from causaldiffae.training.flops import model_flops_per_image
+from causaldiffae.tune import TuneSettings, tune
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dataset", choices=["pendulum", "morphomnist"])
+    parser.add_argument("--recipe", action="append", required=True, metavar="NAME=KEY=VALUE,...",
+                        help="a recipe: a name and its --set overrides of configs/DATASET.yaml (repeatable)")
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--every", type=int, default=500, help="steps between scored checkpoints")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--n", type=int, default=64, help="validation images per score")
+    parser.add_argument("--predictors", help="also score the effectiveness with these predictors")
+    parser.add_argument("--runs", default="runs/ttq", help="folder of the training runs")
+    parser.add_argument("--json", help="output (default benchmarks/results/training_to_quality_DATASET.json)")
+    args = parser.parse_args()
+
+    knobs = CausalDiffAE.from_pretrained(SHIPPED_MODELS[args.dataset]).knobs
+    predictors = load_predictors(args.predictors) if args.predictors else None
+    results: dict = {}
+    for spec in args.recipe:
+        name, _, sets = spec.partition("=")
+        overrides = [s for s in sets.split(",") if s]
+        results[name] = {"overrides": overrides, "seeds": {}}
+        for seed in parse_seeds(args.seeds):
+            run = Path(args.runs) / name / f"seed-{seed}"
+            config = load_run_config(f"configs/{args.dataset}.yaml", [
+                *overrides, f"train.seed={seed}", f"train.max_steps={args.steps}",
+                f"train.checkpoint_every={args.every}", "train.keep_checkpoints=1000", "train.sample_every=0"])
+            train(config, run, resume=bool(checkpoints(run)), allow_config_change=bool(checkpoints(run)))
+            model = CausalDiffAE.from_pretrained(run)
+            data = open_dataset(config.data.name, config.data.root, config.data.image_size, progress=False,
+                                class_column=config.data.class_column).with_variables(model.graph.variables)
+            batch = data.split("train").batch(range(4))
+            flops = model_flops_per_image(CausalDiffAE(model.config), batch)
+            points = []
+            for folder in sorted(checkpoints(run), key=step_of):
+                step = step_of(folder)
+                load_state(model, _ema(folder), folder / "ema.safetensors")
+                model.eval()
+                cell = tune(model, data, TuneSettings(depths=(knobs.depth,), weights=(knobs.guidance,), n=args.n,
+                                                      steps=knobs.steps), predictors, progress=False)["grid"][0]
+                images = step * config.train.batch_size
+                points.append({"step": step, "images": images, "compute_flops": images * flops,
+                               **{k: cell[k] for k in ("true_cf_l1", "true_cf_l1_sem", "effectiveness")
+                                  if k in cell}})
+                print(f"{name} seed {seed} step {step}: true-cf L1 {cell['true_cf_l1']:.3f} ± "
+                      f"{cell['true_cf_l1_sem']:.3f}, {images * flops:.3g} FLOPs", flush=True)
+            results[name]["seeds"][str(seed)] = {"flops_per_image": flops, "points": points}
+    out = Path(args.json or f"benchmarks/results/training_to_quality_{args.dataset}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"dataset": args.dataset, "split": "val", "n": args.n, "knobs": {
+        "depth": knobs.depth, "guidance": knobs.guidance, "steps": knobs.steps}, "recipes": results}, indent=1) + "\n")
+    _plot(results, out.with_suffix(".png"), args.dataset)
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+
+
+def _ema(folder: Path) -> dict[str, torch.Tensor]:
+    """The EMA weights of a checkpoint folder (what a finished run exports)."""
+    return load_file(str(folder / "ema.safetensors"))
+
+
+def _plot(results: dict, path: Path, dataset: str) -> None:
+    """True-cf L1 against training compute, one line per recipe and seed."""
+    fig, ax = pyplot().subplots(figsize=(6, 4))
+    for i, (name, recipe) in enumerate(results.items()):
+        for j, (seed, run) in enumerate(recipe["seeds"].items()):
+            xs = [p["compute_flops"] for p in run["points"]]
+            ys = [p["true_cf_l1"] for p in run["points"]]
+            ax.plot(xs, ys, "o-", color=f"C{i}", alpha=1.0 if j == 0 else 0.5,
+                    label=f"{name} (seed {seed})")
+    ax.set_xscale("log")
+    ax.set_xlabel("training compute (FLOPs: images seen x FLOPs per training image)")
+    ax.set_ylabel("true-counterfactual L1 on val (0-255)")
+    ax.set_title(f"training to quality, {dataset}", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+if __name__ == "__main__":
+    main()
