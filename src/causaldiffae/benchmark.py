@@ -129,8 +129,8 @@ def _batch(model: CausalDiffAE, digits: dict[str, torch.Tensor], index: torch.Te
     new_digit = (classes + torch.randint(1, 10, classes.shape, generator=generator)) % 10
     lat = model.encode(x)
     known = labels if settings.known_labels else None
-    noise = abduct_noise(model, x, lat.z, classes=classes if model.config.num_classes else None)
     cls = classes if model.config.num_classes else None
+    noise = abduct_noise(model, x, lat.z, classes=cls)
     x_t = decode(model, noise, model.intervene(lat, {"thickness": new_t}, known), classes=cls).cpu()
     x_i = decode(model, noise, model.intervene(lat, {"intensity": new_i}, known), classes=cls).cpu()
     intended = {"t": torch.stack([new_t, intended_intensity(thickness, intensity, new_t)], 1),
