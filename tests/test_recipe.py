@@ -32,6 +32,21 @@ def test_a_gamma_above_every_snr_gives_the_plain_epsilon_loss() -> None:
     assert losses[0] == pytest.approx(losses[1], rel=1e-6)
 
 
+def test_training_timesteps() -> None:
+    """Uniform covers [0, T); logit-normal at loc -2 puts t / T = sigmoid(-2 + N) below one half with probability
+    Phi(2) = 0.977, and its median at T sigmoid(-2) = 0.119 T."""
+    torch.manual_seed(0)
+    uniform = ab_model().training_timesteps(20000, torch.device("cpu"))
+    T = ab_model().config.num_timesteps
+    assert uniform.min() == 0 and uniform.max() == T - 1 and uniform.float().mean() == pytest.approx((T - 1) / 2, rel=0.03)
+    t = ab_model(timestep_sampling="logit_normal", timestep_loc=-2.0).training_timesteps(20000, torch.device("cpu"))
+    assert t.dtype == torch.long and t.min() >= 0 and t.max() <= T - 1
+    assert (t < T / 2).float().mean().item() == pytest.approx(0.977, abs=0.01)
+    assert t.float().median().item() == pytest.approx(0.119 * T, abs=0.02 * T)
+    with pytest.raises(ValueError, match="timestep_scale"):
+        ab_model(timestep_sampling="logit_normal", timestep_scale=0.0)
+
+
 def test_learning_rate_schedule() -> None:
     constant = TrainConfig(lr=1.0, lr_warmup_steps=10, max_steps=110)
     assert [constant.learning_rate(s) for s in (0, 4, 9, 60, 109)] == pytest.approx([0.1, 0.5, 1, 1, 1])

@@ -8,6 +8,7 @@ Read this file whole: ModelConfig says what can be configured, CausalDiffAE comp
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -62,6 +63,13 @@ class ModelConfig:
         0.0, "Min-SNR-gamma loss weighting over timesteps (Hang et al., ICCV 2023): each sample's diffusion loss is "
              "weighted min(SNR_t, gamma) / SNR_t for epsilon, / (SNR_t + 1) for v, so that the many easy low-noise "
              "steps stop dominating the gradient; 0 = the plain (uniform) MSE")
+    timestep_sampling: Literal["uniform", "logit_normal"] = cfg.param(
+        "uniform", "the distribution of training timesteps: uniform over [0, T), or logit-normal, t / T = "
+                   "sigmoid(timestep_loc + timestep_scale * N(0, 1)) (Esser et al. 2024), which spends the steps "
+                   "on the middle noise levels and, with timestep_loc < 0, on the lower half that a counterfactual "
+                   "at depth < 1 decodes through")
+    timestep_loc: float = cfg.param(0.0, "location of the logit-normal timestep distribution (< 0: lower noise)")
+    timestep_scale: float = cfg.param(1.0, "scale of the logit-normal timestep distribution")
     prior_std: float = cfg.param(1.0, "s, std of the label prior p(z_i | y_i) = N(ynorm_i 1_d, s^2 I)")
     kl_weight: float = cfg.param(1.0, "weight of KL(q(u|x) || N(0, I)) relative to the label term")
     deterministic_encoder: bool = cfg.param(False, "u = mu, no sampling and no KL term (DiffAE's semantic "
@@ -88,6 +96,8 @@ class ModelConfig:
             "num_timesteps": self.num_timesteps >= 2, "prior_std": self.prior_std > 0,
             "kl_weight": self.kl_weight >= 0, "label_weight": self.label_weight >= 0,
             "min_snr_gamma": self.min_snr_gamma >= 0,
+            "timestep_sampling": self.timestep_sampling in ("uniform", "logit_normal"),
+            "timestep_loc": math.isfinite(self.timestep_loc), "timestep_scale": self.timestep_scale > 0,
             "p_uncond": 0 <= self.p_uncond <= 1, "dropout": 0 <= self.dropout < 1, "num_classes": self.num_classes >= 0,
             "beta_start": 0 < self.beta_start < min(1.0, self.beta_end),
             "beta_end": self.beta_start < self.beta_end < 1,
@@ -304,7 +314,7 @@ class CausalDiffAE(nn.Module):
         # gradient), which multi-process training (DDP) needs from every parameter
         drop = torch.rand(b, device=dev) < self.config.p_uncond
         cond = torch.where(drop[:, None], self.condition(None, b), self.condition(lat.z, b, batch.get("class")))
-        t = torch.randint(0, self.config.num_timesteps, (b,), device=dev)
+        t = self.training_timesteps(b, dev)
         noise = torch.randn(x0.shape, device=dev, dtype=x0.dtype)  # not _like: independent of memory layout
         target = noise
         ab = self.schedule.alpha_bar(t, x0)  # (B, 1, 1, 1)
@@ -314,6 +324,14 @@ class CausalDiffAE(nn.Module):
         mse = (per_sample * self.loss_weights(ab.flatten())).mean()
         total = mse + gamma * (self.config.kl_weight * kl + self.config.label_weight * label)
         return {"loss": total, "mse": mse, "kl": kl, "label": label}
+
+    def training_timesteps(self, b: int, device: torch.device) -> torch.Tensor:
+        """b timesteps in [0, T) from ``timestep_sampling`` (torch's global generator, like the rest of the loss)."""
+        T = self.config.num_timesteps
+        if self.config.timestep_sampling == "uniform":
+            return torch.randint(0, T, (b,), device=device)
+        share = torch.sigmoid(self.config.timestep_loc + self.config.timestep_scale * torch.randn(b, device=device))
+        return (share * T).long().clamp_(0, T - 1)
 
     def loss_weights(self, alpha_bar: torch.Tensor) -> torch.Tensor:
         """Per-sample weights (B,) of the diffusion loss at alpha_bar_t (B,): 1, or Min-SNR-gamma's
