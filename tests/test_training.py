@@ -6,7 +6,12 @@ import copy
 import csv
 import json
 import math
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -305,10 +310,6 @@ def test_too_many_grid_steps_is_reported_before_training(tmp_path, data_override
 def test_two_processes_train_one_run(tmp_path, data_overrides):
     """Data-parallel training on two CPU processes (torchrun + accelerate's MULTI_CPU): one metrics log,
     one set of checkpoints, every parameter synchronised (DDP refuses parameters that get no gradient)."""
-    import os
-    import subprocess
-    import sys
-
     out = tmp_path / "ddp"
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
             "-m", "causaldiffae.cli", "train", str(TINY_CONFIG), "--out", str(out)]
@@ -322,29 +323,80 @@ def test_two_processes_train_one_run(tmp_path, data_overrides):
     assert CausalDiffAE.from_pretrained(out).config.image_size == 16
 
 
+def _train_process(out: Path, overrides: list[str], prelude: str = "") -> subprocess.Popen:
+    """``causaldiffae train`` on the tiny config in a subprocess, after running ``prelude`` (Python) there."""
+    argv = ["train", str(TINY_CONFIG), "--out", str(out)]
+    for item in overrides:
+        argv += ["--set", item]
+    script = f"{prelude}\nimport sys\nfrom causaldiffae.cli import main\nsys.exit(main({argv!r}))\n"
+    return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert path.exists(), proc.communicate()[1][-2000:] if proc.poll() is not None else f"no {path}"
+
+
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, data_overrides):
     """A first SIGTERM/SIGINT finishes the step, writes checkpoint, model and grids, and exits 0."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     out = tmp_path / "run"
-    argv = [sys.executable, "-m", "causaldiffae.cli", "train", str(TINY_CONFIG), "--out", str(out)]
-    for item in [*data_overrides, "train.max_steps=100000", "train.log_every=1", "train.checkpoint_every=0"]:
-        argv += ["--set", item]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.monotonic() + 120
-    while not (out / "metrics.csv").exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
+    proc = _train_process(out, [*data_overrides, "train.max_steps=100000", "train.log_every=1",
+                                "train.checkpoint_every=0"])
+    _wait_for(out / "metrics.csv", proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-2000:]
     assert "saving a checkpoint" in err
     ckpt = sorted((out / "checkpoints").glob("step-*"))
     assert len(ckpt) == 1 and int(ckpt[0].name.split("-")[1]) > 0
+    assert CausalDiffAE.from_pretrained(out) is not None
+
+
+#: Run in the training subprocess: the first safetensors write of the checkpoint of step 3 (the final save of a
+#: three-step run) announces itself (a file SAVING beside the run) and takes two seconds, so that a signal lands
+#: in the middle of that save.
+SLOW_FINAL_SAVE = """
+import pathlib, time
+from causaldiffae.training import checkpoint
+_save_file = checkpoint.save_file
+def _slow_save_file(tensors, filename, *args, **kwargs):
+    marker = pathlib.Path(filename).parents[3] / "SAVING"
+    if "step-00000003" in filename and not marker.exists():
+        marker.touch()
+        time.sleep(2)
+    return _save_file(tensors, filename, *args, **kwargs)
+checkpoint.save_file = _slow_save_file
+"""
+
+
+@pytest.mark.parametrize("signals", [1, 2])
+def test_a_signal_during_the_final_save(tmp_path, data_overrides, signals):
+    """A finished run's final save (checkpoint and model) is not lost to a SIGTERM in its middle: one signal lets
+    it finish (exit 0, the model of step 3 loads); a second stops at once but cleanly (exit 130, a message saying
+    that the run resumes from its checkpoint of step 2, which it does). Either way no temporary folder and no
+    train.lock stay behind."""
+    out, overrides = tmp_path / "run", [*data_overrides, "train.max_steps=3", "train.checkpoint_every=2"]
+    proc = _train_process(out, overrides, SLOW_FINAL_SAVE)
+    _wait_for(tmp_path / "SAVING", proc)
+    for _ in range(signals):
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+    _, err = proc.communicate(timeout=120)
+    assert not (out / "train.lock").exists()
+    assert [p.name for p in out.rglob(".*")] == []
+    if signals == 1:
+        assert proc.returncode == 0, err[-2000:]
+        assert "finishing the final save" in err
+        assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000002", "step-00000003"]
+    else:
+        assert proc.returncode == 130, err[-2000:]
+        assert "the final save was interrupted" in err and "resumes from its checkpoint of step 2" in err
+        assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000002"]
+        train(load_run_config(TINY_CONFIG, overrides), out, resume=True, progress=False)
+        assert (out / "checkpoints" / "step-00000003").is_dir()
     assert CausalDiffAE.from_pretrained(out) is not None
 
 

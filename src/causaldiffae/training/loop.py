@@ -56,7 +56,8 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
     # cpu=True also on machines without a GPU: that is how accelerate runs several CPU processes (torchrun)
     accelerator = Accelerator(mixed_precision=tc.mixed_precision, cpu=tc.cpu or not torch.cuda.is_available())
     main = accelerator.is_main_process
-    with run_folder.lock(run, _warn, enabled=main):
+    # the signal handler outlives the lock: a signal at any moment of the run leaves no stale train.lock behind
+    with _GracefulStop(enabled=accelerator.num_processes == 1) as stop, run_folder.lock(run, _warn, enabled=main):
         with accelerator.main_process_first():
             if main:
                 run_folder.prepare(run, resume, overwrite, _warn)
@@ -64,13 +65,14 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
         resolved = {**config.to_dict(), "graph": graph.to_dict()}
         if resume:
             run_folder.check_config(run, resolved, allow_config_change)
-        _train(accelerator, run, config, resolved, model_config, train_set, grid_set, val_labels, resume, progress)
+        _train(accelerator, run, config, resolved, model_config, train_set, grid_set, val_labels, resume, progress,
+               stop)
     return run
 
 
 def _train(accelerator: Accelerator, run: Path, config: RunConfig, resolved: dict, model_config: ModelConfig,
            train_set: ImageDataset, grid_set: ImageDataset, val_labels: torch.Tensor | None, resume: bool,
-           progress: bool) -> None:
+           progress: bool, stop: _GracefulStop) -> None:
     tc = config.train
     torch.manual_seed(tc.seed)
     model = CausalDiffAE(model_config)
@@ -102,7 +104,7 @@ def _train(accelerator: Accelerator, run: Path, config: RunConfig, resolved: dic
     bar = tqdm(total=tc.max_steps * images_per_step, initial=step * images_per_step, unit="img",
                disable=not (progress and accelerator.is_local_main_process), dynamic_ncols=True)
     start, last_log, last_step = time.monotonic(), time.monotonic(), step
-    stop = _GracefulStop(enabled=world == 1)
+    stop.phase = "train"
     while step < tc.max_steps:
         if stop.requested or (tc.max_minutes is not None and time.monotonic() - start > 60 * tc.max_minutes):
             break
@@ -141,13 +143,20 @@ def _train(accelerator: Accelerator, run: Path, config: RunConfig, resolved: dic
             ema.save_pretrained(run)  # the run folder loads with from_pretrained while it trains
             saved = step
     bar.close()
-    stop.restore()
+    stop.phase = "save"
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if saved != step:
-            checkpoint.save(run, step, accelerator.unwrap_model(model), ema, optimizer, tc.keep_checkpoints,
-                            accelerator.scaler)
-            ema.save_pretrained(run)
+            try:
+                checkpoint.save(run, step, accelerator.unwrap_model(model), ema, optimizer, tc.keep_checkpoints,
+                                accelerator.scaler)
+                saved = step
+                ema.save_pretrained(run)
+            except KeyboardInterrupt:  # a second signal: the atomic writes leave the last complete checkpoint
+                resumes = f"resumes from its checkpoint of step {saved} (--resume)" if saved is not None else \
+                    "has no checkpoint to resume from: start it again"
+                print(f"causaldiffae: the final save was interrupted; {run} {resumes}", file=sys.stderr)
+                raise
         if not (run / "samples" / f"step-{step:08d}-samples.png").exists():
             write_grids(ema, grid_set, run / "samples", step, tc.grid_steps, tc.seed)
     accelerator.end_training()
@@ -158,23 +167,39 @@ def _warn(message: str) -> None:
 
 
 class _GracefulStop:
-    """The first SIGINT/SIGTERM ends training after the current step, which then saves its checkpoint, model
-    and grids as a finished run does; a second one interrupts at once. One process only: several processes
-    would stop at different steps and wait for each other, so they keep the default (resume from the last
-    checkpoint)."""
+    """SIGINT/SIGTERM handling of a run, from before it takes the lock until after it releases it.
+
+    While the run prepares (phase ``setup``) a signal interrupts at once; while it trains (``train``) the first
+    one ends training after the current step, which then saves its checkpoint, model and grids as a finished run
+    does; during the final save (``save``) the first one lets the save finish. A second signal interrupts at once.
+    Interrupting raises KeyboardInterrupt, so that atomic writes drop their temporary files and the lock goes.
+    One process only: several processes would stop at different steps and wait for each other, so they keep the
+    default (resume from the last checkpoint)."""
+
+    _MESSAGES = {"train": "saving a checkpoint after this step", "save": "finishing the final save first"}
 
     def __init__(self, enabled: bool) -> None:
         self.requested = False
+        self.phase = "setup"
         self._previous: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}
         if enabled and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)
 
-    def _handle(self, signum: int, frame: object) -> None:
+    def __enter__(self) -> _GracefulStop:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         self.restore()
+
+    def _handle(self, signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
+        if self.requested or self.phase not in self._MESSAGES:
+            self.restore()  # a further signal acts as without this handler
+            print(f"\ncausaldiffae: {name}: stopping now", file=sys.stderr)
+            raise KeyboardInterrupt
         self.requested = True
-        print(f"\ncausaldiffae: {signal.Signals(signum).name}: saving a checkpoint after this step "
-              "(again to stop at once)", file=sys.stderr)
+        print(f"\ncausaldiffae: {name}: {self._MESSAGES[self.phase]} (again to stop at once)", file=sys.stderr)
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
