@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import torch
@@ -12,6 +16,7 @@ from causaldiffae.data import pendulum
 from causaldiffae.data.base import write_dataset
 from causaldiffae.graph import CausalGraph
 
+T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 TINY_CONFIG = CONFIGS / "tiny.yaml"
@@ -92,3 +97,34 @@ def exit_code(argv: list[str]) -> int:
         return main(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
+
+
+def slowed(function: Callable[..., T], seconds: float) -> Callable[..., T]:
+    """``function``, starting ``seconds`` late: widens the moment of a write that a test wants a read to land in."""
+    def late(*args: object, **kwargs: object) -> T:
+        time.sleep(seconds)
+        return function(*args, **kwargs)
+    return late
+
+
+def poll_while(read: Callable[[], T], work: Callable[[], object], pause: float = 0.005) -> list[T | Exception]:
+    """Call ``read`` over and over in a thread while ``work`` runs here; what each call returned or raised."""
+    results: list[T | Exception] = []
+    done = threading.Event()
+
+    def loop() -> None:
+        while not done.is_set():
+            try:
+                results.append(read())
+            except Exception as err:  # the test judges every outcome
+                results.append(err)
+            time.sleep(pause)
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+    try:
+        work()
+    finally:
+        done.set()
+        thread.join()
+    return results

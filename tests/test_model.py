@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import pytest
 import torch
 
 from causaldiffae import CausalDiffAE, Latents, ModelConfig
 from causaldiffae.data import pendulum
-from conftest import TINY, ab_model
+from conftest import TINY, ab_model, poll_while, slowed
 
 NAMES = list(pendulum.VARIABLES)  # angle, light, shadow_length, shadow_position
 ANGLE, LIGHT, LENGTH, POSITION = range(4)
@@ -303,6 +304,29 @@ def test_save_into_existing_folder_overwrites(saved):
     loaded = CausalDiffAE.from_pretrained(folder)
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), other.state_dict().values(),
                                                   strict=True))
+
+
+def test_a_folder_saved_over_by_another_model_loads_as_one_of_them(tmp_path, monkeypatch):
+    """Saving a model of another config (another latent width) over a folder while another thread loads it: each
+    load gives the old model or the new one, whole (never new weights with the old config, or the reverse). The
+    writes start late, so that loads land in the middle of them."""
+    from causaldiffae import model as model_module
+
+    narrow, wide = ab_model(latent_dim=2), ab_model(latent_dim=3)
+    folder = tmp_path / "model"
+    narrow.save_pretrained(folder)
+    monkeypatch.setattr(model_module, "save_file", slowed(model_module.save_file, 0.1))
+    monkeypatch.setattr(model_module, "write_text", slowed(model_module.write_text, 0.1))
+
+    def save_in_turn() -> None:
+        for model in (wide, narrow, wide):
+            time.sleep(0.1)  # a pause between saves, as between a run's exports: loads wait for a save to end
+            model.save_pretrained(folder)
+
+    results = poll_while(lambda: CausalDiffAE.from_pretrained(folder).config.latent_dim, save_in_turn)
+    assert [r for r in results if isinstance(r, Exception)] == []
+    assert set(results) == {2, 3}
+    assert CausalDiffAE.from_pretrained(folder).config.latent_dim == 3
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])

@@ -26,7 +26,7 @@ from causaldiffae.data import load_dataset, pendulum
 from causaldiffae.model import load_config
 from causaldiffae.training import load_run_config, train
 from causaldiffae.training.loop import _prepare_data
-from conftest import TINY_CONFIG
+from conftest import TINY_CONFIG, poll_while, slowed
 
 SHORT = ["train.max_steps=6", "train.checkpoint_every=3", "train.log_every=1"]
 COMPARED = ["loss", "mse", "kl", "label", "gamma", "lr"]  # metrics columns that do not depend on wall time
@@ -152,6 +152,37 @@ def test_exported_model_loads_and_is_the_ema(run_a):
         lat = model.encode(torch.rand(2, 3, 16, 16))
         z = model.intervene(lat, {"angle": 10.0})
     assert torch.isfinite(z).all()
+
+
+def _fingerprint(state: dict[str, torch.Tensor]) -> float:
+    return sum(float(state[k].double().sum()) for k in sorted(state))
+
+
+def test_a_run_folder_read_while_it_trains_holds_a_whole_model_or_none(tmp_path, data_overrides, monkeypatch):
+    """from_pretrained, called over and over while a run exports its model at every step, gives one of the
+    exported models (config and weights of one export) or says there is none yet; no read fails once a model file
+    is there. The model's writes start late, so that reads land in the middle of them."""
+    from causaldiffae import model as model_module
+
+    monkeypatch.setattr(model_module, "save_file", slowed(model_module.save_file, 0.1))
+    monkeypatch.setattr(model_module, "write_text", slowed(model_module.write_text, 0.1))
+    out = tmp_path / "run"
+
+    def read() -> float | None:
+        present = (out / "model.safetensors").exists() or (out / "model_config.json").exists()
+        try:
+            return _fingerprint(CausalDiffAE.from_pretrained(out).state_dict())
+        except FileNotFoundError:
+            if present:
+                raise
+            return None
+
+    config = _config(data_overrides, "train.max_steps=4", "train.checkpoint_every=1", "train.keep_checkpoints=4")
+    results = poll_while(read, lambda: train(config, out, progress=False))
+    assert [r for r in results if isinstance(r, Exception)] == []
+    exported = {_fingerprint(_weights(p / "ema.safetensors")) for p in (out / "checkpoints").iterdir()}
+    loaded = {r for r in results if isinstance(r, float)}
+    assert len(exported) == 4 and loaded and loaded <= exported
 
 
 # -- resume ----------------------------------------------------------------------------------------------

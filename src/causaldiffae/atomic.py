@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+#: How long a reader waits for a write in progress to finish before it reads what is there (a temporary file that
+#: stays this long was left by a killed writer).
+WRITE_WAIT_S = 10.0
 
 
 @contextlib.contextmanager
@@ -30,6 +38,40 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def writing(path: str | Path) -> bool:
+    """Whether an atomic write of ``path`` is in progress: its temporary file (``atomic_path``'s name) exists and
+    was written to in the last ``WRITE_WAIT_S`` (an older one was left by a killed writer)."""
+    path = Path(path)
+    for tmp in glob.glob(os.path.join(glob.escape(str(path.parent)), f".{glob.escape(path.name)}.*.tmp")):
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - os.stat(tmp).st_mtime < WRITE_WAIT_S:
+                return True
+    return False
+
+
+def read_together(paths: Sequence[Path], read: Callable[[], T], wait_s: float = WRITE_WAIT_S) -> T:
+    """Call ``read`` (which reads ``paths``) until none of them changed while it ran and no atomic write of one is in
+    progress, waiting at most ``wait_s`` for a write to finish: what it returns is then one state of the files,
+    although another process replaces them one by one meanwhile (a training run exporting its model)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        before = [_identity(p) for p in paths]
+        result = read()
+        busy = any(writing(p) for p in paths) and time.monotonic() < deadline
+        if not busy and [_identity(p) for p in paths] == before:
+            return result
+        time.sleep(0.02)
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """Which file ``path`` is (an atomic replace makes a new one), or None when there is none."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import config as cfg
-from .atomic import atomic_path, write_text
+from .atomic import atomic_path, read_together, write_text
 from .causal_layer import CausalLayer
 from .diffusion import NoiseSchedule
 from .encoder import Encoder
@@ -373,30 +373,46 @@ class CausalDiffAE(nn.Module):
 
     # -- persistence: safetensors + JSON, nothing pickled -------------------------------------------
     def save_pretrained(self, directory: str | Path, state_dict: Mapping[str, torch.Tensor] | None = None) -> None:
-        """Write ``model_config.json`` and ``model.safetensors`` (optionally other weights, e.g. EMA)."""
+        """Write ``model_config.json`` and ``model.safetensors`` (optionally other weights, e.g. EMA). A reader
+        (``from_pretrained``) sees the previous model or the new one, never half of either, also in a run folder
+        while it trains: the config changes only while the new weights' temporary file exists, and readers wait
+        while it does; a failed write (a full disk) leaves the previous model."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in (state_dict or self.state_dict()).items()}
+        payload = {"format": FORMAT, "version": 1, "model": cfg.to_dict(self.config)}
+        text, config = json.dumps(payload, indent=2) + "\n", directory / CONFIG_NAME
         with atomic_path(directory / WEIGHTS_NAME) as tmp:
             save_file(tensors, str(tmp), metadata={"format": FORMAT})
-        payload = {"format": FORMAT, "version": 1, "model": cfg.to_dict(self.config)}
-        write_text(directory / CONFIG_NAME, json.dumps(payload, indent=2) + "\n")
+            try:
+                unchanged = config.read_bytes() == text.encode()
+            except OSError:  # none yet (or not a file, which write_text reports)
+                unchanged = False
+            if not unchanged:
+                write_text(config, text)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> CausalDiffAE:
         """Load a folder written by ``save_pretrained`` (a training run's folder included), with its
-        ``knobs.json`` when it has one (see ``knobs.py``)."""
+        ``knobs.json`` when it has one (see ``knobs.py``). Config and weights are read until neither changed
+        meanwhile, so a folder being written (a run exporting) gives its previous model, its new one or none."""
         directory = Path(directory)
-        config = load_config(directory)
+        weights = directory / WEIGHTS_NAME
+
+        def read() -> tuple[ModelConfig, dict[str, torch.Tensor] | None]:
+            config = load_config(directory)
+            if not weights.is_file():
+                return config, None
+            try:
+                return config, load_file(str(weights), device=str(device))
+            except (SafetensorError, OSError, ValueError) as err:
+                raise ValueError(f"corrupt checkpoint {weights}: {err}") from None
+
+        config, state = read_together([directory / CONFIG_NAME, weights], read)
+        if state is None:
+            raise FileNotFoundError(f"no {WEIGHTS_NAME} in {directory}")
         model = cls(config)
         model.knobs = read_knobs(directory)
-        weights = directory / WEIGHTS_NAME
-        if not weights.is_file():
-            raise FileNotFoundError(f"no {WEIGHTS_NAME} in {directory}")
-        try:
-            state = load_file(str(weights), device=str(device))
-        except (SafetensorError, OSError, ValueError) as err:
-            raise ValueError(f"corrupt checkpoint {weights}: {err}") from None
         broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
         if broken:
             raise ValueError(f"{weights} holds NaN or inf in {len(broken)} tensor(s) ({', '.join(broken[:3])}"
