@@ -12,8 +12,10 @@ import shutil
 import socket
 import time
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from causaldiffae import CausalDiffAE, ModelConfig
 from causaldiffae.data import load_dataset
@@ -86,7 +88,7 @@ def test_slider_graph_and_broken_upload_in_a_real_browser(url, tmp_path, capsys)
         broken.write_bytes(b"\x89PNG\r\n\x1a\n not an image at all")
         page.locator("#upload input[type=file]").set_input_files(str(broken))
         page.wait_for_function("document.querySelector('#status').innerText.includes('Could not do that')")
-        assert "not an image this page can read" in page.locator("#status").inner_text()
+        assert "the upload is not an image" in page.locator("#status").inner_text()
         assert "Traceback" not in page.content()
 
         page.locator("#reset-angle").click()  # the server still serves: undo the do() and see the graph follow
@@ -102,3 +104,38 @@ def test_slider_graph_and_broken_upload_in_a_real_browser(url, tmp_path, capsys)
         browser.close()
     with capsys.disabled():
         print(f"\nexplorer: counterfactual shown {latency:.2f} s after the slider move (tiny model, 16 px)")
+
+
+def test_two_sessions_at_once_keep_their_own_image(url, tiny_dataset, tmp_path):
+    """Two users at once (two browser contexts: two sessions): B's upload does not reach A's page; A's next slider
+    move shows A's image and A's download is of A's image."""
+    first = load_dataset(tiny_dataset, TINY_SIZE).split("test").files[0]  # the gallery's first image
+    mine = tmp_path / "mine.png"
+    Image.fromarray(np.full((TINY_SIZE, TINY_SIZE, 3), (250, 30, 30), np.uint8)).save(mine)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        a, b = (browser.new_context(viewport={"width": 1400, "height": 1100}).new_page() for _ in range(2))
+        for page in (a, b):
+            page.set_default_timeout(60_000)
+            page.goto(url)
+        a.locator("#gallery button.thumbnail-item").first.click()
+        a.wait_for_function("document.querySelector('#counterfactual img') !== null")
+        a_factual, before = _src(a, "factual"), _src(a, "counterfactual")
+
+        b.locator("#upload input[type=file]").set_input_files(str(mine))
+        b.wait_for_function("document.querySelector('#factual img') !== null")
+        b_factual = _src(b, "factual")
+        assert b_factual != a_factual
+
+        number = a.locator("#slider-angle input[type=number]")
+        number.fill("30")
+        number.press("Tab")
+        a.wait_for_function("(old) => { const i = document.querySelector('#counterfactual img'); "
+                            "return i !== null && i.getAttribute('src') !== old; }", arg=before)
+        assert _src(a, "factual") == a_factual and "Could not" not in a.locator("#status").inner_text()
+        a.locator("#download").click()
+        a.wait_for_selector("#files a[href*='query.json']")
+        query = a.request.get(a.locator("#files a[href*='query.json']").first.get_attribute("href")).json()
+        assert query["image"] == first and query["do"] == {"angle": 30.0}
+        assert _src(b, "factual") == b_factual
+        browser.close()

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 
 import numpy as np
 import pytest
@@ -98,7 +105,7 @@ def test_uploads_are_resized_or_refused(app, tmp_path):
     assert app.query({"angle": 3.0}, **KNOBS).truth is None  # no SCM row behind an upload
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    with pytest.raises(ValueError, match="not an image this page can read"):
+    with pytest.raises(ValueError, match=r"the upload is not an image \(Pillow cannot identify its format\)"):
         app.upload(broken)
     wide = tmp_path / "wide.png"
     Image.new("RGB", (40, 20)).save(wide)
@@ -165,3 +172,150 @@ def test_queries_and_the_page_default_to_the_models_own_steps(app, monkeypatch):
         page = explore_app.build_app(app, "tiny")
         slider = next(b for b in page.blocks.values() if getattr(b, "label", None) == "DDIM steps")
         assert slider.value == shown and slider.minimum <= shown <= slider.maximum, knob
+
+
+def test_two_sessions_keep_their_own_image_and_share_a_bounded_cache(app, tmp_path, monkeypatch):
+    """User B's upload never shows in user A's page: A's next query and download are of A's image. The abduction
+    cache is one for all sessions, bounded, and sessions beyond the bound are forgotten oldest first."""
+    calls = []
+    original = explorer.abduct_noise
+    monkeypatch.setattr(explorer, "abduct_noise", lambda *a, **k: calls.append(k["steps"]) or original(*a, **k))
+    sessions = explorer.Sessions(app, size=2)
+    a, b = sessions.get("A"), sessions.get("B")
+    a.choose(0)
+    first = a.query({"angle": 5.0}, **KNOBS)
+    mine = tmp_path / "mine.png"
+    Image.fromarray(np.full((TINY_SIZE, TINY_SIZE, 3), 200, np.uint8)).save(mine)
+    b.upload(mine)
+    again = sessions.get("A").query({"angle": 10.0}, **KNOBS)
+    assert np.array_equal(again.factual, first.factual) and again.source == app.test.files[0]
+    _, saved = a.save(again, tmp_path / "a")
+    assert json.loads(saved.read_text())["image"] == app.test.files[0]
+    assert sessions.get("B").query({}, **KNOBS).factual.min() == 200
+    assert calls == [4, 4]  # A's second query was served from the cache
+    assert a._cache is b._cache is app._cache and app._cache.size == explorer.CACHE_SIZE
+    assert app.choice is None  # the explorer itself is no one's session
+
+    sessions.get("C").choose(1)  # a third session: A, the least recently used, is forgotten
+    assert "A" not in sessions and "B" in sessions and len(sessions) == 2
+    with pytest.raises(ValueError, match="choose a test image or upload one first"):
+        sessions.get("A").query({}, **KNOBS)
+    assert sessions.get(None) is not sessions.get(None)  # a request without a session key shares nothing
+    sessions.end("B")
+    assert "B" not in sessions
+
+
+def test_the_abduction_cache_is_bounded_across_sessions(app, monkeypatch):
+    calls = []
+    original = explorer.abduct_noise
+    monkeypatch.setattr(explorer, "abduct_noise", lambda *a, **k: calls.append(k["steps"]) or original(*a, **k))
+    app._cache = explorer.Recent(2)
+    a, b = app.session(), app.session()
+    a.choose(0)
+    a.query({}, **KNOBS)
+    b.choose(1)
+    b.query({}, guidance=1.5, depth=0.5, steps=3)
+    b.query({}, guidance=1.5, depth=0.5, steps=2)  # the third abduction: A's (the oldest) goes
+    assert len(app._cache) == 2 and calls == [4, 3, 2]
+    a.query({}, **KNOBS)
+    assert calls == [4, 3, 2, 4]
+
+
+@pytest.mark.parametrize("knob, value, message", [
+    ("steps", float("nan"), "steps = nan is not a finite number"),
+    ("steps", 2.5, "steps = 2.5 is not a whole number"),
+    ("steps", "many", "steps = 'many' is not a number"),
+    ("depth", float("inf"), "depth = inf is not a finite number"),
+    ("guidance", float("nan"), "guidance = nan is not a finite number"),
+])
+def test_a_bad_knob_is_named(app, knob, value, message):
+    """The page's HTTP API passes any JSON number on, NaN included: the message names the knob."""
+    app.choose(0)
+    with pytest.raises(ValueError, match=message):
+        app.query({}, **{**KNOBS, knob: value})
+    with pytest.raises(ValueError, match=message):
+        app.traversal("angle", 3, **{**KNOBS, knob: value})
+    with pytest.raises(ValueError, match="values = nan is not a finite number"):
+        app.traversal("angle", float("nan"), **KNOBS)
+
+
+def test_nan_steps_through_the_http_api_get_a_message(app):
+    """A client of the page's HTTP API sends NaN steps (a JSON NaN, as Python's json writes it): the page answers
+    with a message naming the knob, not Python's "cannot convert float NaN to integer"."""
+    pytest.importorskip("gradio")
+    from causaldiffae.explore_app import serve
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    page = serve(app, "tiny", port=port, block=False)
+    try:
+        url = f"http://127.0.0.1:{port}/gradio_api/call/traverse"
+        body = json.dumps({"data": ["angle", 3, "", "", 1.0, 0.5, float("nan")]}).encode()
+        request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            event = json.loads(answer.read())["event_id"]
+        with urllib.request.urlopen(f"{url}/{event}", timeout=60) as answer:
+            stream = answer.read().decode()
+    finally:
+        page.close()
+    data = [line.removeprefix("data: ") for line in stream.splitlines() if line.startswith("data: ")]
+    assert json.loads(data[-1])[0] == "**Could not do that:** steps = nan is not a finite number", stream
+
+
+def test_uploads_are_read_as_the_dataset_loaders_read_images(app, tmp_path):
+    """A 16-bit grey PNG is scaled to 8 bits (0, 64, 128, 255), not clipped to black and white; CMYK, palette and
+    alpha uploads come out as the dataset loader's ``read_image`` reads them."""
+    from causaldiffae.data.image_folder import read_image
+
+    levels = np.array([0, 16384, 32768, 65535], dtype=np.uint16)
+    sixteen = tmp_path / "deep.png"
+    Image.fromarray(np.tile(np.repeat(levels, TINY_SIZE // 4), (TINY_SIZE, 1))).save(sixteen)
+    assert Image.open(sixteen).mode.startswith("I")
+    pixels = (app.upload(sixteen).x[0] * 255).round().to(torch.uint8)
+    assert pixels.shape == (3, TINY_SIZE, TINY_SIZE)
+    assert pixels[:, 0, :: TINY_SIZE // 4].tolist() == [[0, 64, 128, 255]] * 3
+    rgb = np.random.default_rng(0).integers(0, 256, (TINY_SIZE, TINY_SIZE, 3), dtype=np.uint8)
+    for mode in ("CMYK", "P", "RGBA", "LA"):
+        path = tmp_path / f"{mode}.{'jpg' if mode == 'CMYK' else 'png'}"
+        Image.fromarray(rgb).convert(mode).save(path)
+        expected = np.asarray(read_image(path).convert("RGB"), dtype=np.float32) / 255
+        got = app.upload(path).x[0].permute(1, 2, 0).numpy()
+        assert np.array_equal(got, expected), mode
+
+
+def test_sigterm_to_the_explorer_removes_the_users_files(tmp_path):
+    """`causaldiffae explore` stopped by SIGTERM (a service manager, `kill`) runs the clean-up that Ctrl-C runs:
+    its private temporary folder (downloads, Gradio's copies of uploads) is gone and it exits cleanly."""
+    pytest.importorskip("gradio")
+    torch.manual_seed(0)
+    CausalDiffAE(ModelConfig(graph=pendulum.GRAPH, image_size=TINY_SIZE, channels=3, **TINY)).save_pretrained(
+        tmp_path / "model")
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "GRADIO_TEMP_DIR"}
+    proc = subprocess.Popen([sys.executable, "-m", "causaldiffae.cli", "explore", str(tmp_path / "model"),
+                             "--port", str(port)], env={**env, "TMPDIR": str(temp)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the explorer did not start serving"
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        (folder,) = temp.glob("causaldiffae-explore-*")
+        (folder / "downloads" / "query-0").mkdir(parents=True)
+        (folder / "downloads" / "query-0" / "counterfactual.png").write_bytes(b"the user's image")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and list(temp.iterdir()) == []

@@ -5,27 +5,41 @@ variable in label units (moving one is a do() on it; "reset" undoes it), the cau
 and affected nodes, the guidance / depth / steps knobs, the factual, reconstruction, counterfactual, difference
 and (where the SCM is known) true counterfactual images, a traversal strip and downloads. Every callback turns
 an error into a message in the page (the element ``#status``); the server keeps serving.
+
+Each browser tab is a session of its own (``explorer.Sessions``, keyed by Gradio's session hash): one user's
+image never shows in another's page. The user's files (downloads and, when Gradio is first imported through
+:func:`gradio`, its copies of uploads and shown images) live in one private temporary folder, :func:`scratch`,
+removed when the process ends: normally, on Ctrl-C, and on SIGTERM or SIGHUP while serving (``serve`` turns those
+into the Ctrl-C path).
 """
 
 import atexit
+import contextlib
 import functools
+import itertools
 import math
 import os
 import shutil
+import signal
+import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .explorer import Explorer, Result
+from .explorer import Explorer, Result, Sessions
 
 #: Slider resolution: a variable's range in this many steps.
 SLIDER_STEPS = 200
 
 
 def gradio() -> Any:
-    """Gradio, imported on demand (an optional extra), with its usage analytics off: the page calls no one."""
+    """Gradio, imported on demand (an optional extra), with its usage analytics off: the page calls no one. Imported
+    here first, its temporary files (copies of uploads and of shown images) go to :func:`scratch` (GRADIO_TEMP_DIR
+    is read when Gradio is imported), so they end with the process, as the downloads do."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    if "gradio" not in sys.modules:
+        os.environ.setdefault("GRADIO_TEMP_DIR", str(scratch() / "gradio"))
     try:
         import gradio as gr
     except ImportError:
@@ -34,15 +48,40 @@ def gradio() -> Any:
     return gr
 
 
+@functools.cache
+def scratch() -> Path:
+    """This process's private temporary folder (mode 0700) for the users' files, removed at exit."""
+    folder = Path(tempfile.mkdtemp(prefix="causaldiffae-explore-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
+@contextlib.contextmanager
+def stopping_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise KeyboardInterrupt while this holds, so that they stop the server the way Ctrl-C
+    does (Gradio closes it; the clean-up at exit runs) instead of ending the process with no clean-up at all."""
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    names = [name for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    previous = {name: signal.signal(getattr(signal, name), interrupt) for name in names}
+    try:
+        yield
+    finally:
+        for name, handler in previous.items():
+            signal.signal(getattr(signal, name), handler)
+
+
 def build_app(app: Explorer, title: str) -> Any:
-    """The Gradio Blocks of the explorer page over ``app``."""
+    """The Gradio Blocks of the explorer page over ``app``: every callback works on its session's own view."""
     gr = gradio()
-    from gradio import SelectData  # imported by gradio() above; Gradio passes the event to a parameter of this type
+    # imported by gradio() above; Gradio passes the event and the request to parameters of these types
+    from gradio import Request, SelectData
 
     graph, variables = app.graph, app.graph.variables
     ranges = {v: _slider_range(app, v) for v in variables}
-    downloads = Path(tempfile.mkdtemp(prefix="causaldiffae-explore-"))
-    atexit.register(shutil.rmtree, downloads, ignore_errors=True)  # the page's downloads end with the process
+    sessions = Sessions(app)
+    downloads, serials = scratch() / "downloads", itertools.count()  # a serial per download: no two users share one
     # at most one DDIM step per training timestep of the default trajectory (a tiny test model has T = 100)
     model_knobs = app.model.knobs  # the model's own depth, weight and steps (knobs.json), else the global defaults
     default_steps = min(model_knobs.steps, round(model_knobs.depth * app.model.config.num_timesteps))
@@ -104,77 +143,90 @@ def build_app(app: Explorer, title: str) -> Any:
                     app.graph_svg(result), f"counterfactual in {result.seconds:.2f} s (decoding only after the "
                                            "first query of an image, depth and steps)"]
 
-        def query(names: list[str], w: float, d: float, s: float, *current: float) -> Result:
+        def query(view: Explorer, names: list[str], w: float, d: float, s: float, *current: float) -> Result:
+            """The session's query; the knobs go in as they came (the view names a bad one: NaN steps, say)."""
             chosen = dict(zip(variables, current, strict=True))
-            return app.query({n: chosen[n] for n in names}, float(w), float(d), int(s))
+            return view.query({n: chosen[n] for n in names}, w, d, s)
 
-        def fresh(choice_fn: Callable[[], Any]) -> Callable[..., list]:
+        def fresh(view: Explorer, choice_fn: Callable[[], Any], w: float, d: float, s: float) -> list:
             """Choose an image, put every slider at the model's estimate, show the reconstruction."""
-            def run(w: float, d: float, s: float) -> list:
-                choice = choice_fn()
-                starts = [_start(choice.estimate[v], ranges[v]) for v in variables]
-                shown_class = gr.update() if choice.classes is None else int(choice.classes[0])
-                return ["", [], *show(app.query({}, float(w), float(d), int(s))), *starts, shown_class]
-            return run
+            choice = choice_fn()
+            starts = [_start(choice.estimate[v], ranges[v]) for v in variables]
+            shown_class = gr.update() if choice.classes is None else int(choice.classes[0])
+            return ["", [], *show(view.query({}, w, d, s)), *starts, shown_class]
 
-        def on_select(w: float, d: float, s: float, evt: SelectData) -> list:
-            return fresh(lambda: app.choose(int(evt.index)))(w, d, s)
+        def on_select(request: Request, w: float, d: float, s: float, evt: SelectData) -> list:
+            view = sessions.get(request.session_hash)
+            return fresh(view, lambda: view.choose(int(evt.index)), w, d, s)
 
-        def on_upload(path: str | None, c: Any, w: float, d: float, s: float) -> list:
+        def on_upload(request: Request, path: str | None, c: Any, w: float, d: float, s: float) -> list:
             if not path:
                 return _unchanged(gr, 3 + len(shown) + len(values))
-            return fresh(lambda: app.upload(path, None if c is None else int(c)))(w, d, s)
+            view = sessions.get(request.session_hash)
+            return fresh(view, lambda: view.upload(path, c), w, d, s)
 
-        def on_class(c: Any, names: list[str], w: float, d: float, s: float, *current: float) -> list:
-            if app.choice is None or c is None:
+        def on_class(request: Request, c: Any, names: list[str], w: float, d: float, s: float,
+                     *current: float) -> list:
+            view = sessions.get(request.session_hash)
+            if view.choice is None or c is None:
                 return _unchanged(gr, 1 + len(shown))
-            app.set_class(int(c))
-            return ["", *show(query(names, w, d, s, *current))]
+            view.set_class(c)
+            return ["", *show(query(view, names, w, d, s, *current))]
 
         def on_move(name: str) -> Callable[..., list]:
-            def run(names: list[str], w: float, d: float, s: float, *current: float) -> list:
+            def run(request: Request, names: list[str], w: float, d: float, s: float, *current: float) -> list:
                 names = names if name in names else [*names, name]
-                return ["", names, *show(query(names, w, d, s, *current))]
+                return ["", names, *show(query(sessions.get(request.session_hash), names, w, d, s, *current))]
             return run
 
         def on_reset(name: str) -> Callable[..., list]:
-            def run(names: list[str], w: float, d: float, s: float, *current: float) -> list:
-                if app.choice is None:
+            def run(request: Request, names: list[str], w: float, d: float, s: float, *current: float) -> list:
+                view = sessions.get(request.session_hash)
+                if view.choice is None:
                     return _unchanged(gr, 3 + len(shown))
                 names = [n for n in names if n != name]
-                start = _start(app.choice.estimate[name], ranges[name])
+                start = _start(view.choice.estimate[name], ranges[name])
                 current = tuple(start if v == name else x for v, x in zip(variables, current, strict=True))
-                return ["", names, *show(query(names, w, d, s, *current)), start]
+                return ["", names, *show(query(view, names, w, d, s, *current)), start]
             return run
 
-        def on_knob(names: list[str], w: float, d: float, s: float, *current: float) -> list:
-            if app.choice is None:
+        def on_knob(request: Request, names: list[str], w: float, d: float, s: float, *current: float) -> list:
+            view = sessions.get(request.session_hash)
+            if view.choice is None:
                 return _unchanged(gr, 1 + len(shown))
-            return ["", *show(query(names, w, d, s, *current))]
+            return ["", *show(query(view, names, w, d, s, *current))]
 
-        def on_traverse(name: str, n: float, low: str, high: str, w: float, d: float, s: float) -> list:
-            image, points = app.traversal(name, int(n), float(w), float(d), int(s), _end(low, "from"),
-                                          _end(high, "to"))
+        def on_traverse(request: Request, name: str, n: float, low: str, high: str, w: float, d: float,
+                        s: float) -> list:
+            view = sessions.get(request.session_hash)
+            image, points = view.traversal(name, n, w, d, s, _end(low, "from"), _end(high, "to"))
             return ["", gr.update(value=image, label=f"traversal of {name}: " + ", ".join(f"{p:.3g}" for p in points))]
 
-        def on_download(names: list[str], w: float, d: float, s: float, *current: float) -> list:
-            paths = app.save(query(names, w, d, s, *current), downloads / f"query-{len(os.listdir(downloads))}")
+        def on_download(request: Request, names: list[str], w: float, d: float, s: float, *current: float) -> list:
+            view = sessions.get(request.session_hash)
+            paths = view.save(query(view, names, w, d, s, *current), downloads / f"query-{next(serials)}")
             return ["", [str(p) for p in paths]]
 
-        gallery.select(_safe(gr, on_select, 3 + len(shown) + len(values)), knobs,
-                       [status, intervened, *shown, *values, cls])
-        upload.upload(_safe(gr, on_upload, 3 + len(shown) + len(values)), [upload, cls, *knobs],
-                      [status, intervened, *shown, *values, cls])
-        cls.input(_safe(gr, on_class, 1 + len(shown)), [cls, intervened, *knobs, *values], [status, *shown])
+        def on_leave(request: Request) -> None:
+            sessions.end(request.session_hash)  # the tab was closed: its image and latents go
+
+        # one queue for every event (concurrency_id): one model, one query at a time, whichever the user and event
+        def listen(event: Any, fn: Callable[..., list], outputs: list, inputs: list, name: str) -> None:
+            event(_safe(gr, fn, len(outputs)), inputs, outputs, api_name=name, concurrency_id="model")
+
+        listen(gallery.select, on_select, [status, intervened, *shown, *values, cls], knobs, "select")
+        listen(upload.upload, on_upload, [status, intervened, *shown, *values, cls], [upload, cls, *knobs], "upload")
+        listen(cls.input, on_class, [status, *shown], [cls, intervened, *knobs, *values], "set_class")
         for v in variables:
-            sliders[v].release(_safe(gr, on_move(v), 2 + len(shown)), [intervened, *knobs, *values],
-                               [status, intervened, *shown])
-            resets[v].click(_safe(gr, on_reset(v), 3 + len(shown)), [intervened, *knobs, *values],
-                            [status, intervened, *shown, sliders[v]])
-        for knob in knobs:
-            knob.release(_safe(gr, on_knob, 1 + len(shown)), [intervened, *knobs, *values], [status, *shown])
-        traverse.click(_safe(gr, on_traverse, 2), [along, count, first, last, *knobs], [status, strip])
-        download.click(_safe(gr, on_download, 2), [intervened, *knobs, *values], [status, files])
+            listen(sliders[v].release, on_move(v), [status, intervened, *shown], [intervened, *knobs, *values],
+                   f"move_{v}")
+            listen(resets[v].click, on_reset(v), [status, intervened, *shown, sliders[v]],
+                   [intervened, *knobs, *values], f"reset_{v}")
+        for knob, name in zip(knobs, ("guidance", "depth", "steps"), strict=True):
+            listen(knob.release, on_knob, [status, *shown], [intervened, *knobs, *values], name)
+        listen(traverse.click, on_traverse, [status, strip], [along, count, first, last, *knobs], "traverse")
+        listen(download.click, on_download, [status, files], [intervened, *knobs, *values], "download")
+        page.unload(on_leave)
     return page
 
 
@@ -234,9 +286,11 @@ def _end(text: str | None, name: str) -> float | None:
 
 
 def serve(app: Explorer, title: str, host: str = "127.0.0.1", port: int = 7860, block: bool = True) -> Any:
-    """Build the page and serve it on ``host:port``; ``block=False`` returns the running page (for tests)."""
-    page = build_app(app, title)
-    page.queue(default_concurrency_limit=1)  # one model, one query at a time
-    page.launch(server_name=host, server_port=port, prevent_thread_lock=not block, show_error=False,
-                inbrowser=False, quiet=not block)
+    """Build the page and serve it on ``host:port`` until Ctrl-C, SIGTERM or SIGHUP; the users' files go when the
+    process ends (:func:`scratch`). ``block=False`` returns the running page (for tests)."""
+    with stopping_on_signals() if block else contextlib.nullcontext():
+        page = build_app(app, title)
+        page.queue(default_concurrency_limit=1)  # one model, one query at a time
+        page.launch(server_name=host, server_port=port, prevent_thread_lock=not block, show_error=False,
+                    inbrowser=False, quiet=not block)
     return page

@@ -1,18 +1,27 @@
 """The counterfactual explorer's engine: everything the web page shows, without the web page.
 
 ``causaldiffae explore RUN`` serves it with Gradio (``explore_app.py``); this module holds no UI code, so the
-tests drive it directly. One image is chosen at a time (from the test split or uploaded); its abduction (the
-encoder's latents and the DDIM inversion x_T) is cached per (depth, steps), so a slider move only decodes.
+tests drive it directly. Each session (a browser tab) has its own chosen image (from the test split or uploaded):
+``Explorer.session`` gives a view that shares the model, the test images and the abduction cache, and ``Sessions``
+keeps one view per session key, the least recently used forgotten beyond :data:`MAX_SESSIONS`, so that one user's
+upload never shows in another's page and memory stays bounded however many people open it. An image's abduction
+(the encoder's latents and the DDIM inversion x_T) is cached per (image, depth, steps), so a slider move only
+decodes; the cache holds :data:`CACHE_SIZE` abductions in all, across sessions.
 """
 
 from __future__ import annotations
 
+import copy
+import itertools
 import json
+import math
+import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
@@ -20,14 +29,18 @@ from PIL import Image
 
 from .counterfactual import Abducted, abduct_noise, decode
 from .data.base import ImageDataset
-from .data.image_folder import MAX_PIXELS
+from .data.image_folder import read_image
 from .graph import CausalGraph
 from .images import from_uint8, save_grid, to_uint8
 from .metrics.truth import TrueSCM, true_scm
 from .model import CausalDiffAE, Latents
 
-#: Abductions kept per explorer (image x depth x steps); each is one x_T of the model's image size.
+#: Abductions kept per explorer, all its sessions together (image x depth x steps); each is one x_T of the model's
+#: image size and, from the "exact" abduction, one residual of that size per DDIM step.
 CACHE_SIZE = 32
+#: Sessions whose chosen image an explorer keeps; beyond this the least recently used is forgotten (its page asks
+#: for an image again). A session holds one image and its latents; the abductions are bounded by CACHE_SIZE.
+MAX_SESSIONS = 64
 #: How many test images the gallery shows.
 GALLERY_SIZE = 48
 #: Pixels of the longer side at which images are shown (nearest-neighbour upscaling keeps pixels visible).
@@ -36,9 +49,55 @@ DISPLAY_SIZE = 192
 DIFF_GAIN = 4.0
 
 
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+_SERIALS = itertools.count()  # a chosen image's key in the abduction cache: never reused, unlike id()
+
+
+class Recent(Generic[K, V]):
+    """A mapping that keeps its ``size`` most recently used entries, safe to share between the page's threads."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self._items, self._lock = size, OrderedDict[K, V](), threading.Lock()
+
+    def get(self, key: K, make: Callable[[], V] | None = None) -> V | None:
+        """The entry of ``key``, now the most recent; missing, ``make()`` stored (or None without ``make``)."""
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+            if make is None:
+                return None
+            value = make()  # under the lock: two threads asking for one key get one entry
+            self._store(key, value)
+            return value
+
+    def put(self, key: K, value: V) -> None:
+        """Store ``value`` as the most recent entry, forgetting the least recent beyond ``size``."""
+        with self._lock:
+            self._store(key, value)
+
+    def _store(self, key: K, value: V) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+    def pop(self, key: K) -> None:
+        with self._lock:
+            self._items.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._items
+
+
 @dataclass
 class Choice:
-    """The chosen image: where it came from, its pixels (1, C, H, W), class, latents and known labels."""
+    """The chosen image: where it came from, its pixels (1, C, H, W), class, latents and known labels; ``key``
+    names it in the abduction cache (a new key for a new image or class)."""
 
     source: str
     x: torch.Tensor
@@ -47,6 +106,7 @@ class Choice:
     estimate: dict[str, float]
     row: int | None = None
     factual: dict[str, float] | None = None
+    key: int = field(default_factory=lambda: next(_SERIALS))
 
 
 @dataclass
@@ -65,16 +125,17 @@ class Result:
     affected: list[str]
     seconds: float
     settings: dict[str, float] = field(default_factory=dict)
+    source: str = ""
 
-    def to_json(self, source: str) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         """The query and its numbers, as the page offers them for download."""
-        return {"image": source, "do": self.do, **self.settings, "estimate_factual": self.estimate,
+        return {"image": self.source, "do": self.do, **self.settings, "estimate_factual": self.estimate,
                 "estimate_counterfactual": self.estimate_cf, "intervened": self.intervened,
                 "affected": self.affected, "seconds": round(self.seconds, 3)}
 
 
 class Explorer:
-    """A model, the test images of its dataset (optional) and the state of one chosen image."""
+    """A model, the test images of its dataset (optional), an abduction cache and one session's chosen image."""
 
     def __init__(self, model: CausalDiffAE, dataset: ImageDataset | None = None, name: str = "model") -> None:
         self.model, self.name = model.eval(), name
@@ -84,7 +145,13 @@ class Explorer:
             self.test = dataset.split("test") if "test" in dataset.splits else dataset
         self.scm: TrueSCM | None = true_scm(self.test) if self.test is not None else None
         self.choice: Choice | None = None
-        self._cache: OrderedDict[tuple, tuple[Abducted, torch.Tensor]] = OrderedDict()
+        self._cache: Recent[tuple[int, float, int], tuple[Abducted, torch.Tensor]] = Recent(CACHE_SIZE)
+
+    def session(self) -> Explorer:
+        """Another session's view: the same model, test images and abduction cache; its own chosen image."""
+        view = copy.copy(self)
+        view.choice = None
+        return view
 
     # -- choosing an image -------------------------------------------------------------------------------
     def gallery(self, count: int = GALLERY_SIZE) -> list[tuple[np.ndarray, str]]:
@@ -107,16 +174,14 @@ class Explorer:
         return self._set(self.test.files[row], batch["image"], batch.get("class"), row, factual)
 
     def upload(self, path: str | Path, cls: int | None = None) -> Choice:
-        """An image file of the user's: read, converted to the model's channels and resized to its size when it
-        is square; anything else is refused with a message that says why."""
+        """An image file of the user's, read as the dataset loaders read theirs (16-bit scaled, palettes, CMYK and
+        alpha alike; ``read_image``), converted to the model's channels and resized to its size when it is square;
+        anything else is refused with a message that says why."""
         try:
-            with Image.open(path) as img:
-                if img.width * img.height > MAX_PIXELS:
-                    raise ValueError(f"the upload has {img.width}x{img.height} pixels, more than {MAX_PIXELS:,}")
-                img.load()
-                image = img.convert("L" if self.model.config.channels == 1 else "RGB")
-        except (OSError, Image.DecompressionBombError) as err:
-            raise ValueError(f"the upload is not an image this page can read ({type(err).__name__}: {err})") from None
+            image = read_image(path, "the upload")
+        except FileNotFoundError as err:  # the file went away between the upload and its reading
+            raise ValueError(str(err)) from None
+        image = image.convert("L" if self.model.config.channels == 1 else "RGB")
         if image.width != image.height:
             raise ValueError(f"the upload is {image.width}x{image.height}: the model takes square images "
                              f"({self.model.config.image_size}x{self.model.config.image_size}); crop it first")
@@ -130,16 +195,15 @@ class Explorer:
         k = self.model.config.num_classes
         if not k:
             return None
-        if cls is None or not 0 <= int(cls) < k:
+        number = None if cls is None else whole(cls, "class")
+        if number is None or not 0 <= number < k:
             raise ValueError(f"this model is also conditioned on a class: pick one of 0..{k - 1}")
-        return torch.tensor([int(cls)])
+        return torch.tensor([number])
 
     def set_class(self, cls: int) -> Choice:
-        """Another class condition for the chosen image (a model trained with one)."""
-        choice = self._current()
-        choice.classes = self._classes(cls)
-        self._cache = OrderedDict((k, v) for k, v in self._cache.items() if k[0] != id(choice))
-        return choice
+        """Another class condition for the chosen image (a model trained with one): a new key in the cache."""
+        self.choice = replace(self._current(), classes=self._classes(cls), key=next(_SERIALS))
+        return self.choice
 
     def _set(self, source: str, x: torch.Tensor, classes: torch.Tensor | None, row: int | None,
              factual: dict[str, float] | None) -> Choice:
@@ -161,17 +225,16 @@ class Explorer:
         """The noise of the chosen image at (depth, steps) and its reconstruction (do = {}, w = 1): inverted and
         decoded once, then served from the cache."""
         choice = self._current()
-        key = (id(choice), float(depth), int(steps))
-        if key not in self._cache:
+        key = (choice.key, float(depth), int(steps))
+        cached = self._cache.get(key)
+        if cached is None:
             noise = abduct_noise(self.model, choice.x, choice.latents.z, steps=steps, depth=depth,
                                  classes=choice.classes)
             recon = decode(self.model, noise, choice.latents.z, steps=steps, guidance=1.0, depth=depth,
                            classes=choice.classes)
-            self._cache[key] = (noise, recon)
-            while len(self._cache) > CACHE_SIZE:
-                self._cache.popitem(last=False)
-        self._cache.move_to_end(key)
-        return self._cache[key]
+            cached = (noise, recon)
+            self._cache.put(key, cached)
+        return cached
 
     def check_do(self, do: dict[str, float]) -> dict[str, float]:
         """Values by variable name, each a finite number inside the variable's range (where it has one)."""
@@ -179,12 +242,7 @@ class Explorer:
         for name, value in do.items():
             if name not in self.graph.variables:
                 raise ValueError(f"unknown variable {name!r}; the graph has {', '.join(self.graph.variables)}")
-            try:
-                number = float(value)
-            except (TypeError, ValueError):
-                raise ValueError(f"{name} = {value!r} is not a number") from None
-            if not np.isfinite(number):
-                raise ValueError(f"{name} = {value!r} is not a finite number")
+            number = finite(value, name)
             lo_hi = self.graph[name].range
             if lo_hi and not lo_hi[0] <= number <= lo_hi[1]:
                 raise ValueError(f"{name} = {number:g} lies outside its range [{lo_hi[0]:g}, {lo_hi[1]:g}]")
@@ -192,13 +250,12 @@ class Explorer:
         return out
 
     def query(self, do: dict[str, float], guidance: float | None = None, depth: float | None = None,
-              steps: int | None = None) -> Result:
+              steps: float | None = None) -> Result:
         """The chosen image under ``do`` (variable name -> value; empty reconstructs): decoded from the cached
         abduction, with the reconstruction, an amplified difference map and, where the SCM is known and the image
         is a test image, the true counterfactual. A depth, weight or steps of None is the model's own."""
+        guidance, depth, steps = self._knobs(guidance, depth, steps)
         choice, do = self._current(), self.check_do(do)
-        depth, guidance = self.model.knobs.resolve(depth, guidance)
-        steps = self.model.knobs.resolve_steps(steps)
         start = time.perf_counter()
         noise, recon = self.abduct(depth, steps)
         z_cf = self.model.intervene(choice.latents, do) if do else choice.latents.z
@@ -217,19 +274,26 @@ class Explorer:
             truth=None if truth is None else _display(to_uint8(truth)[0]), estimate=dict(choice.estimate),
             estimate_cf=dict(zip(self.graph.variables, estimate_cf, strict=True)), intervened=sorted(do),
             affected=sorted(self.graph.affected(do) - set(do)) if do else [], seconds=seconds,
-            settings={"guidance": float(guidance), "depth": float(depth), "steps": int(steps)})
+            settings={"guidance": float(guidance), "depth": float(depth), "steps": int(steps)}, source=choice.source)
 
-    def traversal(self, name: str, k: int = 7, guidance: float | None = None, depth: float | None = None,
-                  steps: int | None = None, low: float | None = None,
+    def _knobs(self, guidance: float | None, depth: float | None, steps: float | None) -> tuple[float, float, int]:
+        """The weight, depth and steps of a query, each checked by name (the page's HTTP API takes any JSON
+        number, NaN included), or the model's own where one is None."""
+        depth, guidance = self.model.knobs.resolve(None if depth is None else finite(depth, "depth"),
+                                                   None if guidance is None else finite(guidance, "guidance"))
+        return guidance, depth, self.model.knobs.resolve_steps(None if steps is None else whole(steps, "steps"))
+
+    def traversal(self, name: str, k: float = 7, guidance: float | None = None, depth: float | None = None,
+                  steps: float | None = None, low: float | None = None,
                   high: float | None = None) -> tuple[np.ndarray, list]:
         """``k`` counterfactuals of the chosen image with ``name`` set to evenly spaced values between ``low``
         and ``high`` (default: the variable's range): one strip image (H, k*W, C) and the values. A depth, weight
         or steps of None is the model's own."""
-        choice = self._current()
-        depth, guidance = self.model.knobs.resolve(depth, guidance)
-        steps = self.model.knobs.resolve_steps(steps)
-        if not 2 <= int(k) <= 16:
+        guidance, depth, steps = self._knobs(guidance, depth, steps)
+        k = whole(k, "values")
+        if not 2 <= k <= 16:
             raise ValueError(f"a traversal has 2 to 16 values, got {k}")
+        choice = self._current()
         if name not in self.graph.variables:
             raise ValueError(f"unknown variable {name!r}; the graph has {', '.join(self.graph.variables)}")
         declared = self.graph[name].range  # else one normalisation unit around the estimate
@@ -238,7 +302,7 @@ class Explorer:
         hi = float(high if high is not None else (declared[1] if declared else choice.estimate[name] + spread))
         for end in (lo, hi):
             self.check_do({name: end})
-        values = np.linspace(lo, hi, int(k)).tolist()
+        values = np.linspace(lo, hi, k).tolist()
         noise, _ = self.abduct(depth, steps)
         z = torch.cat([self.model.intervene(choice.latents, {name: v}) for v in values])
         classes = None if choice.classes is None else choice.classes.repeat(len(values))
@@ -296,8 +360,56 @@ class Explorer:
         save_grid(out / "counterfactual.png", [row], [], names)
         from .atomic import write_text
 
-        write_text(out / "query.json", json.dumps(result.to_json(self._current().source), indent=1) + "\n")
+        write_text(out / "query.json", json.dumps(result.to_json(), indent=1) + "\n")
         return out / "counterfactual.png", out / "query.json"
+
+
+class Sessions:
+    """One ``Explorer.session`` view per session key (Gradio's session hash), made on first use; beyond ``size``
+    sessions the least recently used is forgotten, so the memory held for sessions stays bounded."""
+
+    def __init__(self, app: Explorer, size: int = MAX_SESSIONS) -> None:
+        self.app, self._views = app, Recent[str, Explorer](size)
+
+    def get(self, key: str | None) -> Explorer:
+        """The view of session ``key``; a request without a key gets a fresh view that no one else sees."""
+        if not key:
+            return self.app.session()
+        view = self._views.get(key, self.app.session)
+        assert view is not None
+        return view
+
+    def end(self, key: str | None) -> None:
+        """Forget session ``key`` (its tab was closed)."""
+        if key:
+            self._views.pop(key)
+
+    def __len__(self) -> int:
+        return len(self._views)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._views
+
+
+def finite(value: Any, name: str) -> float:
+    """``value`` as a finite float, else a message naming ``name`` (not Python's "could not convert")."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} = {value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{name} = {value!r} is not a finite number")
+    return number
+
+
+def whole(value: Any, name: str) -> int:
+    """``value`` as an int when it is a whole number (5 or 5.0), else a message naming ``name``."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} = {value!r} is not a whole number")
+    number = finite(value, name)
+    if number != int(number):
+        raise ValueError(f"{name} = {value!r} is not a whole number")
+    return int(number)
 
 
 def _node_state(name: str, result: Result | None) -> str:

@@ -138,10 +138,11 @@ def _decode_all(root: Path, files: Sequence[str], lines: Sequence[int], image_si
     return np.ascontiguousarray(np.stack([np.repeat(a, channels // a.shape[0], axis=0) for a in arrays]))
 
 
-def read_image(path: str | Path) -> Image.Image:
+def read_image(path: str | Path, name: str | None = None) -> Image.Image:
     """One image file of any size as 8-bit "L" or "RGB" (see :func:`_eight_bit`), refused in one line naming it
-    when it is missing, not an image, truncated, or its header claims more than :data:`MAX_PIXELS` pixels."""
-    return _decode(Path(path), f"image {str(path)!r}", None, resize=True)
+    (as ``name``, e.g. "the upload", else by its path) when it is missing, not an image, truncated, or its header
+    claims more than :data:`MAX_PIXELS` pixels."""
+    return _decode(Path(path), name or f"image {str(path)!r}", None, resize=True)
 
 
 def _decode(path: Path, where: str, target: tuple[int, int] | None, resize: bool) -> Image.Image:
