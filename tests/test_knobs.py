@@ -179,3 +179,58 @@ def _model_for(folder) -> CausalDiffAE:
     data = load_dataset(folder, TINY_SIZE)
     torch.manual_seed(0)
     return CausalDiffAE(ModelConfig(graph=data.graph.to_dict(), image_size=TINY_SIZE, channels=3, **TINY)).eval()
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('{"depth": 0.5, "guidance": 1, "steps": 1000000}',
+     r"knobs.json: steps 1000000 is more than the 50 timesteps that depth 0.5 spans of this model's 100 "
+     r"\(round\(depth x T\)\); use at most 50"),
+    ('{"depth": 1e-300, "guidance": 1}',
+     r"knobs.json: depth 1e-300 spans no timestep of this model's 100 \(round\(depth x 100\) = 0\); use a depth "
+     r"of at least 0.01"),
+    ('{"depth": 0.5, "guidance": 1, "chosen_by": 7}', "knobs.json: chosen_by must be a text, got 7"),
+    ('{"depth": 0.5, "guidance": Infinity}', "knobs.json: knobs: guidance must be a finite number, got inf"),
+])
+def test_knobs_that_no_query_could_use_are_refused_at_load_by_file_and_key(tmp_path, text, message):
+    """A model of T = 100 timesteps: depth 0.5 spans 50 of them, so 1,000,000 steps (or a depth of 1e-300, which
+    spans none) would make every query fail later with a message that does not mention knobs.json."""
+    ab_model().save_pretrained(tmp_path)
+    (tmp_path / KNOBS_NAME).write_text(text)
+    with pytest.raises(ValueError, match=message):
+        CausalDiffAE.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        read_knobs(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        read_knobs(tmp_path, 100)
+
+
+def test_knobs_are_checked_against_the_given_timesteps_and_a_file_without_steps_keeps_the_default(tmp_path):
+    (tmp_path / KNOBS_NAME).write_text('{"depth": 0.5, "guidance": 1, "steps": 60}')
+    assert read_knobs(tmp_path).steps == 60  # no model config beside it: nothing to check the steps against
+    assert read_knobs(tmp_path, 1000).steps == 60
+    with pytest.raises(ValueError, match="steps 60 is more than the 50 timesteps"):
+        read_knobs(tmp_path, 100)
+    (tmp_path / KNOBS_NAME).write_text('{"depth": 0.3, "guidance": 1}')  # 30 timesteps: a call names its steps
+    assert read_knobs(tmp_path, 100) == Knobs(0.3, 1.0, DEFAULT_STEPS, KNOBS_NAME)
+
+
+def test_a_knobs_file_that_is_no_text_file_is_refused_by_name(tmp_path, capsys):
+    path = tmp_path / KNOBS_NAME
+    path.write_bytes('{"depth": 0.5, "guidance": 1, "chosen_by": "café"}'.encode("latin-1"))
+    with pytest.raises(ValueError, match=r"knobs.json is not UTF-8 text: byte 0xe9 at offset 47"):
+        read_knobs(tmp_path)
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(ValueError, match="knobs.json is a folder where a file is needed"):
+        read_knobs(tmp_path)
+    path.rmdir()
+    path.symlink_to(tmp_path / "gone.json")
+    with pytest.raises(ValueError, match="knobs.json is a link to nothing"):
+        read_knobs(tmp_path)
+    ab_model().save_pretrained(tmp_path / "model")  # the command line: one line, exit code 2
+    (tmp_path / "model" / KNOBS_NAME).mkdir()
+    Image.new("L", (8, 8), 128).save(tmp_path / "x.png")
+    assert exit_code(["counterfactual", str(tmp_path / "model"), "--image", str(tmp_path / "x.png"), "--do", "a=0.5",
+                      "--out", str(tmp_path / "cf.png")]) == 2
+    assert capsys.readouterr().err == (f"causaldiffae: error: {tmp_path / 'model' / KNOBS_NAME} is a folder where a "
+                                       "file is needed (a model's knobs); remove it\n")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .atomic import write_text
+from .config import read_utf8
 
 #: Inversion depth and guidance weight when neither the call nor the model names one, chosen on Pendulum's
 #: validation split (never test) by `causaldiffae tune` with the shipped model: the lowest error to the true
@@ -80,13 +81,20 @@ class Knobs:
         return self.steps if steps is None else steps
 
 
-def read_knobs(directory: str | Path) -> Knobs:
-    """``directory/knobs.json``, or the global defaults when the folder has none; a corrupt file is an error."""
+def read_knobs(directory: str | Path, num_timesteps: int | None = None) -> Knobs:
+    """``directory/knobs.json``, or the global defaults when the folder has none. Checked here, as every file is
+    when it loads, so that no query fails later over it: UTF-8 JSON, the known keys, their types and ranges, and
+    (with the model's ``num_timesteps``, else the T of the folder's model config when it has one) a depth and
+    steps that make a DDIM trajectory of the model. Every message names the file and the key."""
     path = Path(directory) / KNOBS_NAME
-    if not path.is_file():
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder where a file is needed (a model's knobs); remove it")
+    if not path.exists():
+        if path.is_symlink():
+            raise ValueError(f"{path} is a link to nothing ({path.readlink()}); remove it or point it at a file")
         return Knobs()
     try:
-        payload: Any = json.loads(path.read_text())
+        payload: Any = json.loads(read_utf8(path))
     except json.JSONDecodeError as err:
         raise ValueError(f"corrupt knobs file {path}: {err}") from None
     if not isinstance(payload, dict) or not {"depth", "guidance"} <= set(payload):
@@ -94,11 +102,33 @@ def read_knobs(directory: str | Path) -> Knobs:
     unknown = set(payload) - {"depth", "guidance", "steps", "chosen_by"}
     if unknown:
         raise ValueError(f"{path}: unknown keys {sorted(unknown)} (expected depth, guidance, steps, chosen_by)")
+    chosen_by = payload.get("chosen_by", KNOBS_NAME)
+    if not isinstance(chosen_by, str):
+        raise ValueError(f"{path}: chosen_by must be a text, got {chosen_by!r}")
     try:
-        return Knobs(payload["depth"], payload["guidance"], payload.get("steps", DEFAULT_STEPS),
-                     str(payload.get("chosen_by", f"{KNOBS_NAME}")))
+        knobs = Knobs(payload["depth"], payload["guidance"], payload.get("steps", DEFAULT_STEPS), chosen_by)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
+    if num_timesteps is None and (path.parent / "model_config.json").is_file():
+        from .model import load_config  # here: the model module reads knobs through this one
+
+        num_timesteps = load_config(path.parent).num_timesteps
+    if num_timesteps is not None:
+        _check_trajectory(knobs, num_timesteps, path, "steps" in payload)
+    return knobs
+
+
+def _check_trajectory(knobs: Knobs, num_timesteps: int, path: Path, own_steps: bool) -> None:
+    """A depth that spans at least one of the model's T timesteps and, where the file names its steps, no more
+    steps than it spans (the DDIM trajectory of ``diffusion.ddim``: round(depth * T) timesteps, one step each at
+    most). A file without steps has the global default, as a model without knobs.json has; a call names others."""
+    span = round(knobs.depth * num_timesteps)
+    if span < 1:
+        raise ValueError(f"{path}: depth {knobs.depth!r} spans no timestep of this model's {num_timesteps} "
+                         f"(round(depth x {num_timesteps}) = 0); use a depth of at least {1 / num_timesteps:g}")
+    if own_steps and knobs.steps > span:
+        raise ValueError(f"{path}: steps {knobs.steps} is more than the {span} timesteps that depth {knobs.depth:g} "
+                         f"spans of this model's {num_timesteps} (round(depth x T)); use at most {span}")
 
 
 def write_knobs(directory: str | Path, knobs: Knobs) -> Path:
