@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 from causaldiffae import CausalDiffAE
 from causaldiffae.data.base import DATASET_MARKER, write_dataset
 from causaldiffae.graph import CausalGraph
+from causaldiffae.knobs import Knobs, write_knobs
 from causaldiffae.training import checkpoint, load_run_config, run_folder, train
 from causaldiffae.training.run_folder import LOCK_NAME
 from conftest import TINY_CONFIG, exit_code
@@ -365,20 +366,33 @@ def test_leftovers_of_interrupted_writes_are_removed_at_the_next_start(tmp_path,
 
 
 def test_overwrite_replaces_the_run_files_and_keeps_the_users(tmp_path, finished, data_overrides, capsys):
+    """--overwrite means a new model: everything that described the earlier one goes (its tuned knobs, which the new
+    model would otherwise run at, its README, reports written beside it); the user's other files stay, and one
+    line names them."""
     run = _copy(tmp_path, finished)
     (run / "checkpoints" / "step-00000009").mkdir()  # a stale checkpoint of the earlier run: replaced too
     (run / "notes.txt").write_text("mine")
+    (run / "eval").mkdir()
+    write_knobs(run, Knobs(0.2, 3.0, 7, "tune on the earlier model"))
+    (run / "README.md").write_text("# The earlier model\n")
+    (run / "tune.md").write_text("the earlier model's tuning\n")
+    assert CausalDiffAE.from_pretrained(run).knobs.steps == 7
     assert exit_code(_train_argv(run, data_overrides, "--overwrite", sets=("train.max_steps=1",))) == 0
-    assert (run / "notes.txt").read_text() == "mine"
+    assert (run / "notes.txt").read_text() == "mine" and (run / "eval").is_dir()
+    assert not any((run / name).exists() for name in ("knobs.json", "README.md", "tune.md"))
+    assert CausalDiffAE.from_pretrained(run).knobs == Knobs()
     assert [p.name for p in checkpoint.checkpoints(run)] == ["step-00000001"]
     assert [line.split(",")[0] for line in (run / "metrics.csv").read_text().splitlines()] == ["step", "1"]
+    assert json.loads((run / "mechanisms.json").read_text())  # the new run's fit
+    (kept,) = _warnings(capsys.readouterr().err)
+    assert "kept 2" in kept and "eval/, notes.txt" in kept
 
 
 def test_a_run_that_stopped_before_its_first_checkpoint_starts_again(tmp_path, finished, data_overrides, capsys):
     run = tmp_path / "run"
     (run / "samples").mkdir(parents=True)
     (run / "checkpoints" / ".step-00000001.a1b2c3d4.tmp").mkdir(parents=True)  # killed inside the first write
-    for name in ["config.yaml", "metrics.csv", "samples/step-00000005-samples.png"]:
+    for name in ["config.yaml", "metrics.csv", "mechanisms.json", "samples/step-00000005-samples.png"]:
         shutil.copy(finished / name.replace("00000005", "00000002"), run / name)
     _lock(run, _dead_pid())
     train(load_run_config(TINY_CONFIG, [*data_overrides, *STEPS, "train.max_steps=1"]), run, progress=False)

@@ -170,9 +170,10 @@ def _add_train(subcommands: Any) -> None:
                             "a warning); the config must be the run's config.yaml, but for train.max_steps, "
                             "max_minutes and how often it logs, samples and saves")
     start.add_argument("--overwrite", action="store_true",
-                       help="start a new run in a folder that is not empty: the files of an earlier run there "
-                            "(config.yaml, metrics.csv, model, samples/, checkpoints/) are replaced, others kept "
-                            "(without it a new run needs a new or empty folder)")
+                       help="start a new run in a folder that is not empty: the files of an earlier run or model "
+                            "there (config.yaml, metrics.csv, mechanisms.json, model, knobs.json, README.md, "
+                            "samples/, checkpoints/, the reports of tune, evaluate, mechanisms and benchmark) are "
+                            "deleted, others kept and listed (without it a new run needs a new or empty folder)")
     tr.add_argument("--allow-config-change", action="store_true",
                     help="with --resume: continue although the config differs from the run's config.yaml (the "
                          "differences are listed otherwise); the new config replaces it")

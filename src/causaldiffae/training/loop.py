@@ -36,8 +36,8 @@ from ..images import save_grid
 from ..model import CausalDiffAE, ModelConfig
 from . import checkpoint, run_folder
 from .config import RunConfig
+from .run_folder import MECHANISMS_LOG
 
-MECHANISMS_LOG = "mechanisms.json"  # rows and validation fit of each label mechanism
 METRICS = ("step", "loss", "mse", "kl", "label", "gamma", "lr", "img_per_s", "elapsed_s")
 
 

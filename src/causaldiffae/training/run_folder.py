@@ -1,10 +1,11 @@
 """The run folder: the names a training run writes, the lock that keeps a second process out while one trains
 there, and the checks that keep a run from writing over anything it did not make.
 
-A run writes ``config.yaml``, ``metrics.csv``, the exported model (``model.safetensors``, ``model_config.json``),
-``samples/step-XXXXXXXX-{reconstruction,samples}.png``, ``checkpoints/step-XXXXXXXX/`` and, while it trains,
-``train.lock``; atomic writes put temporary ``.NAME.XXXXXXXX.tmp`` files beside these. Nothing else in the
-folder is ever read, replaced or deleted.
+A run writes ``config.yaml``, ``metrics.csv``, ``mechanisms.json``, the exported model (``model.safetensors``,
+``model_config.json``), ``samples/step-XXXXXXXX-{reconstruction,samples}.png``, ``checkpoints/step-XXXXXXXX/`` and,
+while it trains, ``train.lock``; atomic writes put temporary ``.NAME.XXXXXXXX.tmp`` files beside these. Nothing
+else in the folder is ever read, replaced or deleted, but for what ``--overwrite`` deletes with them: the files
+that describe a model (``knobs.json``, ``README.md``) and the reports of the commands that score one.
 """
 
 from __future__ import annotations
@@ -23,12 +24,19 @@ from typing import Any
 
 import yaml
 
+from ..knobs import KNOBS_NAME
 from ..model import CONFIG_NAME, WEIGHTS_NAME
 from . import checkpoint
 
 LOCK_NAME = "train.lock"
+MECHANISMS_LOG = "mechanisms.json"  # rows and validation fit of each label mechanism
 #: Files a run writes at the top of its folder (besides the folders samples/ and checkpoints/).
-RUN_FILES = ("config.yaml", "metrics.csv", WEIGHTS_NAME, CONFIG_NAME)
+RUN_FILES = ("config.yaml", "metrics.csv", MECHANISMS_LOG, WEIGHTS_NAME, CONFIG_NAME)
+#: Files beside a model that describe it, which a run does not write: its tuned knobs (tune --apply), its README.
+MODEL_NOTES = (KNOBS_NAME, "README.md")
+#: The reports of tune, evaluate, mechanisms and benchmark, when written into a model's folder (--out RUN).
+REPORTS = ("tune.json", "tune.md", "metrics.json", "report.md", "guidance-sweep.png", "mechanisms.md",
+           "benchmark.json", "benchmark.md")
 GRID = re.compile(r"step-\d{8,}-(reconstruction|samples)\.png")
 #: atomic.py's temporary names: ``.NAME.`` + tempfile's 8 random characters + ``.tmp``.
 TEMPORARY = re.compile(r"\.(.+)\.[a-z0-9_]{8}\.tmp")
@@ -52,7 +60,7 @@ def is_run_file(run: Path, path: Path) -> bool:
         return False
     parts = rel.parts
     if len(parts) == 1:
-        return parts[0] in (*RUN_FILES, LOCK_NAME)
+        return parts[0] in (*RUN_FILES, *MODEL_NOTES, LOCK_NAME)
     if len(parts) == 2 and parts[0] == "samples":
         return bool(GRID.fullmatch(parts[1]))
     return bool(parts) and parts[0] == "checkpoints"
@@ -87,8 +95,8 @@ def prepare(run: Path, resume: bool, overwrite: bool, warn: Callable[[str], None
 
     A new run needs an empty folder, or one where a run stopped before its first checkpoint (it starts again,
     with a warning); ``resume`` a folder with checkpoints (whether they are intact is checked when loading
-    them); ``overwrite`` deletes the files of an earlier run (never other files). Temporary files of
-    interrupted atomic writes are removed."""
+    them); ``overwrite`` deletes the files of an earlier run or model (see :func:`_remove_run_files`; never other
+    files, which a warning lists). Temporary files of interrupted atomic writes are removed."""
     entries = [p for p in run.iterdir() if p.name != LOCK_NAME and not _temporary(p, "run")]
     if resume and not checkpoint.checkpoints(run):
         raise checkpoint.nothing_to_resume(run)
@@ -106,6 +114,11 @@ def prepare(run: Path, resume: bool, overwrite: bool, warn: Callable[[str], None
     _remove_temporaries(run)
     if overwrite:
         _remove_run_files(run)
+        kept = sorted(p.name + ("/" if p.is_dir() else "") for p in run.iterdir() if p.name != LOCK_NAME)
+        if kept:
+            shown = ", ".join(kept[:6]) + (f" and {len(kept) - 6} more" if len(kept) > 6 else "")
+            warn(f"--overwrite deleted the earlier model's files in {run} but kept {len(kept)} it did not write: "
+                 f"{shown}")
 
 
 def check_config(run: Path, resolved: dict[str, Any], allow: bool) -> None:
@@ -247,9 +260,10 @@ def _temporary(path: Path, where: str) -> bool:
 
 
 def _unfinished_run_file(path: Path) -> bool:
-    """What a run that stopped before its first checkpoint leaves: config, metrics, grids, temporary files (a
-    model, written only with a checkpoint, means a finished model, which is never replaced unasked)."""
-    if path.name in ("config.yaml", "metrics.csv"):
+    """What a run that stopped before its first checkpoint leaves: config, metrics, the mechanisms' fit, grids,
+    temporary files (a model, written only with a checkpoint, means a finished model, which is never replaced
+    unasked)."""
+    if path.name in ("config.yaml", "metrics.csv", MECHANISMS_LOG):
         return path.is_file() and not path.is_symlink()
     if path.name in ("samples", "checkpoints") and path.is_dir() and not path.is_symlink():
         return all(_temporary(p, path.name) or (path.name == "samples" and GRID.fullmatch(p.name) and p.is_file())
@@ -266,9 +280,11 @@ def _remove_temporaries(run: Path) -> None:
 
 
 def _remove_run_files(run: Path) -> None:
-    """Delete what an earlier run wrote (config, metrics, model, grids, checkpoints); keep everything else."""
-    for name in RUN_FILES:
-        with contextlib.suppress(FileNotFoundError):
+    """Delete what describes an earlier run or model: what a run writes (config, metrics, mechanisms' fit, model,
+    grids, checkpoints), the model's knobs and README, and reports written beside it; keep everything else (a new
+    model that found the old one's knobs.json would run at them)."""
+    for name in (*RUN_FILES, *MODEL_NOTES, *REPORTS):
+        if (run / name).is_file() or (run / name).is_symlink():  # a folder of that name is the user's: kept
             (run / name).unlink()
     for path in checkpoint.checkpoints(run):
         _remove(path)
