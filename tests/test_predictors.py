@@ -158,6 +158,21 @@ def test_corrupt_or_missing_files_raise_naming_them(saved: Path, tmp_path: Path)
         load_predictors(broken)
 
 
+def test_non_finite_weights_are_refused_at_load_naming_the_file_and_tensor(saved: Path, tmp_path: Path):
+    """As a model's: refused when loaded, not later as "factual_feats contains NaN" in an evaluation."""
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "nan"
+    broken.mkdir()
+    (broken / CONFIG_NAME).write_bytes((saved / CONFIG_NAME).read_bytes())
+    state = load_file(str(saved / WEIGHTS_NAME))
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name].view(-1)[0] = math.nan
+    save_file(state, str(broken / WEIGHTS_NAME))
+    with pytest.raises(ValueError, match=rf"{broken / WEIGHTS_NAME} holds NaN or inf in 1 tensor\(s\) \({name}\)"):
+        load_predictors(broken)
+
+
 def test_mismatched_weights_raise(saved: Path, tmp_path: Path):
     other = tmp_path / "other"
     other.mkdir()

@@ -375,6 +375,12 @@ def load_predictors(directory: str | Path, device: str | torch.device = "cpu") -
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError) as err:
         raise ValueError(f"corrupt predictors weights {weights}: {err}") from None
+    # checked here, as a model's are, not later as NaN features of every image
+    broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise ValueError(f"{weights} holds NaN or inf in {len(broken)} tensor(s) ({', '.join(broken[:3])}"
+                         f"{', ...' if len(broken) > 3 else ''}): their training diverged or the file is damaged; "
+                         "train them again (causaldiffae predictors train)")
     load_state(model, state, weights)
     return model.to(device).eval()
 
