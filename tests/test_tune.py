@@ -88,6 +88,18 @@ def test_cli_writes_the_table(identity, tmp_path, tiny_dataset, capsys):
     assert "no 'val' split" in capsys.readouterr().err
 
 
+def test_fewer_images_than_variables_is_a_clear_error(identity, tmp_path, tiny_dataset, capsys):
+    """--n 2 with Pendulum's 4 variables leaves two variables without an image to intervene on: one line that says
+    so (exit 2), not torch's "stack expects a non-empty TensorList"."""
+    model, _ = identity
+    model.save_pretrained(tmp_path / "model")
+    assert exit_code(["tune", str(tmp_path / "model"), "--data", str(tiny_dataset), "--out", str(tmp_path / "tune"),
+                      "--split", "train", "--depths", "1", "--guidance", "1", "--n", "2", "--steps", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "n = 2 images are fewer than the model's 4 variables" in err and "--n 4" in err
+
+
 def test_morphomnist_cells_report_measured_error_and_class_kept(tmp_path):
     """On MorphoMNIST each cell also measures the intervened variable (morphometry) and, with a classifier, the
     share of counterfactuals read as the factual class: a model that returns its input keeps every class (1.0)

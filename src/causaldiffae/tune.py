@@ -80,6 +80,10 @@ def tune(model: CausalDiffAE, dataset: ImageDataset, settings: TuneSettings | No
     if scm is None and predictors is None:
         raise ValueError("tune needs a known SCM (the true counterfactual) or predictors (--predictors) to score")
     graph, names = model.graph, model.graph.variables
+    if s.n < len(names):  # the variables take the images in turn: the last ones would get none to score
+        raise ValueError(f"tune: n = {s.n} images are fewer than the model's {len(names)} variables "
+                         f"({', '.join(names)}), and each variable needs a do() on at least one image: ask for "
+                         f"--n {len(names)} or more")
     g = torch.Generator().manual_seed(s.seed)
     picks = torch.randperm(len(data), generator=g)
     picks = picks.repeat(math.ceil(s.n / len(picks)))[: s.n]
