@@ -300,8 +300,9 @@ def test_class_column_with_a_missing_value_names_the_line(tmp_path):
     rows = [{"file": f"img{i}.png", "split": "train", "size": 0.0, "colour": 0.0, "cls": i} for i in range(3)]
     rows[1]["cls"] = None
     root = write_dataset(tmp_path / "data", GRAPH, rows, [np.zeros((4, 4), np.uint8)] * 3, ["cls"])
-    with pytest.raises(ValueError, match="'cls'.*line 3 has an empty cell"):
+    with pytest.raises(ValueError, match="'cls'.*line 3 has an empty cell") as err:
         load_dataset(root, class_column="cls")
+    assert f"{root / 'labels.csv'} line 3" in str(err.value)  # the file by its path, the row, the column
 
 
 def test_subfolders_and_links_inside_images_are_fine(tmp_path):

@@ -422,3 +422,17 @@ def test_published_refuses_a_csv_without_thickness_or_of_another_length(tmp_path
                           [[0, 2.0, 90.0], [1, "thick", 91.0], [2, 2.0, 92.0]])
     with pytest.raises(ValueError, match=r"t10k-morpho.csv line 3: thickness='thick' is not a number"):
         morphomnist.read_published(bad)
+
+
+@pytest.mark.parametrize("cell", ["nan", "inf", ""])
+def test_a_published_csv_cell_that_is_no_finite_number_is_named_by_file_line_and_column(tmp_path, mnist, capsys,
+                                                                                       cell):
+    """One `nan` thickness cell used to travel on to "range must be finite, got [nan, nan]", naming nothing."""
+    folder = _deepscm_folder(tmp_path / "nan", mnist, ["index", "thickness", "intensity"],
+                             [[0, 2.0, 90.0], [1, 2.5, 91.0], [2, cell, 92.0]])
+    problem = "is not a number" if cell == "" else "must be finite"
+    with pytest.raises(ValueError, match=rf"nan/t10k-morpho.csv line 4: thickness='{cell}' {problem}$"):
+        morphomnist.read_published(folder)
+    assert main(["data", "morphomnist", "--out", str(tmp_path / "out"), "--published", str(folder)]) == 2
+    assert capsys.readouterr().err == (f"causaldiffae: error: {folder / 't10k-morpho.csv'} line 4: "
+                                       f"thickness='{cell}' {problem}\n")

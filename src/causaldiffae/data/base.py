@@ -166,7 +166,7 @@ def _read_table(root: Path, graph: CausalGraph,
                 raise ValueError(f"{path} line {line}: split {row['split']!r} is not one of {', '.join(SPLITS)}")
             files.append(_file_cell(row["file"], path, line))
             splits.append(row["split"])
-            rows.append([_label(row[v], v, path, line) for v in [*graph.variables, *extra]])
+            rows.append([number_cell(row[v], f"label {v}", f"{path} line {line}") for v in [*graph.variables, *extra]])
             lines.append(line)
     except csv.Error as err:
         raise ValueError(f"{path} line {reader.line_num}: not valid CSV ({err})") from None
@@ -184,17 +184,20 @@ def _file_cell(name: str, path: Path, line: int) -> str:
     return name
 
 
-def _label(cell: str | None, name: str, path: Path, line: int) -> float:
+def number_cell(cell: str | None, name: str, where: str, missing: bool = True) -> float:
+    """A CSV cell that holds a finite number, or (where ``missing`` labels are allowed) nothing: NaN. Every message
+    names ``where`` (the file and the line of the row) and the column ``name``, so no NaN travels on to fail later
+    with a message that names neither."""
     cell = (cell or "").strip()
-    if not cell:
+    if not cell and missing:
         return math.nan
     try:
         value = float(cell)
     except ValueError:
-        raise ValueError(f"{path} line {line}: label {name}={cell!r} is not a number") from None
+        raise ValueError(f"{where}: {name}={cell!r} is not a number") from None
     if not math.isfinite(value):
-        raise ValueError(f"{path} line {line}: label {name}={cell!r} must be finite (leave the cell empty "
-                         "for a missing label)")
+        hint = " (leave the cell empty for a missing label)" if missing else ""
+        raise ValueError(f"{where}: {name}={cell!r} must be finite{hint}")
     return value
 
 
@@ -208,17 +211,17 @@ def load_dataset(root: str | Path, image_size: int | None = None, resize: bool =
     graph = graph or CausalGraph.from_yaml(root / "graph.yaml")
     files, splits, table, lines = _read_table(root, graph, [class_column] if class_column else [])
     labels = table[:, : len(graph)]
-    classes = _classes(table[:, len(graph)], class_column, lines) if class_column else None
+    classes = _classes(table[:, len(graph)], class_column, root / "labels.csv", lines) if class_column else None
     images = read_images(root, files, lines, image_size, resize)
     return ImageDataset(root, graph, files, splits, torch.from_numpy(images), torch.from_numpy(labels).float(),
                         None if classes is None else torch.from_numpy(classes))
 
 
-def _classes(column: np.ndarray, name: str, lines: Sequence[int]) -> np.ndarray:
+def _classes(column: np.ndarray, name: str, path: Path, lines: Sequence[int]) -> np.ndarray:
     bad = np.flatnonzero(np.isnan(column) | (column < 0) | (column != np.round(column)))
     if len(bad):
         value = "an empty cell" if np.isnan(column[bad[0]]) else repr(float(column[bad[0]]))
-        raise ValueError(f"class column {name!r} needs a non-negative integer in every row; labels.csv line "
+        raise ValueError(f"class column {name!r} needs a non-negative integer in every row; {path} line "
                          f"{lines[bad[0]]} has {value}")
     return column.astype(np.int64)
 

@@ -17,6 +17,7 @@ counterfactual of every image can be rendered (:func:`true_counterfactual`).
 from __future__ import annotations
 
 import csv
+import io
 import multiprocessing
 import os
 from collections.abc import Iterator, Mapping
@@ -29,8 +30,9 @@ from scipy import special
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_dir, check_replaceable
+from ..config import read_utf8
 from ..graph import CausalGraph
-from .base import DATASET_MARKER, write_dataset
+from .base import DATASET_MARKER, number_cell, write_dataset
 from .idx import read_idx
 from .morphometry import NATIVE_SIZE, _check_size, _resize, foreground_median, render
 
@@ -306,25 +308,20 @@ def source_digit(root: str | Path, file: str) -> np.ndarray:
 def _read_columns(path: Path) -> dict[str, np.ndarray]:
     """The numeric columns of a ``*-morpho.csv`` that a conversion uses (:data:`PUBLISHED_COLUMNS`); thickness
     must be there, an unnamed first column (a pandas index) stands for ``index``, other columns are ignored."""
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        names = list(reader.fieldnames or [])
-        if "thickness" not in names:
-            raise ValueError(f"{path}: no column for thickness, which the graph needs (columns are "
-                             f"{', '.join(names) or 'none'}); intensity is measured on the images when absent")
-        rows = list(reader)
+    reader = csv.DictReader(io.StringIO(read_utf8(path), newline=""))
+    names = list(reader.fieldnames or [])
+    if "thickness" not in names:
+        raise ValueError(f"{path}: no column for thickness, which the graph needs (columns are "
+                         f"{', '.join(names) or 'none'}); intensity is measured on the images when absent")
+    rows = list(reader)
     wanted = {name: name for name in PUBLISHED_COLUMNS if name in names}
     if "index" not in wanted and names and names[0] == "":
         wanted["index"] = ""
     out = {}
     for name, column in wanted.items():
-        values = []
-        for line, row in enumerate(rows, start=2):
-            cell = row.get(column)
-            try:
-                values.append(float(cell or ""))  # a missing cell (None) fails as an empty one does
-            except (TypeError, ValueError):
-                raise ValueError(f"{path} line {line}: {name}={cell!r} is not a number") from None
+        # a missing cell (None) fails as an empty one does; so do NaN and inf, named here, not later by a range
+        values = [number_cell(row.get(column), name, f"{path} line {line}", missing=False)
+                  for line, row in enumerate(rows, start=2)]
         out[name] = np.array(values, dtype=np.float64)
     if "index" not in out:
         out["index"] = np.arange(len(rows), dtype=np.float64)  # rows are written in digit order
