@@ -80,10 +80,6 @@ def tune(model: CausalDiffAE, dataset: ImageDataset, settings: TuneSettings | No
     if scm is None and predictors is None:
         raise ValueError("tune needs a known SCM (the true counterfactual) or predictors (--predictors) to score")
     graph, names = model.graph, model.graph.variables
-    if s.n < len(names):  # the variables take the images in turn: the last ones would get none to score
-        raise ValueError(f"tune: n = {s.n} images are fewer than the model's {len(names)} variables "
-                         f"({', '.join(names)}), and each variable needs a do() on at least one image: ask for "
-                         f"--n {len(names)} or more")
     g = torch.Generator().manual_seed(s.seed)
     picks = torch.randperm(len(data), generator=g)
     picks = picks.repeat(math.ceil(s.n / len(picks)))[: s.n]
@@ -96,6 +92,10 @@ def tune(model: CausalDiffAE, dataset: ImageDataset, settings: TuneSettings | No
             raise ValueError(f"variable {name!r} has no labels in the {s.split!r} split, so no do() value can be "
                              "drawn for it: label some of its images, or tune on another split (--split)")
         queries.append((name, rows, column[torch.randint(len(column), (len(rows),), generator=g)]))
+    if s.n < len(names):  # the variables take the images in turn: the last ones would get none to score
+        raise ValueError(f"tune: n = {s.n} images are fewer than the model's {len(names)} variables "
+                         f"({', '.join(names)}), and each variable needs a do() on at least one image: ask for "
+                         f"--n {len(names)} or more")
     truths = {name: scm.counterfactual(rows.tolist(), {name: values})[0] for name, rows, values in queries} \
         if scm is not None else {}
     scores: dict[tuple[float, float], dict[str, list[torch.Tensor]]] = {}
