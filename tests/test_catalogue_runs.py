@@ -7,6 +7,7 @@ lock, a corrupt newest checkpoint, leftovers of interrupted writes) check what w
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from causaldiffae import CausalDiffAE
@@ -401,6 +403,86 @@ def test_a_run_that_stopped_before_its_first_checkpoint_starts_again(tmp_path, f
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["step-00000001-reconstruction.png",
                                                                    "step-00000001-samples.png"]
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000001"]
+
+
+# -- a full disk: one line naming the file, exit 2, the last checkpoint intact ----------------------------------
+
+ENOSPC = OSError(errno.ENOSPC, "No space left on device")  # as a write or close raises it: no file named
+#: safetensors' own error for it, whose text alone holds the OS error (0.5 on; and as older releases wrote it)
+SAFETENSORS_ENOSPC = SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+SAFETENSORS_OLD_ENOSPC = SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
+                                         'message: "No space left on device" })')
+FULL_DISK = {  # writer (module, attribute), the error, which write fails (the path holds it), the path named
+    "checkpoint-weights": ("causaldiffae.training.checkpoint", "save_file", SAFETENSORS_ENOSPC, "step-00000002",
+                           "checkpoints/step-00000002"),
+    "checkpoint-state": ("pathlib", "Path.write_text", ENOSPC, "step-00000002", "checkpoints/step-00000002"),
+    "exported-model": ("causaldiffae.model", "save_file", SAFETENSORS_OLD_ENOSPC, "model.safetensors",
+                       "model.safetensors"),
+    "grid": ("PIL.Image", "Image.save", ENOSPC, "step-00000002-samples", "samples/step-00000002-samples.png"),
+    "report": ("pathlib", "Path.write_text", ENOSPC, "mechanisms.json", "mechanisms.json"),
+}
+
+
+@pytest.mark.parametrize("case", FULL_DISK)
+def test_a_full_disk_is_one_line_naming_the_file(case, tmp_path, data_overrides, monkeypatch, capsys):
+    """Whatever the write a full disk stops (checkpoint, exported model, grid, report; an OSError without a file,
+    or safetensors' own error), the run ends with one line (after its progress) naming the file or checkpoint it
+    could not write, exit 2; no temporary file or lock stays, and the run resumes from its last complete
+    checkpoint. The second export fails (the model of the first stays loadable)."""
+    import importlib
+
+    module, attribute, error, where, named = FULL_DISK[case]
+    owner = importlib.import_module(module)
+    *outer, name = attribute.split(".")
+    for part in outer:
+        owner = getattr(owner, part)
+    write, calls = getattr(owner, name), []
+
+    def full(*args, **kwargs):
+        if any(isinstance(a, str | os.PathLike) and where in os.fspath(a) for a in args):
+            calls.append(args)
+            if case != "exported-model" or len(calls) == 2:
+                raise error
+        return write(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, full)
+    run = tmp_path / "run"
+    assert exit_code(_train_argv(run, data_overrides)) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("causaldiffae: error:") == 1, err
+    assert err.splitlines()[-1] == f"causaldiffae: error: No space left on device: {run / named}"
+    monkeypatch.undo()
+    assert [p.name for p in run.rglob(".*")] == [] and not (run / LOCK_NAME).exists()
+    if case != "report":  # that one fails before the first step, with nothing to resume
+        assert checkpoint.latest(run).name == ("step-00000001" if case.startswith("checkpoint") else "step-00000002")
+        assert CausalDiffAE.from_pretrained(run) is not None
+        train(load_run_config(TINY_CONFIG, [*data_overrides, *STEPS]), run, resume=True, progress=False)
+        assert checkpoint.latest(run).name == "step-00000002"
+        ema = load_file(str(run / "checkpoints" / "step-00000002" / "ema.safetensors"))
+        exported = CausalDiffAE.from_pretrained(run).state_dict()  # the model of step 2, also if its export failed
+        assert all(torch.equal(exported[k], ema[k]) for k in ema)
+
+
+@pytest.mark.parametrize("output", ["png", "json"])
+def test_a_full_disk_under_a_command_output_is_one_line(output, tmp_path, finished, monkeypatch, capsys):
+    """Outside training too (here a counterfactual's grid and its JSON report): one line naming the output, exit 2,
+    no temporary file."""
+    import PIL.Image
+
+    owner, name = (PIL.Image.Image, "save") if output == "png" else (Path, "write_text")
+    write = getattr(owner, name)
+
+    def full(self, *args, **kwargs):
+        if ".cf." in os.fspath(self if output == "json" else args[0]):
+            raise ENOSPC
+        return write(self, *args, **kwargs)
+
+    monkeypatch.setattr(owner, name, full)
+    out = tmp_path / "out" / "cf.png"
+    argv = ["counterfactual", str(finished), "--do", "angle=10", "--index", "0", "--steps", "2", "--out", str(out)]
+    assert exit_code(argv) == 2
+    assert _one_line(capsys) == f"causaldiffae: error: No space left on device: {out.with_suffix('.' + output)}"
+    assert [p.name for p in out.parent.iterdir()] == (["cf.png"] if output == "json" else [])
 
 
 def test_resume_may_change_the_budget_or_anything_when_told(tmp_path, finished, data_overrides):

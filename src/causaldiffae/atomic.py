@@ -1,10 +1,15 @@
-"""Atomic writes: a temporary name in the same folder, then a rename, so a killed run leaves nothing half-written."""
+"""Atomic writes: a temporary name in the same folder, then a rename, so a killed run leaves nothing half-written.
+
+A write that fails (a full disk) raises an OSError that names the file the user asked for, not the temporary one,
+also where the writer's own error says only "os error 28" (safetensors): the command line prints it as one line.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import glob
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -12,7 +17,11 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from safetensors import SafetensorError
+
 T = TypeVar("T")
+#: The OS error inside a SafetensorError's text: "... (os error 28)" (safetensors 0.5 on), "Os { code: 28, ..." before.
+_OS_ERROR = re.compile(r"os error (\d+)|code: (\d+)")
 #: How long a reader waits for a write in progress to finish before it reads what is there (a temporary file that
 #: stays this long was left by a killed writer).
 WRITE_WAIT_S = 10.0
@@ -27,7 +36,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     os.chmod(tmp, 0o644)  # mkstemp's 0600 would make outputs unreadable to other users
     try:
-        yield Path(tmp)
+        with naming(path, tmp):
+            yield Path(tmp)
         os.chmod(tmp, 0o644)  # again: a writer may have replaced the file (safetensors' save_file makes it 0600)
         os.replace(tmp, path)
     finally:
@@ -38,6 +48,37 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+@contextlib.contextmanager
+def naming(path: str | Path, tmp: str | Path | None = None) -> Iterator[None]:
+    """Make a write error in the block an OSError that names ``path`` (where it named the temporary ``tmp``, or
+    nothing: a full disk while writing or closing a file), so that the user reads which file could not be written;
+    safetensors' SafetensorError, which carries the OS error only in its text, becomes that OSError too."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno is None:
+            raise
+        raise OSError(err.errno, err.strerror or str(err), _outside(err.filename, tmp, path)) from err
+    except SafetensorError as err:
+        match = _OS_ERROR.search(str(err))
+        if match is None:
+            raise
+        code = int(match[1] or match[2])
+        raise OSError(code, os.strerror(code), str(path)) from err
+
+
+def _outside(filename: str | bytes | int | None, tmp: str | Path | None, path: str | Path) -> str | bytes | int:
+    """``filename`` of an error, with the temporary ``tmp`` (a file or a folder) replaced by ``path``."""
+    if filename is None:
+        return str(path)
+    if tmp is None or not isinstance(filename, str):
+        return filename
+    tmp = str(tmp)
+    if filename == tmp or filename.startswith(tmp + os.sep):
+        return str(path) + filename[len(tmp):]
+    return filename
 
 
 def writing(path: str | Path) -> bool:
@@ -86,9 +127,11 @@ def atomic_dir(path: str | Path, marker: str | None = None) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        yield tmp
+        with naming(path, tmp):
+            yield tmp
+            if marker is not None:
+                (tmp / marker).write_text(f"written by causaldiffae, which may replace this folder: {path.name}\n")
         if marker is not None:
-            (tmp / marker).write_text(f"written by causaldiffae, which may replace this folder: {path.name}\n")
             check_replaceable(path, marker)  # again: something may have been put there meanwhile
         _make_readable(tmp)
         if path.exists():

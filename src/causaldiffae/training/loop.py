@@ -26,7 +26,7 @@ import yaml
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from ..atomic import write_text
+from ..atomic import naming, write_text
 from ..counterfactual import abduct_noise, decode
 from ..data import open_dataset
 from ..data.base import ImageDataset, hide_labels
@@ -91,6 +91,7 @@ def _train(accelerator: Accelerator, run: Path, config: RunConfig, resolved: dic
         step = checkpoint.resume(run, model, ema, optimizer, _warn if accelerator.is_main_process else None,
                                  accelerator.scaler)
     saved = step if resume else None  # the step of the newest checkpoint this run can rely on
+    exported = None  # the step of the model this process last exported
     if accelerator.is_main_process:
         write_text(run / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
         _truncate_metrics(run / "metrics.csv", step)
@@ -140,23 +141,25 @@ def _train(accelerator: Accelerator, run: Path, config: RunConfig, resolved: dic
         if accelerator.is_main_process and tc.checkpoint_every and step % tc.checkpoint_every == 0:
             checkpoint.save(run, step, accelerator.unwrap_model(model), ema, optimizer, tc.keep_checkpoints,
                             accelerator.scaler)
-            ema.save_pretrained(run)  # the run folder loads with from_pretrained while it trains
             saved = step
+            ema.save_pretrained(run)  # the run folder loads with from_pretrained while it trains
+            exported = step
     bar.close()
     stop.phase = "save"
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        if saved != step:
-            try:
+        try:
+            if saved != step:
                 checkpoint.save(run, step, accelerator.unwrap_model(model), ema, optimizer, tc.keep_checkpoints,
                                 accelerator.scaler)
                 saved = step
+            if exported != step:  # also when a resume had no step left: the run's last export may have failed
                 ema.save_pretrained(run)
-            except KeyboardInterrupt:  # a second signal: the atomic writes leave the last complete checkpoint
-                resumes = f"resumes from its checkpoint of step {saved} (--resume)" if saved is not None else \
-                    "has no checkpoint to resume from: start it again"
-                print(f"causaldiffae: the final save was interrupted; {run} {resumes}", file=sys.stderr)
-                raise
+        except KeyboardInterrupt:  # a second signal: the atomic writes leave the last complete checkpoint
+            resumes = f"resumes from its checkpoint of step {saved} (--resume)" if saved is not None else \
+                "has no checkpoint to resume from: start it again"
+            print(f"causaldiffae: the final save was interrupted; {run} {resumes}", file=sys.stderr)
+            raise
         if not (run / "samples" / f"step-{step:08d}-samples.png").exists():
             write_grids(ema, grid_set, run / "samples", step, tc.grid_steps, tc.seed)
     accelerator.end_training()
@@ -313,7 +316,7 @@ def _update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step
 
 def _append_metrics(path: Path, row: list[float]) -> None:
     new = not path.exists()
-    with path.open("a", newline="") as fh:
+    with naming(path), path.open("a", newline="") as fh:  # a full disk names metrics.csv
         writer = csv.writer(fh)
         if new:
             writer.writerow(METRICS)
