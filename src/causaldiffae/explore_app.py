@@ -291,6 +291,9 @@ def serve(app: Explorer, title: str, host: str = "127.0.0.1", port: int = 7860, 
     with stopping_on_signals() if block else contextlib.nullcontext():
         page = build_app(app, title)
         page.queue(default_concurrency_limit=1)  # one model, one query at a time
-        page.launch(server_name=host, server_port=port, prevent_thread_lock=not block, show_error=False,
-                    inbrowser=False, quiet=not block)
+        try:
+            page.launch(server_name=host, server_port=port, prevent_thread_lock=not block, show_error=False,
+                        inbrowser=False, quiet=not block)
+        except KeyboardInterrupt:  # before Gradio began to wait for one (the server answers a moment earlier)
+            page.close()
     return page
