@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from causaldiffae import CausalDiffAE, __version__
+from causaldiffae import CausalDiffAE, __version__, cli_commands
 from causaldiffae.cli import build_parser, main
 from conftest import TINY_CONFIG, exit_code
 
@@ -233,3 +233,16 @@ def test_data_pendulum_small_size_is_a_one_line_error(capsys, tmp_path):
     err = capsys.readouterr().err
     assert err.startswith(("causaldiffae: error:", "usage:")), err
     assert "%|" not in err
+
+
+@pytest.mark.parametrize("command, argv, expected", [
+    ("train", ["train", "configs/tiny.yaml", "--out", "x"],
+     "causaldiffae: interrupted (a training run continues with --resume)"),
+    ("explore", ["explore", "x"], "causaldiffae: interrupted"),
+])
+def test_ctrl_c_says_resume_only_for_training(monkeypatch, capsys, command, argv, expected) -> None:
+    def interrupted(args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli_commands, command, interrupted)
+    assert main(argv) == 130
+    assert capsys.readouterr().err.strip() == expected

@@ -62,9 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(argv: Sequence[str] | None) -> int:
-    out = None
+    out, command = None, None
     try:
         args = build_parser().parse_args(argv)
+        command = getattr(args, "command", None)
         out = getattr(args, "out", None)
         args.func(args)
         sys.stdout.flush()  # now: a full disk behind stdout is one line here, not a traceback at exit
@@ -78,7 +79,8 @@ def _run(argv: Sequence[str] | None) -> int:
         print(f"causaldiffae: error: {describe(err, out)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("causaldiffae: interrupted (a training run continues with --resume)", file=sys.stderr)
+        resume = " (a training run continues with --resume)" if command == "train" else ""
+        print(f"causaldiffae: interrupted{resume}", file=sys.stderr)
         return 130
     return 0
 

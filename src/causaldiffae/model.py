@@ -412,12 +412,8 @@ class CausalDiffAE(nn.Module):
         if state is None:
             raise FileNotFoundError(f"no {WEIGHTS_NAME} in {directory}")
         model = cls(config)
-        model.knobs = read_knobs(directory)
-        broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-        if broken:
-            raise ValueError(f"{weights} holds NaN or inf in {len(broken)} tensor(s) ({', '.join(broken[:3])}"
-                             f"{', ...' if len(broken) > 3 else ''}): the training diverged or the file is damaged; "
-                             "use an earlier checkpoint")
+        model.knobs = read_knobs(directory, config.num_timesteps)
+        check_finite(state, weights, "the training diverged or the file is damaged; use an earlier checkpoint")
         load_state(model, state, weights)
         model = model.to(device).eval()
         if torch.device(device).type == "cpu":  # oneDNN convolutions: ~20 % faster counterfactuals (benchmarks/)
@@ -440,6 +436,14 @@ def load_config(directory: Path) -> ModelConfig:
     if isinstance(model, dict) and "label_mechanism" not in model:  # saved before mechanisms.py: the MLP's do()
         model = {**model, "label_mechanism": "none"}
     return cfg.from_dict(ModelConfig, model, "model")
+
+
+def check_finite(state: Mapping[str, torch.Tensor], weights: Path, remedy: str) -> None:
+    """Weights with NaN or inf are refused at load, naming the file and the tensors, not later as NaN outputs."""
+    broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise ValueError(f"{weights} holds NaN or inf in {len(broken)} tensor(s) ({', '.join(broken[:3])}"
+                         f"{', ...' if len(broken) > 3 else ''}): {remedy}")
 
 
 def load_state(module: nn.Module, state: Mapping[str, torch.Tensor], source: Path) -> None:

@@ -28,7 +28,7 @@ from ..atomic import atomic_path, write_text
 from ..data.base import ImageDataset
 from ..graph import CausalGraph
 from ..images import to_signed
-from ..model import load_state
+from ..model import check_finite, load_state
 from .truth import true_scm
 
 FORMAT, VERSION = "causaldiffae-predictors", 1
@@ -376,11 +376,8 @@ def load_predictors(directory: str | Path, device: str | torch.device = "cpu") -
     except (SafetensorError, OSError, ValueError) as err:
         raise ValueError(f"corrupt predictors weights {weights}: {err}") from None
     # checked here, as a model's are, not later as NaN features of every image
-    broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if broken:
-        raise ValueError(f"{weights} holds NaN or inf in {len(broken)} tensor(s) ({', '.join(broken[:3])}"
-                         f"{', ...' if len(broken) > 3 else ''}): their training diverged or the file is damaged; "
-                         "train them again (causaldiffae predictors train)")
+    check_finite(state, weights, "their training diverged or the file is damaged; train them again "
+                                 "(causaldiffae predictors train)")
     load_state(model, state, weights)
     return model.to(device).eval()
 
