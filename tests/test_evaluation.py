@@ -15,9 +15,9 @@ from causaldiffae.data import load_dataset
 from causaldiffae.knobs import Knobs
 from causaldiffae.metrics.effectiveness import attribute_errors, movement, non_descendant_change
 from causaldiffae.metrics.predictors import Predictors, interventional_errors, save_predictors
-from causaldiffae.metrics.report import fmt, markdown, metrics_document
+from causaldiffae.metrics.report import fmt, markdown, metrics_document, summarize
 from causaldiffae.metrics.settings import Settings, parse_seeds
-from causaldiffae.metrics.suite import _Context, evaluate, summarize
+from causaldiffae.metrics.suite import _Context, evaluate
 from causaldiffae.metrics.truth import known_labels, morphometry_labels, true_scm
 from causaldiffae.reproduce import column_value, write_comparison
 from conftest import CONFIGS, TINY, TINY_SIZE, exit_code, predicting_no_noise

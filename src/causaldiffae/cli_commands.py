@@ -172,7 +172,8 @@ def explore(args: argparse.Namespace) -> None:
 
 def predictors_train(args: argparse.Namespace) -> None:
     from .data import BUILTIN, load_dataset, open_dataset
-    from .metrics.predictors import CONFIG_NAME, WEIGHTS_NAME, interventional_lines, save_predictors, train_predictors
+    from .metrics.predictors import CONFIG_NAME, WEIGHTS_NAME, save_predictors, train_predictors
+    from .metrics.report import interventional_lines
 
     _output_folder(args.out, names=(CONFIG_NAME, WEIGHTS_NAME))
     if Path(args.data).is_dir():
@@ -214,8 +215,8 @@ def evaluate(args: argparse.Namespace) -> None:
 
 
 def mechanisms(args: argparse.Namespace) -> None:
-    from .metrics.mechanisms import check_mechanisms, markdown
-    from .metrics.report import to_json
+    from .metrics.mechanisms import check_mechanisms
+    from .metrics.report import mechanisms_markdown, to_json
     from .model import CausalDiffAE
 
     if (args.family or args.steps != 2000) and not args.fit:
@@ -234,7 +235,7 @@ def mechanisms(args: argparse.Namespace) -> None:
         model.save_pretrained(args.run)
         print(f"saved the refit {family} mechanisms into {args.run}", file=sys.stderr)
     check = check_mechanisms(model, dataset, cf_split=args.split, n=args.n, seed=args.seed)
-    text = markdown(check)
+    text = mechanisms_markdown(check)
     print(text)
     if args.out:
         out = Path(args.out)

@@ -25,9 +25,8 @@ from .data.base import ImageDataset
 from .evaluation import evaluate_run, portable
 from .knobs import DEFAULT_ABDUCTION, Abduction, read_knobs
 from .metrics.predictors import save_predictors, train_predictors
-from .metrics.report import fmt, pyplot, save_figure, table, to_json
+from .metrics.report import fmt, pyplot, save_figure, summarize, table, to_json
 from .metrics.settings import Settings
-from .metrics.suite import summarize
 from .training import checkpoint, load_run_config, train
 
 

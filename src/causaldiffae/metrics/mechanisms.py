@@ -17,7 +17,6 @@ import torch
 
 from ..data.base import ImageDataset
 from ..model import CausalDiffAE
-from .report import table
 from .truth import scm_kind, true_label_counterfactual
 
 
@@ -80,39 +79,3 @@ def _latents(model: CausalDiffAE, rows: ImageDataset, batch: int) -> Any:
     parts = [model.encode(rows.batch(range(i, min(i + batch, len(rows))), next(model.parameters()).device)["image"])
              for i in range(0, len(rows), batch)]
     return type(parts[0])(*(torch.cat(field) for field in zip(*parts, strict=True)))
-
-
-def markdown(check: dict[str, Any]) -> str:
-    """The check as a report section."""
-    parts = [f"## Mechanisms (family: {check['family']})\n",
-             f"Fit on the {check['fit_split']} labels: R^2 of the mechanism's median against the child, residual "
-             "spread in the child's units, NLL in normalised units; rows = labelled training rows the fit used.\n"]
-    rows = [[m["child"], ", ".join(m["parents"]), f"{m['rows']:,}" if m["fitted"] else "not fitted",
-             f"{m['val_rows']:,}", f"{m['r2']:.4f}", f"{m['spread']:.4g}", f"{m['nll']:.3f}",
-             "yes" if m["deterministic"] else "no"] for m in check["mechanisms"]]
-    none = ("No label mechanisms: do() moves children through the causal layer's MLP with the factual u (a model "
-            "saved before them; `causaldiffae mechanisms RUN --fit` adds them).\n" if check["family"] == "none"
-            else "No variable has parents in the model's latent graph.\n")
-    parts.append(table(["child", "parents", "rows", "val rows", "R^2", "spread", "NLL", "determined by its parents"],
-                       rows) if rows else none)
-    parts += [f"- {m['child']}: R^2 {m['r2']:.4f} from {', '.join(m['parents'])}: a deterministic function of its "
-              "parents in these labels, so do() on it alone asks for images no training image shows."
-              for m in check["mechanisms"] if m["deterministic"]]
-    cf = check["counterfactual"]
-    if cf:
-        parts.append(f"\n### Counterfactual error of each child against the true {cf['scm']} SCM (label units, MAE, "
-                     f"{check['cf_split']} split)\n")
-        parts.append("labels: the mechanisms on the true factual labels; latents: the model's counterfactual latents "
-                     "(no diffusion), the noise abducted from its reading of the image, or from the known factual "
-                     "labels (`labels=`, `evaluate --known-labels`); each error also as its share of the no-op floor; "
-                     "reading: the model's error on the factual child.\n")
-
-        def cell(p: dict, key: str) -> str:
-            return f"{p[key]:.4g} ({p[key] / p['no_op']:.3f})" if key in p else "–"
-
-        rows = [[f"do({p['do']}) -> {p['child']}", f"{p['rows']}", f"{p['no_op']:.4g}", cell(p, "labels"),
-                 cell(p, "latents"), cell(p, "latents_known"), f"{p['reading']:.4g}" if "reading" in p else "–"]
-                for p in cf["pairs"]]
-        parts.append(table(["pair", "rows", "no-op floor", "labels", "latents (reading)", "latents (known labels)",
-                            "reading"], rows))
-    return "\n".join(parts)

@@ -29,6 +29,7 @@ from ..data.base import ImageDataset
 from ..graph import CausalGraph
 from ..images import to_signed
 from ..model import check_finite, load_state
+from .report import to_json
 from .truth import true_scm
 
 FORMAT, VERSION = "causaldiffae-predictors", 1
@@ -325,12 +326,6 @@ def interventional_errors(predictors: Predictors, data: ImageDataset, count: int
     return out
 
 
-def interventional_lines(errors: Mapping[str, Mapping[str, Mapping[str, float]]]) -> list[str]:
-    """``interventional_errors`` as one readable line per intervened variable."""
-    return [f"do({name}): {name} error {row['error'][name]:.4f}"
-            + "".join(f", {v} moved {m:.4f}" for v, m in row["moved"].items()) for name, row in errors.items()]
-
-
 def save_predictors(predictors: Predictors, directory: str | Path) -> Path:
     """Write ``predictors.safetensors`` and ``predictors.json`` into ``directory`` (atomically, each file)."""
     directory = Path(directory)
@@ -340,8 +335,6 @@ def save_predictors(predictors: Predictors, directory: str | Path) -> Path:
     tensors = {k: v.detach().cpu().contiguous() for k, v in predictors.state_dict().items()}
     with atomic_path(directory / WEIGHTS_NAME) as tmp:
         save_file(tensors, str(tmp), metadata={"format": FORMAT})
-    from .report import to_json  # here: report imports this module
-
     write_text(directory / CONFIG_NAME, to_json(predictors.describe(), indent=2))  # NaN/inf as null
     return directory
 

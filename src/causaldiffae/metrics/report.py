@@ -1,24 +1,55 @@
-"""An evaluation's outputs: ``metrics.json`` (every number, mean and spread over seeds), ``report.md`` (the
-tables) and ``guidance-sweep.png``; written atomically into one folder."""
+"""An evaluation's outputs: ``metrics.json`` (every number, mean and spread over seeds: ``summarize``),
+``report.md`` (the tables) and ``guidance-sweep.png``; written atomically into one folder.
+
+The other modules of ``metrics/`` (and the commands' reports) import this one and it imports none of them: it
+formats what they computed, so no import circle runs through it."""
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..atomic import atomic_path, write_text
-from .predictors import interventional_lines
-from .suite import summarize
 
 
 def metrics_document(results: dict, meta: dict) -> dict:
     """results of ``suite.evaluate`` + run facts -> the metrics.json payload (with the summary over seeds)."""
     return {**meta, **{k: v for k, v in results.items() if k != "seeds"}, "summary": summarize(results["seeds"]),
             "seeds": results["seeds"]}
+
+
+def summarize(per_seed: Sequence[Any]) -> Any:
+    """Mean and spread (std over seeds) of every number, keeping the nesting; lists element-wise.
+
+    One value per seed, all of one kind (dicts, numbers, lists of numbers, bools), None where a metric did not
+    apply: what comes back depends on that kind, hence ``Any``."""
+    import torch  # here: the writers of other reports (graph check, tune tables) need no torch
+
+    numbers = [v for v in per_seed if v is not None]  # None: a metric that did not apply (null in metrics.json)
+    first = numbers[0] if numbers else None
+    if isinstance(first, dict):
+        return {k: summarize([s[k] for s in numbers]) for k in first if all(k in s for s in numbers)}
+    if isinstance(first, bool):
+        return first
+    if isinstance(first, (int, float)):
+        values = torch.tensor([math.nan if v is None else float(v) for v in per_seed], dtype=torch.float64)
+        std = values.std(unbiased=False).item() if len(values) > 1 else 0.0
+        return {"mean": values.mean().item(), "std": std, "values": values.tolist()}
+    if isinstance(first, list):
+        matrix = torch.tensor(per_seed, dtype=torch.float64)
+        return {"mean": matrix.mean(dim=0).tolist(), "std": matrix.std(dim=0, unbiased=False).tolist()}
+    return first
+
+
+def interventional_lines(errors: Mapping[str, Mapping[str, Mapping[str, float]]]) -> list[str]:
+    """``interventional_errors`` as one readable line per intervened variable."""
+    return [f"do({name}): {name} error {row['error'][name]:.4f}"
+            + "".join(f", {v} moved {m:.4f}" for v, m in row["moved"].items()) for name, row in errors.items()]
 
 
 def write_report(document: dict, out: str | Path) -> Path:
@@ -192,9 +223,44 @@ def markdown(doc: dict) -> str:
                         [[k, fmt(e["effectiveness"]), fmt(e["null_l1"])]
                          for k, e in summary["guidance_sweep"].items()])]
     if doc.get("mechanisms"):
-        from .mechanisms import markdown as mechanisms_markdown  # here: that module builds on this one's tables
-
         parts.append(mechanisms_markdown(doc["mechanisms"]))
+    return "\n".join(parts)
+
+
+def mechanisms_markdown(check: dict[str, Any]) -> str:
+    """A ``metrics.mechanisms.check_mechanisms`` result as a report section (of ``causaldiffae mechanisms`` and of
+    an evaluation's report.md)."""
+    parts = [f"## Mechanisms (family: {check['family']})\n",
+             f"Fit on the {check['fit_split']} labels: R^2 of the mechanism's median against the child, residual "
+             "spread in the child's units, NLL in normalised units; rows = labelled training rows the fit used.\n"]
+    rows = [[m["child"], ", ".join(m["parents"]), f"{m['rows']:,}" if m["fitted"] else "not fitted",
+             f"{m['val_rows']:,}", f"{m['r2']:.4f}", f"{m['spread']:.4g}", f"{m['nll']:.3f}",
+             "yes" if m["deterministic"] else "no"] for m in check["mechanisms"]]
+    none = ("No label mechanisms: do() moves children through the causal layer's MLP with the factual u (a model "
+            "saved before them; `causaldiffae mechanisms RUN --fit` adds them).\n" if check["family"] == "none"
+            else "No variable has parents in the model's latent graph.\n")
+    parts.append(table(["child", "parents", "rows", "val rows", "R^2", "spread", "NLL", "determined by its parents"],
+                       rows) if rows else none)
+    parts += [f"- {m['child']}: R^2 {m['r2']:.4f} from {', '.join(m['parents'])}: a deterministic function of its "
+              "parents in these labels, so do() on it alone asks for images no training image shows."
+              for m in check["mechanisms"] if m["deterministic"]]
+    cf = check["counterfactual"]
+    if cf:
+        parts.append(f"\n### Counterfactual error of each child against the true {cf['scm']} SCM (label units, MAE, "
+                     f"{check['cf_split']} split)\n")
+        parts.append("labels: the mechanisms on the true factual labels; latents: the model's counterfactual latents "
+                     "(no diffusion), the noise abducted from its reading of the image, or from the known factual "
+                     "labels (`labels=`, `evaluate --known-labels`); each error also as its share of the no-op floor; "
+                     "reading: the model's error on the factual child.\n")
+
+        def cell(p: dict, key: str) -> str:
+            return f"{p[key]:.4g} ({p[key] / p['no_op']:.3f})" if key in p else "–"
+
+        rows = [[f"do({p['do']}) -> {p['child']}", f"{p['rows']}", f"{p['no_op']:.4g}", cell(p, "labels"),
+                 cell(p, "latents"), cell(p, "latents_known"), f"{p['reading']:.4g}" if "reading" in p else "–"]
+                for p in cf["pairs"]]
+        parts.append(table(["pair", "rows", "no-op floor", "labels", "latents (reading)", "latents (known labels)",
+                            "reading"], rows))
     return "\n".join(parts)
 
 

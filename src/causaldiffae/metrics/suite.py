@@ -20,9 +20,8 @@ with the counterfactuals' inputs.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -433,24 +432,3 @@ def pixel_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def _mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return ((a.float().cpu() - b.float().cpu()) * 255).pow(2).mean(dim=(1, 2, 3))
-
-
-def summarize(per_seed: Sequence[Any]) -> Any:
-    """Mean and spread (std over seeds) of every number, keeping the nesting; lists element-wise.
-
-    One value per seed, all of one kind (dicts, numbers, lists of numbers, bools), None where a metric did not
-    apply: what comes back depends on that kind, hence ``Any``."""
-    numbers = [v for v in per_seed if v is not None]  # None: a metric that did not apply (null in metrics.json)
-    first = numbers[0] if numbers else None
-    if isinstance(first, dict):
-        return {k: summarize([s[k] for s in numbers]) for k in first if all(k in s for s in numbers)}
-    if isinstance(first, bool):
-        return first
-    if isinstance(first, (int, float)):
-        values = torch.tensor([math.nan if v is None else float(v) for v in per_seed], dtype=torch.float64)
-        std = values.std(unbiased=False).item() if len(values) > 1 else 0.0
-        return {"mean": values.mean().item(), "std": std, "values": values.tolist()}
-    if isinstance(first, list):
-        matrix = torch.tensor(per_seed, dtype=torch.float64)
-        return {"mean": matrix.mean(dim=0).tolist(), "std": matrix.std(dim=0, unbiased=False).tolist()}
-    return first
