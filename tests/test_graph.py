@@ -248,3 +248,73 @@ def test_labels_by_name_and_back(diamond):
         diamond.stacked({diamond.variables[0]: torch.zeros(2)})
     with pytest.raises(ValueError, match="columns"):
         diamond.named(torch.zeros(2, 3))
+
+
+# -- d-separation: known answers on the four elementary structures and on graphs that combine them ------------------
+def _graph(*edges: str, variables: str = "") -> CausalGraph:
+    """A graph from edges written 'ab' (a -> b); variables in order of first mention, then ``variables``."""
+    names = list(dict.fromkeys([*"".join(edges), *variables]))
+    return CausalGraph.from_dict({"variables": names, "edges": [list(e) for e in edges]})
+
+
+@pytest.mark.parametrize(("edges", "given", "separated"), [
+    (("ab", "bc"), "", False),   # chain a -> b -> c: the path is open
+    (("ab", "bc"), "b", True),   # ... and blocked by its middle node
+    (("ba", "bc"), "", False),   # fork a <- b -> c: the common cause connects them
+    (("ba", "bc"), "b", True),   # ... until it is given
+    (("ab", "cb"), "", True),    # collider a -> b <- c: blocked as long as nothing is given
+    (("ab", "cb"), "b", False),  # ... given the collider, opened (explaining away)
+    (("ab", "cb", "bd"), "d", False),  # ... and given a descendant of the collider
+    (("ab", "cb", "bd"), "", True),
+])
+def test_d_separation_of_a_and_c(edges, given, separated):
+    graph = _graph(*edges)
+    assert graph.d_separated("a", "c", given) is separated
+    assert graph.d_separated("c", "a", given) is separated  # symmetric
+
+
+def test_d_separation_on_the_diamond(diamond):
+    """a -> b -> d, a -> c -> d: b and c share the cause a and the effect d."""
+    assert not diamond.d_separated("b", "c")
+    assert diamond.d_separated("b", "c", ["a"])
+    assert not diamond.d_separated("b", "c", ["a", "d"])  # d is a collider of b and c
+    assert diamond.d_separated("a", "d", ["b", "c"])
+    assert not diamond.d_separated("a", "d", ["b"])  # a -> c -> d stays open
+
+
+def test_d_separation_through_a_collider_opened_and_a_chain_blocked():
+    """a -> b <- c -> d: given b the collider opens a - c, and c then leads on to d; given b and c, blocked again."""
+    graph = _graph("ab", "cb", "cd")
+    assert graph.d_separated("a", "d")
+    assert not graph.d_separated("a", "d", ["b"])
+    assert graph.d_separated("a", "d", ["b", "c"])
+    chain = _graph("ab", "bc", "cd")  # a longer chain: any node of it blocks it
+    assert not chain.d_separated("a", "d")
+    assert chain.d_separated("a", "d", ["b"]) and chain.d_separated("a", "d", ["c"])
+
+
+def test_unconnected_variables_are_separated_by_anything():
+    graph = _graph("ab", variables="c")
+    assert graph.d_separated("a", "c") and graph.d_separated("a", "c", ["b"])
+
+
+def test_d_separation_refuses_a_variable_given_or_repeated(diamond):
+    with pytest.raises(ValueError, match="two different variables"):
+        diamond.d_separated("a", "a")
+    with pytest.raises(ValueError, match="two different variables"):
+        diamond.d_separated("a", "d", ["a"])
+    with pytest.raises(ValueError, match="'nope'"):
+        diamond.d_separated("a", "d", ["nope"])
+
+
+def test_implied_independences_of_pendulum_and_the_diamond(diamond):
+    pendulum_graph = CausalGraph.from_dict(pendulum.GRAPH)
+    assert pendulum_graph.implied_independences() == [
+        ("angle", "light", ()), ("shadow_length", "shadow_position", ("angle", "light"))]
+    # file order d, b, a, c: d and a are separated by b and c together, b and c by a alone
+    assert diamond.implied_independences() == [("d", "a", ("b", "c")), ("b", "c", ("a",))]
+    assert diamond.implied_independences(max_given=1) == [("b", "c", ("a",))]
+    assert CausalGraph.from_dict({"variables": ["x", "y"], "edges": [["x", "y"]]}).implied_independences() == []
+    # three unconnected variables: every pair, given nothing and given the third
+    assert _graph(variables="abc").implied_independences() == [
+        ("a", "b", ()), ("a", "b", ("c",)), ("a", "c", ()), ("a", "c", ("b",)), ("b", "c", ()), ("b", "c", ("a",))]

@@ -28,7 +28,9 @@ from .cli_args import (
     depth,
     fraction_list,
     image_size,
+    level,
     name_list,
+    non_negative_int,
     parse_do,
     parse_index,
     positive_int,
@@ -46,8 +48,9 @@ __all__ = ["MAX_SWEEP", "build_parser", "describe", "main", "parse_do", "parse_i
 
 #: Exit status when standard output was closed early (``| head``): 128 + SIGPIPE, as the shell's own tools.
 EXIT_CLOSED_OUTPUT = 141
-EXIT_STATUS = ("exit status: 0 done; 2 a usage error, or a problem that the one-line message names (a bad input, a "
-               "file or folder that cannot be read or written, a request too large for the memory); 130 "
+EXIT_STATUS = ("exit status: 0 done; 1 (graph check) the labels reject an independence that the graph implies; 2 a "
+               "usage error, or a problem that the one-line message names (a bad input, a file or folder that "
+               "cannot be read or written, a request too large for the memory); 130 "
                f"interrupted; {EXIT_CLOSED_OUTPUT} standard output closed early (e.g. | head). CAUSALDIFFAE_DEBUG=1 "
                "shows the traceback of an error instead of its line.")
 
@@ -67,7 +70,7 @@ def _run(argv: Sequence[str] | None) -> int:
         args = build_parser().parse_args(argv)
         command = getattr(args, "command", None)
         out = getattr(args, "out", None)
-        args.func(args)
+        code = args.func(args)
         sys.stdout.flush()  # now: a full disk behind stdout is one line here, not a traceback at exit
     except BrokenPipeError:  # the reader of stdout left (| head): nothing to report, and no one to report it to
         silence_stdout()
@@ -82,7 +85,7 @@ def _run(argv: Sequence[str] | None) -> int:
         resume = " (a training run continues with --resume)" if command == "train" else ""
         print(f"causaldiffae: interrupted{resume}", file=sys.stderr)
         return 130
-    return 0
+    return int(code or 0)  # a command's own status (graph check: 1 when the labels contradict the graph)
 
 
 def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
@@ -98,8 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "generate counterfactuals.", epilog=EXIT_STATUS)
     parser.add_argument("--version", action="version", version=f"causaldiffae {__version__}")
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_data, _add_train, _add_counterfactual, _add_sample, _add_explore, _add_demo, _add_predictors,
-                _add_evaluate, _add_mechanisms, _add_benchmark, _add_tune, _add_reproduce):
+    for add in (_add_data, _add_graph, _add_train, _add_counterfactual, _add_sample, _add_explore, _add_demo,
+                _add_predictors, _add_evaluate, _add_mechanisms, _add_benchmark, _add_tune, _add_reproduce):
         add(subcommands)
     return parser
 
@@ -150,6 +153,52 @@ def _add_data(subcommands: Any) -> None:
     morpho.add_argument("--seed", type=int, default=0, help="seed of the causal model's draws (default 0)")
     morpho.add_argument("--size", type=image_size, default=28, help="image size in pixels (default 28)")
     morpho.set_defaults(func=commands.data_morphomnist)
+
+
+def _add_graph(subcommands: Any) -> None:
+    from .graph_check import CORRECTIONS, KCI_ROWS, TESTS
+
+    graph = subcommands.add_parser("graph", help="check a dataset's causal graph against its labels, or find one",
+                                   description="The causal graph held against the labels of a dataset folder "
+                                               "(graph.yaml, labels.csv; no image is read), with causal-learn's "
+                                               "conditional-independence tests.")
+    actions = graph.add_subparsers(dest="graph_command", required=True, metavar="ACTION")
+    check = actions.add_parser(
+        "check", help="test every independence the graph implies on the labels",
+        description="Test every conditional independence the graph implies (d-separation) on the labels, correct "
+                    "the p-values for testing them together, and name the pairs the data say should be connected; "
+                    "also test that each edge carries a dependence (information only). An independence where a "
+                    "variable is a function of the conditioning set (R^2 >= 0.99) holds trivially and is reported "
+                    "as such: no CI test can judge it. Exit status 1 when an implied independence is rejected. "
+                    "Writes OUT/graph-check.md and OUT/graph-check.json with --out.")
+    suggest = actions.add_parser(
+        "suggest", help="the graph causal-learn's PC finds in the labels, beside yours",
+        description="Run causal-learn's PC on the labels with the same CI test and show its graph beside the "
+                    "dataset's: edges in both (same direction, reversed, or not oriented by the data), only in "
+                    "yours, only in the data's. Writes OUT/graph-suggest.md and OUT/graph-suggest.json with --out.")
+    for action, name in ((check, "graph-check"), (suggest, "graph-suggest")):
+        action.add_argument("dir", metavar="DIR", help="dataset folder (graph.yaml and labels.csv)")
+        action.add_argument("--graph", metavar="FILE",
+                            help="a graph YAML to use instead of DIR/graph.yaml (its variables are labels.csv columns)")
+        action.add_argument("--test", choices=list(TESTS), default="fisherz",
+                            help="CI test: fisherz (partial correlation, linear; default) or kci (kernel, nonlinear, "
+                                 "on a seeded subsample per test)")
+        action.add_argument("--alpha", type=level, default=0.05, help="significance level (default 0.05)")
+        action.add_argument("--split", choices=["all", "train", "val", "test"], default="all",
+                            help="rows of this split only (default all)")
+        action.add_argument("--kci-rows", type=positive_int, default=KCI_ROWS, metavar="N",
+                            help=f"with --test kci: rows per test, a seeded subsample (default {KCI_ROWS:,}; its "
+                                 "cost grows as N^3)")
+        action.add_argument("--seed", type=int, default=0, help="seed of the KCI subsamples and the R^2 folds")
+        action.add_argument("--out", help=f"also write OUT/{name}.md and OUT/{name}.json")
+    check.add_argument("--correction", choices=list(CORRECTIONS), default="holm",
+                       help="multiple-testing correction: holm (family-wise error; default) or bh "
+                            "(Benjamini-Hochberg, false discovery rate)")
+    check.add_argument("--max-given", type=non_negative_int, metavar="K",
+                       help="test only independences given at most K variables (default: all; their number grows "
+                            "as 2^variables)")
+    check.set_defaults(func=commands.graph_check)
+    suggest.set_defaults(func=commands.graph_suggest)
 
 
 def _add_train(subcommands: Any) -> None:

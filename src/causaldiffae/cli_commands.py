@@ -59,6 +59,39 @@ def data_check(args: argparse.Namespace) -> None:
     print(summarize(args.dir, args.size))
 
 
+def graph_check(args: argparse.Namespace) -> int:
+    """Exit status 1 when the labels reject an implied independence: a script can stop on it."""
+    from .graph_check import check, check_markdown, read
+
+    if args.out:
+        _output_folder(args.out, names=("graph-check.md", "graph-check.json"))
+    result = check(read(args.dir, args.split, args.graph), args.test, args.alpha, args.correction, args.max_given,
+                   args.kci_rows, args.seed)
+    _graph_report(args.out, "graph-check", check_markdown(result), result.to_dict())
+    return 0 if result.passed else 1
+
+
+def graph_suggest(args: argparse.Namespace) -> None:
+    from .graph_check import read, suggest, suggest_markdown
+
+    if args.out:
+        _output_folder(args.out, names=("graph-suggest.md", "graph-suggest.json"))
+    result = suggest(read(args.dir, args.split, args.graph), args.test, args.alpha, args.kci_rows, args.seed)
+    _graph_report(args.out, "graph-suggest", suggest_markdown(result), result.to_dict())
+
+
+def _graph_report(out: str | None, name: str, text: str, document: dict[str, Any]) -> None:
+    """Print the report, and with --out write it as OUT/NAME.md and OUT/NAME.json (each atomically)."""
+    from .metrics.report import to_json
+
+    print(text)
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        write_text(Path(out) / f"{name}.md", text)
+        write_text(Path(out) / f"{name}.json", to_json(document, indent=2))
+        print(f"wrote {Path(out) / f'{name}.md'} and {Path(out) / f'{name}.json'}")
+
+
 def train(args: argparse.Namespace) -> None:
     from . import training
 

@@ -6,6 +6,7 @@ that every other part reads, so a user's own graph needs no code edits.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -255,6 +256,66 @@ class CausalGraph:
             out.add(name)
             out.update(self.descendants(name))
         return out
+
+    def ancestors(self, names: Iterable[str]) -> set[str]:
+        """The given variables and every variable with a directed path into one of them."""
+        found: set[str] = set()
+        stack = list(names)
+        while stack:
+            node = stack.pop()
+            if node not in found:
+                found.add(node)
+                stack.extend(self.parents(node))
+        return found
+
+    def d_separated(self, x: str, y: str, given: Iterable[str] = ()) -> bool:
+        """Whether every path between ``x`` and ``y`` is blocked by ``given`` (d-separation): then the graph
+        implies ``x`` independent of ``y`` given ``given`` in any distribution it generates (Markov property).
+
+        Reachability over (node, direction) pairs (Koller & Friedman, Algorithm 3.1): a trail passes a chain or a
+        fork at a node outside ``given``, and a collider only when the collider or one of its descendants is in
+        ``given`` (the collider is then among the ancestors of ``given``)."""
+        given = set(given)
+        for name in (x, y, *given):
+            self[name]
+        if x == y or x in given or y in given:
+            raise ValueError(f"d-separation needs two different variables outside the conditioning set, got {x!r}, "
+                             f"{y!r} given {sorted(given)}")
+        opens_colliders = self.ancestors(given)
+        # "up": the trail arrived from a child (or starts here), "down": it arrived from a parent
+        stack, seen = [(x, "up")], set()
+        while stack:
+            node, direction = stack.pop()
+            if (node, direction) in seen:
+                continue
+            seen.add((node, direction))
+            if node == y:
+                return False
+            if direction == "up" and node not in given:
+                stack += [(p, "up") for p in self.parents(node)] + [(c, "down") for c in self.children(node)]
+            elif direction == "down":
+                if node not in given:
+                    stack += [(c, "down") for c in self.children(node)]
+                if node in opens_colliders:
+                    stack += [(p, "up") for p in self.parents(node)]
+        return True
+
+    def implied_independences(self, max_given: int | None = None) -> list[tuple[str, str, tuple[str, ...]]]:
+        """Every (x, y, Z) with x and y d-separated by Z: all the conditional independences the graph implies,
+        x before y in file order, Z in file order, smaller sets first; ``max_given`` bounds the size of Z (the
+        count grows as 2^n). Adjacent pairs are never separated, so they are not searched."""
+        names = self.variables
+        adjacent = {frozenset(e) for e in self.edges}
+        found = []
+        for i, x in enumerate(names):
+            for y in names[i + 1 :]:
+                if frozenset((x, y)) in adjacent:
+                    continue
+                others = [v for v in names if v not in (x, y)]
+                largest = len(others) if max_given is None else min(max_given, len(others))
+                for size in range(largest + 1):
+                    found += [(x, y, z) for z in itertools.combinations(others, size) if self.d_separated(x, y, z)]
+        return found
 
     def topological_order(self) -> list[str]:
         """Kahn's algorithm, ties broken by file order; raises naming the variables of a cycle."""
