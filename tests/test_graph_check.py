@@ -269,6 +269,20 @@ def test_cli_check_writes_its_reports_and_exits_1_on_a_contradiction(tmp_path, c
     assert "PASS" in capsys.readouterr().out
 
 
+def test_cli_kci_on_one_split_with_small_conditioning_sets(tmp_path):
+    """Three unconnected variables, 120 rows of which 60 are train: --max-given 0 keeps the three marginal
+    independences, --split train the 60 rows, --kci-rows 40 a subsample of them."""
+    rng = np.random.default_rng(5)
+    folder = write_labels(tmp_path / "d", {v: rng.normal(size=120) for v in "xyz"}, splits=["train", "test"] * 60)
+    assert exit_code(["graph", "check", str(folder), "--test", "kci", "--kci-rows", "40", "--max-given", "0",
+                      "--split", "train", "--out", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "graph-check.json").read_text())
+    assert [(i["x"], i["y"], i["given"]) for i in report["independences"]] == [("x", "y", []), ("x", "z", []),
+                                                                               ("y", "z", [])]
+    assert {(i["rows"], i["tested_rows"]) for i in report["independences"]} == {(60, 40)}
+    assert report["split"] == "train" and report["rows"] == 60 and report["test"] == "kci"
+
+
 def test_cli_suggest_prints_both_graphs(tmp_path, capsys):
     folder = write_labels(tmp_path / "d", collider(), ["ab", "cb"])
     assert exit_code(["graph", "suggest", str(folder), "--alpha", "0.01", "--out", str(tmp_path / "out")]) == 0

@@ -346,11 +346,9 @@ def suggest(labels: Labels, method: str = "fisherz", alpha: float = 0.05, max_ro
 
 
 def _register_testwise() -> None:
-    """Register with causal-learn (once) the CI test PC calls: ``Tester`` behind its CI-test interface."""
+    """Register with causal-learn the CI test PC calls by name: ``Tester`` behind its CI-test interface (defined
+    here, as causal-learn is imported only when a test runs; registering again replaces the entry)."""
     from causallearn.utils import cit
-
-    if _TESTWISE in cit._custom_ci_tests:
-        return
 
     class TestWise(cit.CIT_Base):  # type: ignore[misc]
         def __init__(self, data: np.ndarray, tester: Tester, **kwargs: Any) -> None:
