@@ -173,11 +173,14 @@ def test_kci_sees_a_nonlinear_dependence_that_fisher_z_misses(tmp_path):
     assert "150 of 300" in graph_check.check_markdown(kernel)
 
 
-def test_levels_and_constants_are_noted(tmp_path):
+def test_levels_constants_and_columns_outside_the_graph_are_noted(tmp_path):
     rng = np.random.default_rng(4)
     folder = write_labels(tmp_path / "d", {"level": rng.integers(0, 4, 100).astype(float), "const": np.ones(100),
-                                           "x": rng.normal(size=100)})
+                                           "x": rng.normal(size=100), "digit": rng.integers(0, 10, 100)})
+    (folder / "graph.yaml").write_text(yaml.safe_dump({"variables": ["level", "const", "x"], "edges": []}))
     result = check(read(folder))
+    assert read(folder).other_columns == ("digit",)
+    assert any(n.startswith("labels.csv columns outside the graph are not tested: digit") for n in result.notes)
     assert any("level takes 4 distinct values" in n for n in result.notes)
     assert any("const is constant" in n for n in result.notes)
     # a constant is independent of anything: its tests hold (it is determined by the empty set too)

@@ -25,6 +25,8 @@ how many.
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -32,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from .config import read_utf8
 from .data.base import SPLITS, read_labels
 from .graph import CausalGraph
 from .mechanisms import DETERMINISTIC_R2
@@ -59,6 +62,8 @@ class Labels:
     split: str = "all"
     graph_file: Path | None = None
     """Where the graph came from: ``root/graph.yaml`` or another file."""
+    other_columns: tuple[str, ...] = ()
+    """labels.csv columns that are not graph variables (a class column such as digit): not tested."""
 
     def labelled(self) -> dict[str, int]:
         """Rows with a label, per variable."""
@@ -74,6 +79,8 @@ def read(root: str | Path, split: str = "all", graph_file: str | Path | None = N
     graph_file = Path(root / "graph.yaml" if graph_file is None else graph_file)
     graph = CausalGraph.from_yaml(graph_file)
     _, splits, table = read_labels(root, graph)
+    header = next(csv.reader(io.StringIO(read_utf8(root / "labels.csv"))))
+    others = tuple(c for c in header if c not in ("file", "split", *graph.variables))
     if split != "all":
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; splits are all, {', '.join(SPLITS)}")
@@ -81,7 +88,7 @@ def read(root: str | Path, split: str = "all", graph_file: str | Path | None = N
         if not keep.any():
             raise ValueError(f"{root / 'labels.csv'} has no rows in split {split!r}")
         table = table[keep]
-    return Labels(root, graph, table, split, graph_file)
+    return Labels(root, graph, table, split, graph_file, others)
 
 
 def adjust(p_values: Sequence[float], correction: str = "holm") -> list[float]:
@@ -388,6 +395,9 @@ def _notes(labels: Labels, method: str, max_rows: int, found: Sequence[Independe
     else:
         notes.append(f"KCI (kernel CI test) on a seeded subsample of at most {max_rows:,} labelled rows per test "
                      "(its cost grows as n^3)")
+    if labels.other_columns:
+        notes.append(f"labels.csv columns outside the graph are not tested: {', '.join(labels.other_columns)} (a "
+                     "class column enters the check as a variable of a graph given with --graph)")
     counts = labels.labelled()
     if any(n < len(labels.table) for n in counts.values()):
         notes.append("missing labels: each test uses the rows with labels for all its variables (rows column); "
