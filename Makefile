@@ -1,10 +1,12 @@
-# make demo: set up .venv and run the main job; make test: set up .venv and run the tests.
+# make demo: set up .venv and run the main job; make test: set up .venv and run the tests; make check-wheel: the
+# built wheel, installed into a fresh environment outside the checkout, runs the demo (CI runs it after the tests).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 
-.PHONY: install test demo lint clean
+.PHONY: install test demo lint check-wheel clean
 
 install: $(STAMP)
 
@@ -17,9 +19,9 @@ $(STAMP): pyproject.toml
 		$(BIN)/python -m pip install --quiet torch; \
 	else \
 		$(BIN)/python -m pip install --quiet torch==2.13.0 || \
-		$(BIN)/python -m pip install --quiet torch --index-url https://download.pytorch.org/whl/cpu; \
+		$(BIN)/python -m pip install --quiet torch --index-url $(TORCH_CPU_INDEX); \
 	fi
-	$(BIN)/python -m pip install --quiet -e ".[test,explore]"
+	$(BIN)/python -m pip install --quiet -e ".[test,explore,track]"
 	touch $(STAMP)
 
 test: install
@@ -30,8 +32,12 @@ demo: install
 	@echo "demo: open runs/demo/report.md (traversal grids of the shipped model beside the true counterfactuals)"
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/mypy
+
+# sdist -> wheel, its contents, a fresh venv in a temporary folder (torch as in .venv), --help and a short demo
+check-wheel: install
+	$(BIN)/python scripts/check_wheel.py --torch-index-url $(TORCH_CPU_INDEX)
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

@@ -208,7 +208,8 @@ def _add_train(subcommands: Any) -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=help_text(),
                                 description="Train a model; RUN receives config.yaml, metrics.csv, samples/, "
                                             "checkpoints/ and the exported EMA model (model.safetensors, "
-                                            "model_config.json). While it trains, RUN/train.lock (pid and host) "
+                                            "model_config.json); with train.log_with, the trackers' files go "
+                                            "under logs/train. While it trains, RUN/train.lock (pid and host) "
                                             "keeps a second process out; a lock left by a process that is gone is "
                                             "taken over with a warning.")
     tr.add_argument("config", help="run config YAML, e.g. configs/pendulum.yaml")
@@ -223,7 +224,8 @@ def _add_train(subcommands: Any) -> None:
     start.add_argument("--overwrite", action="store_true",
                        help="start a new run in a folder that is not empty: the files of an earlier run or model "
                             "there (config.yaml, metrics.csv, mechanisms.json, model, knobs.json, README.md, "
-                            "samples/, checkpoints/, the reports of tune, evaluate, mechanisms and benchmark) are "
+                            "samples/, checkpoints/, logs/train and logs/evaluate, the reports of tune, evaluate, "
+                            "mechanisms and benchmark) are "
                             "deleted, others kept and listed (without it a new run needs a new or empty folder)")
     tr.add_argument("--allow-config-change", action="store_true",
                     help="with --resume: continue although the config differs from the run's config.yaml (the "
@@ -329,6 +331,11 @@ def _add_evaluate(subcommands: Any) -> None:
                          "grids.", "report folder", predictors="folder written by `causaldiffae predictors train`")
     _add_evaluation_flags(ev)
     ev.add_argument("--cpu", action="store_true", help="stay on the CPU even when a GPU is present")
+    ev.add_argument("--log-with", metavar="TRACKER",
+                    help="also log the headline numbers (the mean over seeds of each comparison column) to these "
+                         "experiment trackers, at the model's training step (its newest checkpoint's, else 0): any "
+                         "that accelerate supports, e.g. tensorboard (into OUT/logs/evaluate) or wandb; "
+                         "comma-separated. Evaluating the same step again replaces its numbers in TensorBoard")
     ev.set_defaults(func=commands.evaluate)
 
 

@@ -237,14 +237,28 @@ def predictors_train(args: argparse.Namespace) -> None:
 
 
 def evaluate(args: argparse.Namespace) -> None:
+    import json
+
+    from . import tracking
     from .evaluation import evaluate_run
     from .model import load_config
+    from .reproduce import headline
+    from .training import checkpoint
 
     settings = from_flags(args)
+    trackers = tracking.names(args.log_with, "--log-with")
+    tracking.check_installed(trackers, "--log-with")  # before the minutes of work, not after them
     _output_folder(args.out, args.run, ("metrics.json", "report.md", "guidance-sweep.png"))
     dataset = _dataset(args, load_config(Path(args.run)).image_size)
     report = evaluate_run(args.run, dataset, args.predictors, args.out, settings, device="cpu" if args.cpu else None)
     print(f"wrote {report}, {report.parent / 'metrics.json'} and the plots in {report.parent}")
+    if trackers:  # the numbers as metrics.json holds them, at the training step of the model evaluated
+        numbers = headline(json.loads((report.parent / "metrics.json").read_text()))
+        latest = checkpoint.latest(Path(args.run))
+        step = checkpoint.step_of(latest) if latest is not None else 0
+        tracking.log_once(trackers, Path(args.out), "evaluate", numbers, step)
+        print(f"logged {len(numbers)} headline numbers at step {step} to {', '.join(trackers)} "
+              f"({Path(args.out) / tracking.LOGS / 'evaluate'} for file-based trackers)")
 
 
 def mechanisms(args: argparse.Namespace) -> None:

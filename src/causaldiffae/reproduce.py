@@ -336,6 +336,13 @@ def column_summary(document: dict, path: tuple[str, ...]) -> dict | None:
     return None if None in values else summarize(values)
 
 
+def headline(document: dict) -> dict[str, float]:
+    """An evaluation's headline numbers: the mean over seeds of each comparison column that applies to it, as
+    ``evaluate/<column>`` (what ``evaluate --log-with`` hands the trackers)."""
+    means = {c.header: column_summary(document, c.path) for c in COLUMNS}
+    return {f"evaluate/{header}": s["mean"] for header, s in means.items() if s is not None}
+
+
 def _get(node: object, path: tuple[str, ...]) -> object:
     for key in path:
         if not isinstance(node, dict) or key not in node:

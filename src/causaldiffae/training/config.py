@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 
 from .. import config as cfg
+from .. import tracking
 from ..model import ModelConfig
 
 #: ModelConfig fields that the run fills in from its graph and data sections.
@@ -81,6 +82,12 @@ class TrainConfig:
     mechanism_steps: int = cfg.param(2000, "full-batch Adam steps of each label mechanism's likelihood fit, made "
                                            "on the labelled training rows before the first step (seconds)")
     log_every: int = cfg.param(50, "steps between rows of metrics.csv")
+    log_with: str | list[str] | None = cfg.param(
+        None, "experiment trackers that also get metrics.csv's rows (the loss terms, gamma, learning rate, img/s), "
+              "the sample grids and the resolved config: any that accelerate supports, e.g. tensorboard (pip install "
+              "'causaldiffae[track]'), wandb, mlflow; a name, a list or a comma-separated string. File-based ones "
+              "write under RUN/logs/train; a resumed run appends there and TensorBoard hides the steps logged after "
+              "the checkpoint. null = metrics.csv only (always written)")
     sample_every: int = cfg.param(1000, "steps between sample and reconstruction grids (0 = only at the end)")
     checkpoint_every: int = cfg.param(1000, "steps between checkpoints (0 = only at the end)")
     keep_checkpoints: int = cfg.param(2, "how many recent checkpoints to keep")
@@ -108,6 +115,7 @@ class TrainConfig:
             bad += ["ema_decay" if self.ema_decay >= 1 else "max_minutes"]
         if bad:
             raise ValueError("train config: invalid " + ", ".join(f"train.{k}={getattr(self, k)!r}" for k in bad))
+        tracking.names(self.log_with, "train.log_with")  # the name is checked here; whether it is installed, by train
 
 
 def _model_section_defaults() -> dict[str, Any]:

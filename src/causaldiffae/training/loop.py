@@ -21,11 +21,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator
+from PIL import Image
 from tqdm.auto import tqdm
 
+from .. import tracking
 from ..atomic import naming, write_text
 from ..counterfactual import abduct_noise, decode
 from ..data import open_dataset
@@ -47,14 +50,18 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
 
     ``out`` must be new or empty, unless ``resume`` (continue from its newest intact checkpoint, with the run's
     config but for its budget and logging, unless ``allow_config_change``) or ``overwrite`` (replace the files
-    of an earlier run there). The folder is locked while the run trains (see run_folder)."""
+    of an earlier run there). The folder is locked while the run trains (see run_folder). ``train.log_with``'s
+    trackers get every metrics.csv row and the grids too, their files under ``out/logs/train``."""
     run, tc = Path(out), config.train
+    trackers = tracking.names(tc.log_with, "train.log_with")
+    tracking.check_installed(trackers, "train.log_with")  # before any work: accelerate would skip it silently
     if resume and overwrite:
         raise ValueError("--resume continues the run in --out and --overwrite starts a new one: pass one of them")
     if allow_config_change and not resume:
         raise ValueError("--allow-config-change goes with --resume (a new run takes any config)")
     # cpu=True also on machines without a GPU: that is how accelerate runs several CPU processes (torchrun)
-    accelerator = Accelerator(mixed_precision=tc.mixed_precision, cpu=tc.cpu or not torch.cuda.is_available())
+    accelerator = Accelerator(mixed_precision=tc.mixed_precision, cpu=tc.cpu or not torch.cuda.is_available(),
+                              **tracking.accelerator_options(trackers, run))
     main = accelerator.is_main_process
     # the signal handler outlives the lock: a signal at any moment of the run leaves no stale train.lock behind
     with _GracefulStop(enabled=accelerator.num_processes == 1) as stop, run_folder.lock(run, _warn, enabled=main):
@@ -95,6 +102,8 @@ def _train(accelerator: Accelerator, run: Path, config: RunConfig, resolved: dic
     if accelerator.is_main_process:
         write_text(run / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
         _truncate_metrics(run / "metrics.csv", step)
+    # as metrics.csv drops its rows after the checkpoint, TensorBoard hides what was logged after it
+    tracking.start(accelerator, "train", resolved, purge_from=step + 1 if resume else None)
     if tc.compile:  # in place, so the weights keep their names in checkpoints and the exported model
         model.unet.compile()
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -134,10 +143,11 @@ def _train(accelerator: Accelerator, run: Path, config: RunConfig, resolved: dic
                 raise FloatingPointError(f"non-finite loss at step {step}: {means}; lower train.lr")
             bar.set_postfix({k: f"{v:.4f}" for k, v in means.items()} | {"step": step})
             if accelerator.is_main_process:
-                _append_metrics(run / "metrics.csv", [step, *means.values(), gamma, optimizer.param_groups[0]["lr"],
-                                                      rate, now - start])
+                row = _append_metrics(run / "metrics.csv", [step, *means.values(), gamma,
+                                                            optimizer.param_groups[0]["lr"], rate, now - start])
+                accelerator.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=step)
         if accelerator.is_main_process and tc.sample_every and step % tc.sample_every == 0:
-            write_grids(ema, grid_set, run / "samples", step, tc.grid_steps, tc.seed)
+            _write_and_log_grids(accelerator, ema, grid_set, run, step, tc.grid_steps, tc.seed)
         if accelerator.is_main_process and tc.checkpoint_every and step % tc.checkpoint_every == 0:
             checkpoint.save(run, step, accelerator.unwrap_model(model), ema, optimizer, tc.keep_checkpoints,
                             accelerator.scaler)
@@ -161,7 +171,7 @@ def _train(accelerator: Accelerator, run: Path, config: RunConfig, resolved: dic
             print(f"causaldiffae: the final save was interrupted; {run} {resumes}", file=sys.stderr)
             raise
         if not (run / "samples" / f"step-{step:08d}-samples.png").exists():
-            write_grids(ema, grid_set, run / "samples", step, tc.grid_steps, tc.seed)
+            _write_and_log_grids(accelerator, ema, grid_set, run, step, tc.grid_steps, tc.seed)
     accelerator.end_training()
 
 
@@ -260,9 +270,20 @@ def resolve_graph(spec: str | dict | None, dataset: ImageDataset) -> CausalGraph
     return graph.with_normalization(norms) if norms else graph
 
 
+def _write_and_log_grids(accelerator: Accelerator, model: CausalDiffAE, images: ImageDataset, run: Path, step: int,
+                         steps: int, seed: int) -> None:
+    """The grids of ``step`` into RUN/samples, and the same pictures to the trackers as ``grids/{kind}``."""
+    paths = write_grids(model, images, run / "samples", step, steps, seed)
+    if accelerator.trackers:
+        tracking.log_images(accelerator, {f"grids/{kind}": np.asarray(Image.open(path).convert("RGB"))
+                                          for kind, path in paths.items()}, step)
+
+
 @torch.inference_mode()
-def write_grids(model: CausalDiffAE, images: ImageDataset, folder: Path, step: int, steps: int, seed: int) -> None:
-    """Reconstruction grid (originals over DDIM invert -> decode) and sample grid (their z with fresh x_T)."""
+def write_grids(model: CausalDiffAE, images: ImageDataset, folder: Path, step: int, steps: int,
+                seed: int) -> dict[str, Path]:
+    """Reconstruction grid (originals over DDIM invert -> decode) and sample grid (their z with fresh x_T); returns
+    the path of each by kind (reconstruction, samples)."""
     batch = images.batch(range(len(images)), next(model.parameters()).device)
     x0, classes = batch["image"], batch.get("class")
     z = model.encode(x0, labels=batch["labels"]).z
@@ -272,8 +293,10 @@ def write_grids(model: CausalDiffAE, images: ImageDataset, folder: Path, step: i
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(x0)
     samples = decode(model, noise, z, steps=steps, guidance=1.0, depth=1.0, classes=classes, clip=True,
                      spacing="trailing")
-    save_grid(folder / f"step-{step:08d}-reconstruction.png", [x0, recon], ["data", "recon"])
-    save_grid(folder / f"step-{step:08d}-samples.png", [x0, samples], ["data", "sample"])
+    paths = {kind: folder / f"step-{step:08d}-{kind}.png" for kind in ("reconstruction", "samples")}
+    save_grid(paths["reconstruction"], [x0, recon], ["data", "recon"])
+    save_grid(paths["samples"], [x0, samples], ["data", "sample"])
+    return paths
 
 
 def _check_classes(dataset: ImageDataset, num_classes: int, column: str | None) -> None:
@@ -314,13 +337,17 @@ def _update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step
         e.lerp_(p.detach(), 1 - d)
 
 
-def _append_metrics(path: Path, row: list[float]) -> None:
+def _append_metrics(path: Path, row: list[float]) -> dict[str, float]:
+    """Append one row (the METRICS columns) to metrics.csv; returns it as stored (6 significant digits), which
+    is what the trackers get, so that they show the very numbers of the file."""
+    stored = {"step": int(row[0]), **{k: float(f"{v:.6g}") for k, v in zip(METRICS[1:], row[1:], strict=True)}}
     new = not path.exists()
     with naming(path), path.open("a", newline="") as fh:  # a full disk names metrics.csv
         writer = csv.writer(fh)
         if new:
             writer.writerow(METRICS)
-        writer.writerow([int(row[0]), *(f"{v:.6g}" for v in row[1:])])
+        writer.writerow([stored["step"], *(f"{v:.6g}" for v in list(stored.values())[1:])])
+    return stored
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

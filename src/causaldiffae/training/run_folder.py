@@ -2,10 +2,11 @@
 there, and the checks that keep a run from writing over anything it did not make.
 
 A run writes ``config.yaml``, ``metrics.csv``, ``mechanisms.json``, the exported model (``model.safetensors``,
-``model_config.json``), ``samples/step-XXXXXXXX-{reconstruction,samples}.png``, ``checkpoints/step-XXXXXXXX/`` and,
-while it trains, ``train.lock``; atomic writes put temporary ``.NAME.XXXXXXXX.tmp`` files beside these. Nothing
-else in the folder is ever read, replaced or deleted, but for what ``--overwrite`` deletes with them: the files
-that describe a model (``knobs.json``, ``README.md``) and the reports of the commands that score one.
+``model_config.json``), ``samples/step-XXXXXXXX-{reconstruction,samples}.png``, ``checkpoints/step-XXXXXXXX/``,
+with ``train.log_with`` its trackers' files in ``logs/train/`` and, while it trains, ``train.lock``; atomic writes
+put temporary ``.NAME.XXXXXXXX.tmp`` files beside these. Nothing else in the folder is ever read, replaced or
+deleted, but for what ``--overwrite`` deletes with them: the files that describe a model (``knobs.json``,
+``README.md``) and the reports of the commands that score one (with an evaluation's ``logs/evaluate/``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import yaml
 
 from ..knobs import KNOBS_NAME
 from ..model import CONFIG_NAME, WEIGHTS_NAME
+from ..tracking import LOGS
 from . import checkpoint
 
 LOCK_NAME = "train.lock"
@@ -40,9 +42,11 @@ REPORTS = ("tune.json", "tune.md", "metrics.json", "report.md", "guidance-sweep.
 GRID = re.compile(r"step-\d{8,}-(reconstruction|samples)\.png")
 #: atomic.py's temporary names: ``.NAME.`` + tempfile's 8 random characters + ``.tmp``.
 TEMPORARY = re.compile(r"\.(.+)\.[a-z0-9_]{8}\.tmp")
-#: Config keys a resumed run may change freely: its budget and how often it logs, samples and saves.
-RESUMABLE = {"train.max_steps", "train.max_minutes", "train.log_every", "train.sample_every", "train.checkpoint_every",
-             "train.keep_checkpoints", "train.grid_images", "train.grid_steps"}
+#: The trackers' folders in ``logs/``: the run's own, and that of an evaluation written into the run folder.
+TRACKER_RUNS = ("train", "evaluate")
+#: Config keys a resumed run may change freely: its budget and how often and where it logs, samples and saves.
+RESUMABLE = {"train.max_steps", "train.max_minutes", "train.log_every", "train.log_with", "train.sample_every",
+             "train.checkpoint_every", "train.keep_checkpoints", "train.grid_images", "train.grid_steps"}
 #: An unreadable lock younger than this is being written by its holder; an older one was left by a crash.
 _LOCK_GRACE_S = 10.0
 _UNSET = object()
@@ -63,6 +67,8 @@ def is_run_file(run: Path, path: Path) -> bool:
         return parts[0] in (*RUN_FILES, *MODEL_NOTES, LOCK_NAME)
     if len(parts) == 2 and parts[0] == "samples":
         return bool(GRID.fullmatch(parts[1]))
+    if len(parts) >= 2 and parts[0] == LOGS:
+        return parts[1] == "train"
     return bool(parts) and parts[0] == "checkpoints"
 
 
@@ -261,10 +267,12 @@ def _temporary(path: Path, where: str) -> bool:
 
 def _unfinished_run_file(path: Path) -> bool:
     """What a run that stopped before its first checkpoint leaves: config, metrics, the mechanisms' fit, grids,
-    temporary files (a model, written only with a checkpoint, means a finished model, which is never replaced
-    unasked)."""
+    its trackers' logs, temporary files (a model, written only with a checkpoint, means a finished model, which is
+    never replaced unasked)."""
     if path.name in ("config.yaml", "metrics.csv", MECHANISMS_LOG):
         return path.is_file() and not path.is_symlink()
+    if path.name == LOGS and path.is_dir() and not path.is_symlink():
+        return all(p.name == "train" for p in path.iterdir())
     if path.name in ("samples", "checkpoints") and path.is_dir() and not path.is_symlink():
         return all(_temporary(p, path.name) or (path.name == "samples" and GRID.fullmatch(p.name) and p.is_file())
                    for p in path.iterdir())
@@ -281,8 +289,8 @@ def _remove_temporaries(run: Path) -> None:
 
 def _remove_run_files(run: Path) -> None:
     """Delete what describes an earlier run or model: what a run writes (config, metrics, mechanisms' fit, model,
-    grids, checkpoints), the model's knobs and README, and reports written beside it; keep everything else (a new
-    model that found the old one's knobs.json would run at them)."""
+    grids, checkpoints, its trackers' logs), the model's knobs and README, and reports written beside it (with an
+    evaluation's logs); keep everything else (a new model that found the old one's knobs.json would run at them)."""
     for name in (*RUN_FILES, *MODEL_NOTES, *REPORTS):
         if (run / name).is_file() or (run / name).is_symlink():  # a folder of that name is the user's: kept
             (run / name).unlink()
@@ -293,7 +301,10 @@ def _remove_run_files(run: Path) -> None:
         for path in samples.iterdir():
             if GRID.fullmatch(path.name) and path.is_file():
                 path.unlink()
-    for folder in (run / "checkpoints", samples):
+    for name in TRACKER_RUNS:
+        if (run / LOGS / name).is_dir() and not (run / LOGS / name).is_symlink():
+            _remove(run / LOGS / name)
+    for folder in (run / "checkpoints", samples, run / LOGS):
         with contextlib.suppress(OSError):
             folder.rmdir()  # only if empty
 
