@@ -80,6 +80,15 @@ def ab_model(**overrides: object) -> CausalDiffAE:
     return CausalDiffAE(ModelConfig(**{**config, **overrides})).eval()
 
 
+def responding(model: CausalDiffAE, scale: float = 0.05) -> CausalDiffAE:
+    """``model`` with every UNet weight moved by ``scale`` * N(0, 1) (torch's global generator): its head, which
+    starts at zero, then predicts noise that depends on the image, the timestep and the condition."""
+    with torch.no_grad():
+        for p in model.unet.parameters():
+            p.add_(scale * torch.randn_like(p))
+    return model
+
+
 def predicting_no_noise(model: CausalDiffAE) -> CausalDiffAE:
     """``model`` with its UNet's forward replaced by a stub that predicts eps = 0 for any input: DDIM inversion
     then scales the image by a known factor and decoding undoes it exactly, whatever the condition, so a

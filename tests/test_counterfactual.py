@@ -16,7 +16,7 @@ from causaldiffae.counterfactual import abduct_noise, counterfactual, decode, gu
 from causaldiffae.data import morphomnist, pendulum
 from causaldiffae.demo import dataset_of, run_demo
 from causaldiffae.diffusion import ddim
-from conftest import TINY, TINY_CONFIG, TINY_SIZE, exit_code, predicting_no_noise
+from conftest import TINY, TINY_CONFIG, TINY_SIZE, exit_code, predicting_no_noise, responding
 
 
 def _model(seed: int = 0, zero_eps: bool = False) -> CausalDiffAE:
@@ -24,12 +24,7 @@ def _model(seed: int = 0, zero_eps: bool = False) -> CausalDiffAE:
     inversion and decoding exact inverses: the pipeline's plumbing can then be checked exactly."""
     torch.manual_seed(seed)
     model = CausalDiffAE(ModelConfig(graph=pendulum.GRAPH, image_size=TINY_SIZE, channels=3, **TINY)).eval()
-    if zero_eps:
-        return predicting_no_noise(model)
-    with torch.no_grad():
-        for p in model.unet.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model
+    return predicting_no_noise(model) if zero_eps else responding(model)
 
 
 @pytest.fixture(scope="module")

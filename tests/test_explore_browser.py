@@ -139,3 +139,24 @@ def test_two_sessions_at_once_keep_their_own_image(url, tiny_dataset, tmp_path):
         assert query["image"] == first and query["do"] == {"angle": 30.0}
         assert _src(b, "factual") == b_factual
         browser.close()
+
+
+def test_uncertainty_on_request_shows_the_spread_map(url):
+    """Ticking "uncertainty" re-answers the query as the mean of K draws: the spread map appears and the timing
+    line names the draws and the reading's spread; unticked, the map goes."""
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.set_default_timeout(60_000)
+        page.goto(url)
+        page.locator("#gallery button.thumbnail-item").first.click()
+        page.wait_for_function("document.querySelector('#counterfactual img') !== null")
+        assert _src(page, "spread") is None
+        page.locator("#uncertainty input[type=checkbox]").check()
+        page.wait_for_function("document.querySelector('#spread img') !== null")
+        timing = page.locator("#timing").inner_text()
+        assert "mean of 8 draws" in timing and "std of the reading: angle" in timing
+        page.locator("#uncertainty input[type=checkbox]").uncheck()
+        page.wait_for_function("document.querySelector('#spread img') === null")
+        assert "Could not" not in page.locator("#status").inner_text()
+        browser.close()

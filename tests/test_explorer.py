@@ -92,6 +92,38 @@ def test_bad_values_are_named(app, do, message):
         app.query(do, **KNOBS)
 
 
+def test_uncertainty_shows_the_mean_of_the_draws_and_their_spread(app, monkeypatch, tmp_path):
+    """eps = 0: every draw decodes to the chosen image, so the mean is the image and the spread map is black; the
+    readings still spread (u drawn from the posterior), but not the intervened variable's. The draws are abducted
+    once per image, depth, steps and K, and the same in every session (seeded)."""
+    calls = []
+    original = explorer.abduct_samples
+    monkeypatch.setattr(explorer, "abduct_samples", lambda *a, **k: calls.append(a[3]) or original(*a, **k))
+    app.choose(0)
+    result = app.query({"angle": 12.5}, **KNOBS, samples=4)
+    assert np.abs(result.counterfactual.astype(int) - result.factual.astype(int)).max() <= 1
+    assert result.spread is not None and result.spread.shape == result.factual.shape and result.spread.max() == 0
+    assert result.spread_pixels == pytest.approx(0, abs=1e-3) and result.settings["samples"] == 4
+    assert result.estimate_cf_std is not None and result.estimate_cf_std["angle"] == pytest.approx(0, abs=1e-4)
+    assert result.estimate_cf_std["light"] > 0  # a root the do() leaves: its reading follows each draw of u
+    assert result.estimate_cf["angle"] == pytest.approx(12.5, abs=1e-4)
+    again = app.query({"angle": 20.0}, **KNOBS, samples=4)
+    assert calls == [4] and again.estimate_cf_std is not None  # the same draws: a non-descendant reads the same
+    assert again.estimate_cf_std["light"] == result.estimate_cf_std["light"]
+    other = app.session()
+    other.choose(0)
+    assert other.query({"angle": 12.5}, **KNOBS, samples=4).estimate_cf_std == result.estimate_cf_std
+    assert calls == [4, 4]  # another image key (the session chose it again), the same seeded draws
+    plain = app.query({"angle": 12.5}, **KNOBS)
+    assert plain.spread is None and plain.estimate_cf_std is None and "samples" not in plain.settings
+    grid, query = app.save(result, tmp_path / "download")
+    assert json.loads(query.read_text())["estimate_counterfactual_std"]["angle"] == pytest.approx(0, abs=1e-4)
+    for bad, message in ((0, "samples must lie in 1..32"), (33, "samples must lie in 1..32"),
+                         (2.5, "not a whole number"), (float("nan"), "not a finite number")):
+        with pytest.raises(ValueError, match=message):
+            app.query({"angle": 1.0}, **KNOBS, samples=bad)
+
+
 def test_nothing_chosen_yet(app):
     with pytest.raises(ValueError, match="choose a test image or upload one first"):
         app.query({}, **KNOBS)

@@ -26,6 +26,7 @@ from . import cli_commands as commands
 from .cli_args import (
     MAX_SWEEP,
     depth,
+    eta,
     fraction_list,
     image_size,
     level,
@@ -237,7 +238,8 @@ def _add_counterfactual(subcommands: Any) -> None:
     cf = subcommands.add_parser("counterfactual", help="what would these images look like under do(...)?",
                                 description="Abduct (encoder + DDIM inversion), act (do), predict (DDIM decoding). "
                                             "Writes OUT.png (rows factual, reconstruction, counterfactual; or one "
-                                            "column per swept value) and OUT.json (labels and the model's estimates).")
+                                            "column per swept value) and OUT.json (labels and the model's estimates); "
+                                            "with --samples K also OUT-spread.png (the spread over K draws).")
     cf.add_argument("run", help="a training run folder or any folder CausalDiffAE.from_pretrained loads")
     cf.add_argument("--do", action="append", default=[], metavar="NAME=VALUE",
                     help="intervention in label units (repeatable); NAME=START:STOP:COUNT sweeps a range")
@@ -251,6 +253,17 @@ def _add_counterfactual(subcommands: Any) -> None:
                     help=f"{ABDUCTION_HELP} (default {DEFAULT_ABDUCTION})")
     cf.add_argument("--solver", choices=list(typing.get_args(Solver)), default="ddim",
                     help=f"{SOLVER_HELP} (default ddim)")
+    cf.add_argument("--samples", type=positive_int, metavar="K",
+                    help="answer each query K times, each from its own draw of u from the encoder's posterior (and "
+                         "of the decoder's noise with --eta), seeded by --seed: the grid shows their mean, "
+                         "OUT-spread.png the per-pixel std over the K draws (its colour bar gives the scale, in grey "
+                         "levels) and OUT.json the spread of each image and of the model's reading of every "
+                         "variable. Large where the answer depends on what the image does not pin down; costs K "
+                         "counterfactuals (default: one, from the posterior mean)")
+    cf.add_argument("--eta", type=eta, default=0.0,
+                    help="stochastic DDIM decoding: the share of each step's noise drawn fresh, in [0, 1] (0 = "
+                         "deterministic, the default; 1 = DDPM's); with --samples it adds the decoder's own "
+                         "uncertainty to the spread")
     cf.set_defaults(func=commands.counterfactual)
 
 

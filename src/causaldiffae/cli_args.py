@@ -1,6 +1,6 @@
 """The command line's argument types and value parsers: text in, a checked value out, or an error naming the flag.
 
-The argparse types (``positive_int``, ``image_size``, ``depth``, ``seed_list``, ``fraction_list``) raise
+The argparse types (``positive_int``, ``image_size``, ``depth``, ``eta``, ``seed_list``, ``fraction_list``) raise
 ``argparse.ArgumentTypeError``: argparse prints the usage and exits with code 2. The parsers the command handlers
 call (``parse_do``, ``parse_index``, ``floats``, ``pair``) raise ``ValueError``, which ``cli.main`` prints as one
 line. Light on purpose (no torch): ``--help`` imports this module.
@@ -65,6 +65,17 @@ def depth(text: str) -> float:
 # argparse names the type in its error for a value that is no number ("invalid _depth value: 'x'"): the name the
 # command line has always shown there.
 depth.__name__ = "_depth"
+
+
+def eta(text: str) -> float:
+    """The noise share of stochastic DDIM, in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1] (0 = deterministic DDIM, 1 = DDPM's noise), got {text}")
+    return value
 
 
 def seed_list(text: str) -> list[int]:

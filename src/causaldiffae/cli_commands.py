@@ -112,7 +112,8 @@ def counterfactual(args: argparse.Namespace) -> None:
 
     out = Path(args.out)
     report_path = out.with_suffix(".json")
-    _outputs(args, out, report_path)
+    spread_path = out.with_name(f"{out.stem}-spread.png") if args.samples else None
+    _outputs(args, out, report_path, *([spread_path] if spread_path else []))
     model = _load_model(args.run, args.precision)
     fixed, swept = parse_do(args.do, model.graph)
     weights = floats(args.guidance, "--guidance") if args.guidance is not None else [model.knobs.guidance]
@@ -136,24 +137,55 @@ def counterfactual(args: argparse.Namespace) -> None:
         latents = model.encode(x, labels=model.graph.stacked({v: [row[v] for row in labels]
                                                               for v in model.graph.variables}))
     result = sweep(model, x, columns, steps=steps, depth=depth, abduction=args.abduction, solver=args.solver,
-                   classes=classes, generator=generator, latents=latents, reconstruct=True)
+                   classes=classes, generator=generator, latents=latents, reconstruct=True, samples=args.samples,
+                   eta=args.eta)
     recon = result.reconstructed()
     if len(columns) == 1:
-        save_grid(out, [x, recon, result.images[0]], ["factual", "recon", "counterfactual"])
+        shown = f"mean of {args.samples}" if args.samples else "counterfactual"
+        save_grid(out, [x, recon, result.images[0]], ["factual", "recon", shown])
     else:
         rows = [torch.cat([x[b : b + 1], recon[b : b + 1], result.images[:, b].cpu()])
                 for b in range(len(x))]
         save_grid(out, rows, [f"image {b}" for b in range(len(x))], ["factual", "recon", *headers])
-    report = {
+    report: dict[str, Any] = {
         "images": names, "factual_labels": labels,
         "settings": {"steps": steps, "depth": depth, "abduction": args.abduction, "solver": args.solver,
-                     "precision": args.precision, "seed": args.seed},
+                     "precision": args.precision, "seed": args.seed, "samples": args.samples, "eta": args.eta},
         "model_factual_estimate": _per_image(result.labels),
         "columns": [{"do": do, "guidance": w, "model_counterfactual_estimate": _per_image(result.column(i).labels_cf)}
                     for i, (do, w) in enumerate(columns)],
     }
+    if result.spread is not None and spread_path is not None:
+        report["spread_map"] = str(spread_path)
+        for i, column in enumerate(report["columns"]):
+            column["spread"] = _spread_report(result.column(i).spread)
+        _save_spread(spread_path, result.spread, args.samples, headers)
     write_text(report_path, to_json(report, indent=2))
-    print(f"wrote {out} and {report_path}")
+    print(f"wrote {out}{f', {spread_path}' if spread_path else ''} and {report_path}")
+
+
+def _spread_report(spread: Any) -> list[dict[str, Any]]:
+    """One column's spread per image, for OUT.json: the spread map's mean and maximum in grey levels (0-255) and
+    the std of the model's reading of every variable in its units."""
+    maps = spread.per_pixel * 255
+    labels = _per_image(spread.labels_std)
+    return [{"pixels_mean": float(m.mean()), "pixels_max": float(m.max()), "labels_std": labels[b]}
+            for b, m in enumerate(maps)]
+
+
+def _save_spread(path: Path, spread: Any, samples: int, headers: list[str]) -> None:
+    """OUT-spread.png: the spread maps laid out as the grid's counterfactuals (one row for one column, else a row
+    per image), on one colour scale from 0 to the largest spread (at least one grey level)."""
+    from .images import save_heat_grid
+
+    maps = spread.per_pixel * 255  # (columns, B, H, W)
+    top = max(float(maps.max()), 1.0)
+    label = f"std over {samples} samples, grey levels (0-255)"
+    if len(maps) == 1:
+        save_heat_grid(path, [maps[0]], top, label, ["spread"])
+    else:
+        save_heat_grid(path, [maps[:, b] for b in range(maps.shape[1])], top, label,
+                       [f"image {b}" for b in range(maps.shape[1])], headers)
 
 
 def sample(args: argparse.Namespace) -> None:

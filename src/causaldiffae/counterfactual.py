@@ -8,13 +8,20 @@
    recomputes their descendants through the learned mechanisms with the same u.
 3. Prediction: DDIM decoding of x_T (adding the residuals back) with the counterfactual z and guidance weight w:
    ``eps = eps_null + w * (eps_cf - eps_null)``, both evaluations in one UNet call.
+
+``samples=K`` answers one query K times from K draws of the exogenous state: u from the encoder's posterior
+q(u|x) instead of its mean (``posterior``), x_T abducted given each draw's z, and with ``eta`` > 0 fresh noise in
+every decoding step (stochastic DDIM). The result is their mean image, with the per-pixel spread over the draws and
+the spread of the model's reading of every variable (``Spread``): how much the answer depends on what the image
+does not pin down (docs/method-notes.md, "Counterfactual uncertainty").
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from numbers import Integral, Real
 
 import numpy as np
@@ -42,11 +49,57 @@ class Abducted:
 
     x_T: torch.Tensor
     residuals: torch.Tensor | None = None
+    fresh: torch.Tensor | None = None
+    """The standard normal noise (K, B, C, H, W) that stochastic DDIM (``eta`` > 0) adds in each of its K decoding
+    steps: drawn from its prior, since no image tells it, and held here so that every column of a sweep (and the
+    reconstruction) decodes with the same draw."""
 
     def repeat(self, k: int) -> Abducted:
         """The batch k times over, as ``torch.cat([x] * k)``: to decode k latents of each image in one batch."""
-        residuals = None if self.residuals is None else self.residuals.repeat(1, k, *[1] * (self.x_T.dim() - 1))
-        return Abducted(self.x_T.repeat(k, *[1] * (self.x_T.dim() - 1)), residuals)
+        ones = [1] * (self.x_T.dim() - 1)
+        per_step = [None if t is None else t.repeat(1, k, *ones) for t in (self.residuals, self.fresh)]
+        return Abducted(self.x_T.repeat(k, *ones), *per_step)
+
+    def with_fresh(self, steps: int, generator: torch.Generator | None = None) -> Abducted:
+        """The same noise with ``fresh`` drawn for ``steps`` stochastic DDIM steps (on the CPU, as ``generator``)."""
+        fresh = torch.randn((steps, *self.x_T.shape), generator=generator, device="cpu").to(self.x_T)
+        return replace(self, fresh=fresh)
+
+
+@dataclass(frozen=True)
+class Spread:
+    """The K counterfactuals behind a query answered ``samples=K`` times (``counterfactual``), whose mean is the
+    image shown: how much they disagree, per pixel and in the model's reading of each variable. Standard deviations
+    are over the K draws, without Bessel's correction (0 for K = 1)."""
+
+    samples: torch.Tensor
+    """The K images of each query (K, B, C, H, W) in [0, 1]; a sweep's have its column axis first (k, K, B, C, H, W)."""
+    labels_cf: dict[str, torch.Tensor]
+    """The model's reading of each draw's counterfactual latents, label units (K, B); a sweep's (k, K, B)."""
+
+    @property
+    def std(self) -> torch.Tensor:
+        """Per-pixel and channel std over the draws (B, C, H, W)."""
+        return self.samples.float().std(dim=-5, correction=0)
+
+    @property
+    def per_pixel(self) -> torch.Tensor:
+        """The spread map (B, H, W): the std over the draws, averaged over the channels, on the [0, 1] scale."""
+        return self.std.mean(dim=-3)
+
+    @property
+    def per_image(self) -> torch.Tensor:
+        """One number per image (B,): the spread map's mean over the pixels."""
+        return self.per_pixel.mean(dim=(-2, -1))
+
+    @property
+    def labels_std(self) -> dict[str, torch.Tensor]:
+        """Std of the model's reading of each variable over the draws (B,), label units: 0 for an intervened one."""
+        return {name: v.float().std(dim=-2, correction=0) for name, v in self.labels_cf.items()}
+
+    def column(self, i: int) -> Spread:
+        """Column i of a sweep's spread."""
+        return Spread(self.samples[i], {k: v[i] for k, v in self.labels_cf.items()})
 
 
 @dataclass(frozen=True)
@@ -65,6 +118,9 @@ class Counterfactual:
     """The model's reading of the counterfactual latents: what it thinks each variable becomes."""
     reconstruction: torch.Tensor | None = None
     """The same noise decoded with the factual z (the null intervention), when asked for."""
+    spread: Spread | None = None
+    """With ``samples=K``: the K draws behind ``images``, which is then their mean (as are ``z``, ``z_cf``, the
+    labels and the reconstruction; ``noise`` holds every draw's, K*B, sample-major)."""
 
     @property
     def x_T(self) -> torch.Tensor:
@@ -85,6 +141,7 @@ class Sweep:
     labels: dict[str, torch.Tensor]
     labels_cf: dict[str, torch.Tensor]
     reconstruction: torch.Tensor | None = None
+    spread: Spread | None = None
 
     @property
     def x_T(self) -> torch.Tensor:
@@ -103,7 +160,8 @@ class Sweep:
     def column(self, i: int) -> Counterfactual:
         """Column i as one ``Counterfactual``."""
         return Counterfactual(self.images[i], self.noise, self.z, self.z_cf[i], self.labels,
-                              {k: v[i] for k, v in self.labels_cf.items()}, self.reconstruction)
+                              {k: v[i] for k, v in self.labels_cf.items()}, self.reconstruction,
+                              None if self.spread is None else self.spread.column(i))
 
 
 def guided_denoiser(model: CausalDiffAE, cond: torch.Tensor, guidance: float) -> ddim.Denoiser:
@@ -160,13 +218,15 @@ def abduct_noise(model: CausalDiffAE, x: Images, z: torch.Tensor, *, steps: int 
 @torch.inference_mode()
 def decode(model: CausalDiffAE, noise: Abducted | torch.Tensor, z: torch.Tensor, *, steps: int | None = None,
            guidance: float | None = None, depth: float | None = None, solver: Solver = "ddim",
-           classes: torch.Tensor | None = None, clip: bool = False, spacing: ddim.Spacing = "leading") -> torch.Tensor:
+           classes: torch.Tensor | None = None, clip: bool = False, spacing: ddim.Spacing = "leading",
+           eta: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
     """Decoding of ``noise`` (``abduct_noise``'s, or an x_T tensor) with latents z (B, n, d) and guidance weight w
     -> images in [0, 1]; ``steps``, ``guidance`` and ``depth`` None = the model's own and, after an abduction,
     the same as its; ``solver`` "dpm++2m" decodes with the second-order multistep solver over the same timesteps
     (not after the "exact" abduction, whose residuals belong to DDIM's steps); ``clip`` the predicted x0 only when
     x_T is fresh noise, not an inversion; ``spacing="trailing"`` when x_T is pure noise (the trajectory then
-    starts at t = T - 1; see ``ddim.timesteps``)."""
+    starts at t = T - 1; see ``ddim.timesteps``). ``eta`` in (0, 1] decodes with stochastic DDIM, whose step noise is
+    the noise's ``fresh`` or, without it, drawn from ``generator``."""
     depth, guidance = model.knobs.resolve(depth, guidance)
     steps = model.knobs.resolve_steps(steps)
     noise = noise if isinstance(noise, Abducted) else Abducted(noise)
@@ -176,17 +236,22 @@ def decode(model: CausalDiffAE, noise: Abducted | torch.Tensor, z: torch.Tensor,
     _check_guidance(guidance)
     residuals = noise.residuals
     check_decoding("ddim" if residuals is None else "exact", solver)
+    _check_eta(eta, solver)
     if residuals is not None and len(residuals) != steps:
         raise ValueError(f"the noise was abducted with {len(residuals)} steps and cannot be decoded with {steps}: "
                          "abduct and decode with the same steps")
+    fresh = None
+    if eta:
+        fresh = (noise if noise.fresh is not None else noise.with_fresh(steps, generator)).fresh
     cond = model.condition(z, x_T.shape[0], classes)
 
     def run(s: slice) -> torch.Tensor:
         denoiser = guided_denoiser(model, cond[s], guidance)
-        if residuals is None:
+        if solver != "ddim":
             return SOLVERS[solver](denoiser, x_T[s], model.schedule, steps, depth, clip=clip, spacing=spacing)
         return ddim.sample(denoiser, x_T[s], model.schedule, steps, depth, clip=clip, spacing=spacing,
-                           residuals=residuals[:, s])
+                           residuals=None if residuals is None else residuals[:, s], eta=eta,
+                           fresh=None if fresh is None else fresh[:, s])
 
     x0 = _in_calls(model, len(x_T), guidance, run)
     _check_finite(x0, "decoded images", guidance)
@@ -199,7 +264,8 @@ def counterfactual(model: CausalDiffAE, x: Images, do: Mapping[str, Value], *, s
                    abduction: Abduction = DEFAULT_ABDUCTION, solver: Solver = "ddim",
                    classes: torch.Tensor | None = None, generator: torch.Generator | None = None,
                    latents: Latents | None = None, labels: torch.Tensor | None = None,
-                   reconstruct: bool = False) -> Counterfactual:
+                   reconstruct: bool = False, samples: int | None = None, eta: float = 0.0,
+                   posterior: bool = True) -> Counterfactual:
     """The counterfactual of images ``x`` (B, C, H, W) in [0, 1] under ``do`` = {name: value in label units}:
     ``counterfactual(model, x, {"angle": 30}).images``.
 
@@ -220,10 +286,33 @@ def counterfactual(model: CausalDiffAE, x: Images, do: Mapping[str, Value], *, s
     ``model.encode(x, labels=...)``), else ``x`` is encoded. ``labels`` (B, n) are the factual labels where
     known (NaN elsewhere): the mechanisms then abduct each child's noise from them instead of from the model's
     reading of the image (``model.intervene``). ``reconstruct`` also decodes the factual latents in the same batch.
+
+    ``samples=K`` answers the query K times, each from its own draw of the exogenous state (``generator`` seeds every
+    draw): u from the encoder's posterior q(u|x) (``posterior``; its mean otherwise) with x_T abducted given that
+    draw, and with ``eta`` in (0, 1] stochastic DDIM decoding (fresh noise in every step; ``eta`` applies without
+    ``samples`` too). ``images`` is then the mean of the K images and ``spread`` holds them, their per-pixel spread
+    and the spread of the model's reading of every variable (``Spread``). It costs K counterfactuals.
     """
     return sweep(model, x, [(do, guidance)], steps=steps, depth=depth, abduction=abduction, solver=solver,
                  classes=classes, generator=generator, latents=latents, labels=labels,
-                 reconstruct=reconstruct).column(0)
+                 reconstruct=reconstruct, samples=samples, eta=eta, posterior=posterior).column(0)
+
+
+@torch.inference_mode()
+def abduct_samples(model: CausalDiffAE, x: Images, latents: Latents, samples: int, *, posterior: bool = True,
+                   steps: int | None = None, depth: float | None = None, abduction: Abduction = DEFAULT_ABDUCTION,
+                   classes: torch.Tensor | None = None,
+                   generator: torch.Generator | None = None) -> tuple[Latents, Abducted]:
+    """``samples`` draws of the exogenous state of each image x with its factual ``latents``, sample-major (K*B:
+    draw s of image b at s*B + b): u from the encoder's posterior (``posterior``; its mean otherwise), then x_T and
+    the residuals abducted given each draw's z (``abduct_noise``). Decoding each with its own latents' do() gives
+    the K counterfactuals of ``counterfactual(..., samples=K)``."""
+    k = _check_samples(samples)
+    lat = model.sample_latents(latents, k, generator) if posterior else Latents(*(t.repeat(k, 1, 1) for t in latents))
+    x = model.prepare_images(x).repeat(k, 1, 1, 1)
+    repeated = None if classes is None else torch.as_tensor(classes).repeat(k)
+    return lat, abduct_noise(model, x, lat.z, steps=steps, depth=depth, abduction=abduction, classes=repeated,
+                             generator=generator)
 
 
 @torch.inference_mode()
@@ -231,12 +320,14 @@ def sweep(model: CausalDiffAE, x: Images, columns: Sequence[tuple[Mapping[str, V
           steps: int | None = None, depth: float | None = None, abduction: Abduction = DEFAULT_ABDUCTION,
           solver: Solver = "ddim",
           classes: torch.Tensor | None = None, generator: torch.Generator | None = None,
-          latents: Latents | None = None, labels: torch.Tensor | None = None, reconstruct: bool = False) -> Sweep:
+          latents: Latents | None = None, labels: torch.Tensor | None = None, reconstruct: bool = False,
+          samples: int | None = None, eta: float = 0.0, posterior: bool = True) -> Sweep:
     """Several (do, guidance) columns of the same images with one abduction: a traversal or guidance sweep.
 
     The decodes of all columns (and the reconstruction) run as one batch per weight, in calls of at most
     ``MAX_PIXELS_PER_CALL`` pixels. A weight, ``steps`` or ``depth`` of None is the model's own (``model.knobs``);
-    the other arguments are ``counterfactual``'s.
+    the other arguments are ``counterfactual``'s. With ``samples``, every column is the mean over the same K draws
+    (one abduction per draw) and ``spread`` has the column axis first.
     """
     depth, _ = model.knobs.resolve(depth, None)
     steps = model.knobs.resolve_steps(steps)
@@ -245,15 +336,30 @@ def sweep(model: CausalDiffAE, x: Images, columns: Sequence[tuple[Mapping[str, V
         raise ValueError(f"images must lie in [0, 1], got values in [{x.min().item():.3g}, {x.max().item():.3g}]")
     _check_knobs(steps, depth)
     check_decoding(abduction, solver)
+    _check_eta(eta, solver)
+    k = 1 if samples is None else _check_samples(samples)
     columns = _columns(columns, model.knobs.guidance)
-    copies = 2 + (steps if abduction == "exact" else 0)  # a decoded image, x_T and its residuals per query
-    outputs_per_image = copies * (len(columns) + reconstruct)
+    # a decoded image, x_T, its residuals and the stochastic steps' noise per query and draw
+    copies = 2 + (steps if abduction == "exact" else 0) + (steps if eta else 0)
+    outputs_per_image = copies * (len(columns) + reconstruct) * k
     memory.check(outputs_per_image * x[0].numel() * x.element_size() * len(x),
-                 f"a sweep of {len(columns):,} columns over {len(x):,} images", "ask for fewer columns or images",
-                 x.device)
+                 f"a sweep of {len(columns):,} columns over {len(x):,} images" + (f" x {k} samples" if samples else ""),
+                 "ask for fewer columns, images or samples", x.device)
     lat = _encoded(model, x) if latents is None else _given(model, latents, len(x))
-    noise = abduct_noise(model, x, lat.z, steps=steps, depth=depth, abduction=abduction, classes=classes,
-                       generator=generator)
+    if samples is None:
+        noise = abduct_noise(model, x, lat.z, steps=steps, depth=depth, abduction=abduction, classes=classes,
+                             generator=generator)
+    else:
+        if k > 1 and posterior and not model.has_posterior and not eta and abduction != "noise":
+            warnings.warn(f"the {k} samples are identical (no posterior to sample u from, eta = 0): their spread is 0; "
+                          "give eta > 0 for the decoder's own uncertainty", UserWarning, stacklevel=3)
+        lat, noise = abduct_samples(model, x, lat, k, posterior=posterior, steps=steps, depth=depth,
+                                    abduction=abduction, classes=classes, generator=generator)
+        labels = None if labels is None else torch.as_tensor(labels).repeat(k, 1)
+        classes = None if classes is None else torch.as_tensor(classes).repeat(k)
+        columns = [(_for_draws(do, k, len(x)), w) for do, w in columns]
+    if eta:  # drawn once: every column and the reconstruction decode with the same step noise
+        noise = noise.with_fresh(steps, generator)
     z_cfs = torch.stack([model.intervene(lat, do, labels) if do else lat.z for do, _ in columns])  # (k, B, n, d)
     queries = [(z_cfs[i], w) for i, (_, w) in enumerate(columns)]
     if reconstruct:
@@ -264,12 +370,44 @@ def sweep(model: CausalDiffAE, x: Images, columns: Sequence[tuple[Mapping[str, V
         repeated = None if classes is None else torch.as_tensor(classes).repeat(len(picked))
         images = decode(model, noise.repeat(len(picked)), torch.cat([queries[i][0] for i in picked]),
                         steps=steps, guidance=w, depth=depth, solver=solver, classes=repeated,
-                        clip=abduction == "noise")  # fresh noise: clip as the reference
+                        clip=abduction == "noise", eta=eta)  # fresh noise: clip as the reference
         for i, chunk in zip(picked, images.chunk(len(picked)), strict=True):
             outputs[i] = chunk
     labels_cf = model.read_labels(z_cfs.flatten(0, 1)).unflatten(0, z_cfs.shape[:2])  # (k, B, n)
-    return Sweep(torch.stack(outputs[: len(columns)]), noise, lat.z, z_cfs, model.graph.named(model.read_labels(lat.z)),
-                 model.graph.named(labels_cf), outputs[-1] if reconstruct else None)
+    result = Sweep(torch.stack(outputs[: len(columns)]), noise, lat.z, z_cfs,
+                   model.graph.named(model.read_labels(lat.z)), model.graph.named(labels_cf),
+                   outputs[-1] if reconstruct else None)
+    return result if samples is None else _folded(result, k)
+
+
+def _for_draws(do: Mapping[str, Value], k: int, batch: int) -> dict[str, Value]:
+    """A do() on a batch of B images as one on its K draws (K*B, sample-major): a value per image is repeated for
+    every draw; a single value stays one."""
+    out = {}
+    for name, value in do.items():
+        count = value.numel() if isinstance(value, torch.Tensor) else np.size(value)
+        if isinstance(value, (torch.Tensor, np.ndarray, list, tuple)) and count != 1:
+            if count != batch:
+                raise ValueError(f"do({name}=...) has {count} values for {batch} images")
+            try:
+                value = torch.as_tensor(value).flatten().repeat(k)
+            except (TypeError, ValueError, RuntimeError):
+                pass  # not numbers: model.intervene names the problem
+        out[name] = value
+    return out
+
+
+def _folded(result: Sweep, k: int) -> Sweep:
+    """A sweep over K*B images, K draws of each of B (sample-major) -> their means, with the draws as its spread."""
+    def mean(t: torch.Tensor, dim: int) -> torch.Tensor:
+        return t.unflatten(dim, (k, -1)).mean(dim)
+
+    images = result.images.unflatten(1, (k, -1))  # (columns, K, B, C, H, W)
+    labels_cf = {name: v.unflatten(1, (k, -1)) for name, v in result.labels_cf.items()}
+    recon = None if result.reconstruction is None else mean(result.reconstruction, 0)
+    return Sweep(images.mean(1), result.noise, mean(result.z, 0), mean(result.z_cf, 1),
+                 {name: mean(v, 0) for name, v in result.labels.items()},
+                 {name: v.mean(1) for name, v in labels_cf.items()}, recon, Spread(images, labels_cf))
 
 
 @torch.inference_mode()
@@ -313,6 +451,21 @@ def _check_knobs(steps: int, depth: float) -> None:
         raise ValueError(f"steps must be a positive integer (DDIM steps), got {steps!r}")
     if isinstance(depth, bool) or not isinstance(depth, Real) or not 0 < depth <= 1:
         raise ValueError(f"depth must be a number in (0, 1] (1.0 inverts all the way to x_T), got {depth!r}")
+
+
+def _check_samples(samples: int) -> int:
+    """The number of counterfactual samples: a positive integer, refused by name otherwise."""
+    if isinstance(samples, bool) or not isinstance(samples, Integral) or samples < 1:
+        raise ValueError(f"samples must be a positive integer (counterfactuals drawn per query), got {samples!r}")
+    return int(samples)
+
+
+def _check_eta(eta: float, solver: str) -> None:
+    """eta in [0, 1] (0: deterministic DDIM), and a stochastic decoding only with the DDIM solver."""
+    if isinstance(eta, bool) or not isinstance(eta, Real) or not 0 <= eta <= 1:
+        raise ValueError(f"eta must be a number in [0, 1] (0 = deterministic DDIM, 1 = DDPM's noise), got {eta!r}")
+    if eta and solver != "ddim":
+        raise ValueError(f"eta > 0 (stochastic DDIM) decodes with solver 'ddim' only, got {solver!r}")
 
 
 def _check_guidance(guidance: float) -> None:

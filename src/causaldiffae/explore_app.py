@@ -3,8 +3,9 @@
 The page is a thin layer over ``explorer.Explorer``: a gallery of test images (or an upload), one slider per
 variable in label units (moving one is a do() on it; "reset" undoes it), the causal graph with the intervened
 and affected nodes, the guidance / depth / steps knobs, the factual, reconstruction, counterfactual, difference
-and (where the SCM is known) true counterfactual images, a traversal strip and downloads. Every callback turns
-an error into a message in the page (the element ``#status``); the server keeps serving.
+and (where the SCM is known) true counterfactual images, a traversal strip and downloads. "uncertainty" shows the
+mean of K draws instead, with their spread map and the spread of the model's reading of each variable. Every
+callback turns an error into a message in the page (the element ``#status``); the server keeps serving.
 
 Each browser tab is a session of its own (``explorer.Sessions``, keyed by Gradio's session hash): one user's
 image never shows in another's page. The user's files (downloads and, when Gradio is first imported through
@@ -27,7 +28,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .explorer import Explorer, Result, Sessions
+from .explorer import MAX_SAMPLES, SPREAD_GAIN, Explorer, Result, Sessions
 
 #: Slider resolution: a variable's range in this many steps.
 SLIDER_STEPS = 200
@@ -107,6 +108,8 @@ def build_app(app: Explorer, title: str) -> Any:
                     diff = gr.Image(label="difference x4", interactive=False, elem_id="difference")
                     truth = gr.Image(label="true counterfactual", interactive=False, visible=app.scm is not None,
                                      elem_id="truth")
+                    spread = gr.Image(label=f"spread x{SPREAD_GAIN:g} (std over the draws; with uncertainty)",
+                                      interactive=False, elem_id="spread")
                 timing = gr.Markdown("", elem_id="timing")
                 sliders, resets = {}, {}
                 for v in variables:
@@ -124,6 +127,10 @@ def build_app(app: Explorer, title: str) -> Any:
                     # the range holds the default, or Gradio would refuse the page's own value (a knob of 3 steps)
                     steps = gr.Slider(min(5, default_steps), max(100, default_steps), value=default_steps, step=5,
                                       label="DDIM steps", elem_id="steps")
+                with gr.Row():
+                    uncertain = gr.Checkbox(False, label="uncertainty: the mean of K draws of u from the encoder's "
+                                                         "posterior, and their spread", elem_id="uncertainty")
+                    samples = gr.Slider(2, MAX_SAMPLES, value=8, step=1, label="draws K", elem_id="samples")
         with gr.Row():
             along = gr.Dropdown(choices=variables, value=variables[0], label="traverse", elem_id="traverse-variable")
             count = gr.Slider(2, 16, value=7, step=1, label="values", elem_id="traverse-count")
@@ -134,67 +141,78 @@ def build_app(app: Explorer, title: str) -> Any:
         strip = gr.Image(label="traversal", interactive=False, elem_id="strip")
         files = gr.File(label="downloads", file_count="multiple", interactive=False, elem_id="files")
 
-        knobs = [guidance, depth, steps]
-        shown = [factual, recon, cf, diff, truth, graph_html, timing]
+        knobs = [guidance, depth, steps, uncertain, samples]
+        shown = [factual, recon, cf, diff, truth, spread, graph_html, timing]
         values = [sliders[v] for v in variables]
 
         def show(result: Result) -> list:
+            timing = (f"counterfactual in {result.seconds:.2f} s (decoding only after the first query of an image, "
+                      "depth and steps)")
+            if result.estimate_cf_std is not None:
+                timing += (f"; mean of {result.settings['samples']:g} draws, spread {result.spread_pixels:.2f} grey "
+                           "levels; std of the reading: " + ", ".join(f"{n} {v:.3g}" for n, v in
+                                                                       result.estimate_cf_std.items()))
             return [result.factual, result.reconstruction, result.counterfactual, result.difference, result.truth,
-                    app.graph_svg(result), f"counterfactual in {result.seconds:.2f} s (decoding only after the "
-                                           "first query of an image, depth and steps)"]
+                    result.spread, app.graph_svg(result), timing]
 
-        def query(view: Explorer, names: list[str], w: float, d: float, s: float, *current: float) -> Result:
+        def query(view: Explorer, names: list[str], w: float, d: float, s: float, u: bool, k: float,
+                  *current: float) -> Result:
             """The session's query; the knobs go in as they came (the view names a bad one: NaN steps, say)."""
             chosen = dict(zip(variables, current, strict=True))
-            return view.query({n: chosen[n] for n in names}, w, d, s)
+            return view.query({n: chosen[n] for n in names}, w, d, s, k if u else None)
 
-        def fresh(view: Explorer, choice_fn: Callable[[], Any], w: float, d: float, s: float) -> list:
+        def fresh(view: Explorer, choice_fn: Callable[[], Any], w: float, d: float, s: float, u: bool,
+                  k: float) -> list:
             """Choose an image, put every slider at the model's estimate, show the reconstruction."""
             choice = choice_fn()
             starts = [_start(choice.estimate[v], ranges[v]) for v in variables]
             shown_class = gr.update() if choice.classes is None else int(choice.classes[0])
-            return ["", [], *show(view.query({}, w, d, s)), *starts, shown_class]
+            return ["", [], *show(view.query({}, w, d, s, k if u else None)), *starts, shown_class]
 
-        def on_select(request: Request, w: float, d: float, s: float, evt: SelectData) -> list:
+        def on_select(request: Request, w: float, d: float, s: float, u: bool, k: float, evt: SelectData) -> list:
             view = sessions.get(request.session_hash)
-            return fresh(view, lambda: view.choose(int(evt.index)), w, d, s)
+            return fresh(view, lambda: view.choose(int(evt.index)), w, d, s, u, k)
 
-        def on_upload(request: Request, path: str | None, c: Any, w: float, d: float, s: float) -> list:
+        def on_upload(request: Request, path: str | None, c: Any, w: float, d: float, s: float, u: bool,
+                      k: float) -> list:
             if not path:
                 return _unchanged(gr, 3 + len(shown) + len(values))
             view = sessions.get(request.session_hash)
-            return fresh(view, lambda: view.upload(path, c), w, d, s)
+            return fresh(view, lambda: view.upload(path, c), w, d, s, u, k)
 
-        def on_class(request: Request, c: Any, names: list[str], w: float, d: float, s: float,
+        def on_class(request: Request, c: Any, names: list[str], w: float, d: float, s: float, u: bool, k: float,
                      *current: float) -> list:
             view = sessions.get(request.session_hash)
             if view.choice is None or c is None:
                 return _unchanged(gr, 1 + len(shown))
             view.set_class(c)
-            return ["", *show(query(view, names, w, d, s, *current))]
+            return ["", *show(query(view, names, w, d, s, u, k, *current))]
 
         def on_move(name: str) -> Callable[..., list]:
-            def run(request: Request, names: list[str], w: float, d: float, s: float, *current: float) -> list:
+            def run(request: Request, names: list[str], w: float, d: float, s: float, u: bool, k: float,
+                    *current: float) -> list:
                 names = names if name in names else [*names, name]
-                return ["", names, *show(query(sessions.get(request.session_hash), names, w, d, s, *current))]
+                return ["", names, *show(query(sessions.get(request.session_hash), names, w, d, s, u, k, *current))]
             return run
 
         def on_reset(name: str) -> Callable[..., list]:
-            def run(request: Request, names: list[str], w: float, d: float, s: float, *current: float) -> list:
+            def run(request: Request, names: list[str], w: float, d: float, s: float, u: bool, k: float,
+                    *current: float) -> list:
                 view = sessions.get(request.session_hash)
                 if view.choice is None:
                     return _unchanged(gr, 3 + len(shown))
                 names = [n for n in names if n != name]
                 start = _start(view.choice.estimate[name], ranges[name])
                 current = tuple(start if v == name else x for v, x in zip(variables, current, strict=True))
-                return ["", names, *show(query(view, names, w, d, s, *current)), start]
+                return ["", names, *show(query(view, names, w, d, s, u, k, *current)), start]
             return run
 
-        def on_knob(request: Request, names: list[str], w: float, d: float, s: float, *current: float) -> list:
+        def on_knob(request: Request, names: list[str], w: float, d: float, s: float, u: bool, k: float,
+                    *current: float) -> list:
             view = sessions.get(request.session_hash)
             if view.choice is None:
                 return _unchanged(gr, 1 + len(shown))
-            return ["", *show(query(view, names, w, d, s, *current))]
+            return ["", *show(query(view, names, w, d, s, u, k, *current))]
 
         def on_traverse(request: Request, name: str, n: float, low: str, high: str, w: float, d: float,
                         s: float) -> list:
@@ -202,9 +220,10 @@ def build_app(app: Explorer, title: str) -> Any:
             image, points = view.traversal(name, n, w, d, s, _end(low, "from"), _end(high, "to"))
             return ["", gr.update(value=image, label=f"traversal of {name}: " + ", ".join(f"{p:.3g}" for p in points))]
 
-        def on_download(request: Request, names: list[str], w: float, d: float, s: float, *current: float) -> list:
+        def on_download(request: Request, names: list[str], w: float, d: float, s: float, u: bool, k: float,
+                        *current: float) -> list:
             view = sessions.get(request.session_hash)
-            paths = view.save(query(view, names, w, d, s, *current), downloads / f"query-{next(serials)}")
+            paths = view.save(query(view, names, w, d, s, u, k, *current), downloads / f"query-{next(serials)}")
             return ["", [str(p) for p in paths]]
 
         def on_leave(request: Request) -> None:
@@ -222,9 +241,12 @@ def build_app(app: Explorer, title: str) -> Any:
                    f"move_{v}")
             listen(resets[v].click, on_reset(v), [status, intervened, *shown, sliders[v]],
                    [intervened, *knobs, *values], f"reset_{v}")
-        for knob, name in zip(knobs, ("guidance", "depth", "steps"), strict=True):
+        for knob, name in zip([*knobs[:3], samples], ("guidance", "depth", "steps", "samples"), strict=True):
             listen(knob.release, on_knob, [status, *shown], [intervened, *knobs, *values], name)
-        listen(traverse.click, on_traverse, [status, strip], [along, count, first, last, *knobs], "traverse")
+        listen(uncertain.input, on_knob, [status, *shown], [intervened, *knobs, *values], "uncertainty")
+        # a traversal shows single counterfactuals: its knobs are the three, not the draws
+        listen(traverse.click, on_traverse, [status, strip], [along, count, first, last, guidance, depth, steps],
+               "traverse")
         listen(download.click, on_download, [status, files], [intervened, *knobs, *values], "download")
         page.unload(on_leave)
     return page

@@ -6,7 +6,10 @@ tests drive it directly. Each session (a browser tab) has its own chosen image (
 keeps one view per session key, the least recently used forgotten beyond :data:`MAX_SESSIONS`, so that one user's
 upload never shows in another's page and memory stays bounded however many people open it. An image's abduction
 (the encoder's latents and the DDIM inversion x_T) is cached per (image, depth, steps), so a slider move only
-decodes; the cache holds :data:`CACHE_SIZE` abductions in all, across sessions.
+decodes; the cache holds :data:`CACHE_SIZE` abductions in all, across sessions. A query may ask for ``samples``
+K: the counterfactual is then the mean of K draws (``counterfactual(..., samples=K)``), shown beside its spread map;
+the K draws' abductions are cached the same way (:data:`SAMPLED_CACHE_SIZE`), seeded, so one image always gets the
+same draws.
 """
 
 from __future__ import annotations
@@ -27,11 +30,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .counterfactual import Abducted, abduct_noise, decode
+from .counterfactual import Abducted, Spread, abduct_noise, abduct_samples, decode
 from .data.base import ImageDataset
 from .data.image_folder import read_image
 from .graph import CausalGraph
-from .images import from_uint8, save_grid, to_uint8
+from .images import from_uint8, heat, save_grid, to_uint8
 from .metrics.truth import TrueSCM, true_scm
 from .model import CausalDiffAE, Latents
 
@@ -47,6 +50,14 @@ GALLERY_SIZE = 48
 DISPLAY_SIZE = 192
 #: Gain of the difference map: |counterfactual - factual| times this, clipped to 1.
 DIFF_GAIN = 4.0
+#: Gain of the spread map: the per-pixel std over the K draws times this, clipped to 1 (white: 32 grey levels).
+SPREAD_GAIN = 8.0
+#: Most draws one query may ask for (each is a counterfactual; the page's latency grows with them).
+MAX_SAMPLES = 32
+#: Sampled abductions kept (image x depth x steps x K), all sessions together; each is K abductions.
+SAMPLED_CACHE_SIZE = 8
+#: Seed of the draws: the same image, depth, steps and K always give the same draws, also in another session.
+SAMPLES_SEED = 0
 
 
 K = TypeVar("K", bound=Hashable)
@@ -126,11 +137,19 @@ class Result:
     seconds: float
     settings: dict[str, float] = field(default_factory=dict)
     source: str = ""
+    spread: np.ndarray | None = None
+    """With samples: the spread map (std over the draws, times :data:`SPREAD_GAIN`) as a heat image."""
+    spread_pixels: float | None = None
+    """With samples: the spread map's mean, in grey levels (0-255)."""
+    estimate_cf_std: dict[str, float] | None = None
+    """With samples: the std over the draws of the model's reading of each variable (label units)."""
 
     def to_json(self) -> dict[str, Any]:
         """The query and its numbers, as the page offers them for download."""
+        spread = {} if self.estimate_cf_std is None else {"spread_pixels_mean": self.spread_pixels,
+                                                          "estimate_counterfactual_std": self.estimate_cf_std}
         return {"image": self.source, "do": self.do, **self.settings, "estimate_factual": self.estimate,
-                "estimate_counterfactual": self.estimate_cf, "intervened": self.intervened,
+                "estimate_counterfactual": self.estimate_cf, **spread, "intervened": self.intervened,
                 "affected": self.affected, "seconds": round(self.seconds, 3)}
 
 
@@ -146,6 +165,7 @@ class Explorer:
         self.scm: TrueSCM | None = true_scm(self.test) if self.test is not None else None
         self.choice: Choice | None = None
         self._cache: Recent[tuple[int, float, int], tuple[Abducted, torch.Tensor]] = Recent(CACHE_SIZE)
+        self._sampled: Recent[tuple[int, float, int, int], tuple[Latents, Abducted]] = Recent(SAMPLED_CACHE_SIZE)
 
     def session(self) -> Explorer:
         """Another session's view: the same model, test images and abduction cache; its own chosen image."""
@@ -236,6 +256,18 @@ class Explorer:
             self._cache.put(key, cached)
         return cached
 
+    def abduct_samples(self, depth: float, steps: int, k: int) -> tuple[Latents, Abducted]:
+        """K draws of the chosen image's exogenous state at (depth, steps) (``counterfactual.abduct_samples``,
+        seeded with :data:`SAMPLES_SEED`): drawn and abducted once, then served from the cache."""
+        choice = self._current()
+        key = (choice.key, float(depth), int(steps), k)
+        cached = self._sampled.get(key)
+        if cached is None:
+            cached = abduct_samples(self.model, choice.x, choice.latents, k, steps=steps, depth=depth,
+                                    classes=choice.classes, generator=torch.Generator().manual_seed(SAMPLES_SEED))
+            self._sampled.put(key, cached)
+        return cached
+
     def check_do(self, do: dict[str, float]) -> dict[str, float]:
         """Values by variable name, each a finite number inside the variable's range (where it has one)."""
         out = {}
@@ -250,17 +282,33 @@ class Explorer:
         return out
 
     def query(self, do: dict[str, float], guidance: float | None = None, depth: float | None = None,
-              steps: float | None = None) -> Result:
+              steps: float | None = None, samples: float | None = None) -> Result:
         """The chosen image under ``do`` (variable name -> value; empty reconstructs): decoded from the cached
         abduction, with the reconstruction, an amplified difference map and, where the SCM is known and the image
-        is a test image, the true counterfactual. A depth, weight or steps of None is the model's own."""
+        is a test image, the true counterfactual. A depth, weight or steps of None is the model's own. ``samples``
+        K (1 to :data:`MAX_SAMPLES`) shows the mean of K draws instead, with their spread map and the spread of
+        the model's reading of each variable."""
         guidance, depth, steps = self._knobs(guidance, depth, steps)
+        k = None if samples is None else whole(samples, "samples")
+        if k is not None and not 1 <= k <= MAX_SAMPLES:
+            raise ValueError(f"samples must lie in 1..{MAX_SAMPLES}, got {k}")
         choice, do = self._current(), self.check_do(do)
         start = time.perf_counter()
         noise, recon = self.abduct(depth, steps)
-        z_cf = self.model.intervene(choice.latents, do) if do else choice.latents.z
-        cf = decode(self.model, noise, z_cf, steps=steps, guidance=guidance, depth=depth, classes=choice.classes) \
-            if do else recon
+        spread = None
+        if k is None:
+            z_cf = self.model.intervene(choice.latents, do) if do else choice.latents.z
+            cf = decode(self.model, noise, z_cf, steps=steps, guidance=guidance, depth=depth,
+                        classes=choice.classes) if do else recon
+        else:
+            latents, noises = self.abduct_samples(depth, steps, k)
+            z_k = self.model.intervene(latents, do) if do else latents.z
+            classes = None if choice.classes is None else choice.classes.repeat(k)
+            images = decode(self.model, noises, z_k, steps=steps, guidance=guidance, depth=depth, classes=classes)
+            with torch.inference_mode():
+                readings = self.model.graph.named(self.model.read_labels(z_k))
+            spread = Spread(images[:, None], {name: v[:, None] for name, v in readings.items()})  # K draws of 1 image
+            cf, z_cf = images.mean(0, keepdim=True), z_k.mean(0, keepdim=True)  # the reading is linear in z
         seconds = time.perf_counter() - start
         truth = None
         if self.scm is not None and choice.row is not None and do:
@@ -270,11 +318,15 @@ class Explorer:
         difference = ((cf - choice.x).abs().mean(dim=1, keepdim=True) * DIFF_GAIN).clamp(0, 1)
         return Result(
             do=do, factual=_display(to_uint8(choice.x)[0]), reconstruction=_display(to_uint8(recon)[0]),
-            counterfactual=_display(to_uint8(cf)[0]), difference=_display(_heat(difference[0, 0])),
+            counterfactual=_display(to_uint8(cf)[0]), difference=_display(heat(difference[0, 0])),
             truth=None if truth is None else _display(to_uint8(truth)[0]), estimate=dict(choice.estimate),
             estimate_cf=dict(zip(self.graph.variables, estimate_cf, strict=True)), intervened=sorted(do),
             affected=sorted(self.graph.affected(do) - set(do)) if do else [], seconds=seconds,
-            settings={"guidance": float(guidance), "depth": float(depth), "steps": int(steps)}, source=choice.source)
+            settings={"guidance": float(guidance), "depth": float(depth), "steps": int(steps),
+                      **({} if k is None else {"samples": k})}, source=choice.source,
+            spread=None if spread is None else _display(heat(spread.per_pixel[0] * SPREAD_GAIN)),
+            spread_pixels=None if spread is None else float(spread.per_image[0]) * 255,
+            estimate_cf_std=None if spread is None else {n: float(v[0]) for n, v in spread.labels_std.items()})
 
     def _knobs(self, guidance: float | None, depth: float | None, steps: float | None) -> tuple[float, float, int]:
         """The weight, depth and steps of a query, each checked by name (the page's HTTP API takes any JSON
@@ -352,7 +404,11 @@ class Explorer:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         shown = [result.factual, result.reconstruction, result.counterfactual, result.difference]
-        names = ["factual", "reconstruction", "counterfactual", "difference x4"]
+        mean = "counterfactual" if result.spread is None else f"mean of {result.settings['samples']:g}"
+        names = ["factual", "reconstruction", mean, f"difference x{DIFF_GAIN:g}"]
+        if result.spread is not None:
+            shown.append(result.spread)
+            names.append(f"spread x{SPREAD_GAIN:g}")
         if result.truth is not None:
             shown.append(result.truth)
             names.append("true counterfactual")
@@ -422,13 +478,6 @@ def _node_state(name: str, result: Result | None) -> str:
 
 def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
-
-
-def _heat(diff: torch.Tensor) -> np.ndarray:
-    """A difference map (H, W) in [0, 1] as an RGB uint8 heat map (black -> red -> yellow -> white)."""
-    d = diff.clamp(0, 1).cpu().numpy()
-    rgb = np.stack([np.clip(3 * d, 0, 1), np.clip(3 * d - 1, 0, 1), np.clip(3 * d - 2, 0, 1)], axis=-1)
-    return (rgb * 255).round().astype(np.uint8)
 
 
 def _display(image: np.ndarray, size: int = DISPLAY_SIZE) -> np.ndarray:

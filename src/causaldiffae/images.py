@@ -35,6 +35,14 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return arr.transpose(0, 2, 3, 1)
 
 
+def heat(values: torch.Tensor) -> np.ndarray:
+    """Values (..., H, W) in [0, 1] (clipped) as RGB uint8 (..., H, W, 3), black -> red -> yellow -> white: the
+    colours of difference and spread maps."""
+    d = values.detach().float().clamp(0, 1).cpu().numpy()
+    rgb = np.stack([np.clip(3 * d, 0, 1), np.clip(3 * d - 1, 0, 1), np.clip(3 * d - 2, 0, 1)], axis=-1)
+    return (rgb * 255).round().astype(np.uint8)
+
+
 def grid(rows: Sequence[torch.Tensor], row_labels: Sequence[str] = (), col_labels: Sequence[str] = (),
          pad: int = 2, scale: int | None = None) -> Image.Image:
     """Rows of images (each (B, C, H, W) in [0, 1], same B) -> one RGB grid, labels left of rows and above
@@ -67,3 +75,27 @@ def save_grid(path: str | Path, rows: Sequence[torch.Tensor], row_labels: Sequen
     with atomic_path(path) as tmp:
         grid(rows, row_labels, col_labels, scale=scale).save(tmp, format="PNG")
     return path
+
+
+def save_heat_grid(path: str | Path, rows: Sequence[torch.Tensor], top: float, scale_label: str,
+                   row_labels: Sequence[str] = (), col_labels: Sequence[str] = ()) -> Path:
+    """Maps (each row (B, H, W), values >= 0) as a grid of heat colours from 0 to ``top`` (``heat``), with a colour
+    bar under it that says what the colours mean: "0", ``top`` and ``scale_label`` (the quantity and its units).
+    Written atomically."""
+    if not top > 0:
+        raise ValueError(f"the top of a heat map's scale must be positive, got {top}")
+    tiles = [torch.from_numpy(heat(r / top)).permute(0, 3, 1, 2).float() / 255 for r in rows]
+    maps = grid(tiles, row_labels, col_labels)
+    bar_width = min(256, maps.width - 16)
+    canvas = Image.new("RGB", (max(maps.width, 8 + 6 * len(scale_label)), maps.height + 44), "white")
+    canvas.paste(maps, (0, 0))
+    ramp = heat(torch.linspace(0, 1, bar_width)[None].expand(12, -1))
+    canvas.paste(Image.fromarray(ramp), (8, maps.height + 4))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((8, maps.height + 17), "0", fill=(0, 0, 0))
+    top_text = f"{top:.3g}"
+    draw.text((8 + bar_width - 6 * len(top_text), maps.height + 17), top_text, fill=(0, 0, 0))
+    draw.text((8, maps.height + 30), scale_label, fill=(0, 0, 0))
+    with atomic_path(Path(path)) as tmp:
+        canvas.save(tmp, format="PNG")
+    return Path(path)

@@ -177,6 +177,26 @@ class CausalDiffAE(nn.Module):
             u = mu + torch.exp(0.5 * logvar) * noise
         return Latents(mu, logvar, u, self.causal_layer(u))
 
+    @property
+    def has_posterior(self) -> bool:
+        """Whether the encoder's u has a posterior to sample (``sample_latents``): not for DiffAE's deterministic
+        encoder, nor for the label-conditional baseline, which has no encoder."""
+        return self.encoder is not None and not self.config.deterministic_encoder
+
+    def sample_latents(self, latents: Latents, k: int, generator: torch.Generator | None = None) -> Latents:
+        """k draws of u from each image's posterior q(u|x) = N(mu, exp(logvar)), with z through the causal layer:
+        (k*B, n, d), sample-major (draw s of image b at s*B + b). The abduction's own uncertainty about u, for
+        counterfactual samples (``counterfactual(..., samples=k)``); the noise comes from ``generator`` (on its
+        device, then moved). A model without a posterior (``deterministic_encoder``, the label-conditional
+        baseline) repeats its latents."""
+        if not self.has_posterior:
+            return Latents(*(t.repeat(k, 1, 1) for t in latents))
+        mu, logvar = latents.mu.repeat(k, 1, 1), latents.logvar.repeat(k, 1, 1)
+        noise = torch.randn(mu.shape, generator=generator,
+                            device=generator.device if generator is not None else mu.device).to(mu)
+        u = mu + torch.exp(0.5 * logvar) * noise
+        return Latents(mu, logvar, u, self.causal_layer(u))
+
     def label_latents(self, labels: torch.Tensor | None, like: torch.Tensor, missing_ok: bool = False) -> Latents:
         """Latents of the label-conditional DDIM: z = u = normalised labels broadcast over the block (B, n, d)."""
         if labels is None:

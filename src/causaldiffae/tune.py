@@ -80,22 +80,7 @@ def tune(model: CausalDiffAE, dataset: ImageDataset, settings: TuneSettings | No
     if scm is None and predictors is None:
         raise ValueError("tune needs a known SCM (the true counterfactual) or predictors (--predictors) to score")
     graph, names = model.graph, model.graph.variables
-    g = torch.Generator().manual_seed(s.seed)
-    picks = torch.randperm(len(data), generator=g)
-    picks = picks.repeat(math.ceil(s.n / len(picks)))[: s.n]
-    queries = []  # (variable, rows, values): the same interventions at every depth and weight
-    for i, name in enumerate(names):
-        rows = picks[i:: len(names)]
-        column = data.labels[:, graph.index(name)].float()
-        column = column[~torch.isnan(column)]
-        if not len(column):
-            raise ValueError(f"variable {name!r} has no labels in the {s.split!r} split, so no do() value can be "
-                             "drawn for it: label some of its images, or tune on another split (--split)")
-        queries.append((name, rows, column[torch.randint(len(column), (len(rows),), generator=g)]))
-    if s.n < len(names):  # the variables take the images in turn: the last ones would get none to score
-        raise ValueError(f"tune: n = {s.n} images are fewer than the model's {len(names)} variables "
-                         f"({', '.join(names)}), and each variable needs a do() on at least one image: ask for "
-                         f"--n {len(names)} or more")
+    queries = single_interventions(data, s.n, s.seed, s.split)  # the same interventions at every depth and weight
     truths = {name: scm.counterfactual(rows.tolist(), {name: values})[0] for name, rows, values in queries} \
         if scm is not None else {}
     scores: dict[tuple[float, float], dict[str, list[torch.Tensor]]] = {}
@@ -154,9 +139,34 @@ def tune(model: CausalDiffAE, dataset: ImageDataset, settings: TuneSettings | No
         row["by_variable"] = {name: {key: _mean_sem(torch.cat(chunks))[0]
                                      for key, chunks in by_variable[depth, w, name].items()} for name in names}
         grid.append(row)
-    return {"settings": asdict(s), "criterion": criterion, "images": len(picks), "grid": grid,
+    return {"settings": asdict(s), "criterion": criterion, "images": s.n, "grid": grid,
             "lowest": {"depth": lowest[0], "guidance": lowest[1]},
             "best": {"depth": chosen[0], "guidance": chosen[1]}}
+
+
+def single_interventions(data: ImageDataset, n: int, seed: int, split: str = "val"
+                         ) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """n random images of ``data`` (one split, labels in its graph's order), each with a do() on one variable
+    (variables in turn) to a value drawn from the split's labels of it: [(variable, rows, values)]. What ``tune``
+    and ``benchmarks/cf_uncertainty.py`` score, the same draws for the same seed."""
+    names = data.graph.variables
+    g = torch.Generator().manual_seed(seed)
+    picks = torch.randperm(len(data), generator=g)
+    picks = picks.repeat(math.ceil(n / len(picks)))[:n]
+    queries = []
+    for i, name in enumerate(names):
+        rows = picks[i:: len(names)]
+        column = data.labels[:, data.graph.index(name)].float()
+        column = column[~torch.isnan(column)]
+        if not len(column):
+            raise ValueError(f"variable {name!r} has no labels in the {split!r} split, so no do() value can be "
+                             "drawn for it: label some of its images, or tune on another split (--split)")
+        queries.append((name, rows, column[torch.randint(len(column), (len(rows),), generator=g)]))
+    if n < len(names):  # the variables take the images in turn: the last ones would get none to score
+        raise ValueError(f"tune: n = {n} images are fewer than the model's {len(names)} variables "
+                         f"({', '.join(names)}), and each variable needs a do() on at least one image: ask for "
+                         f"--n {len(names)} or more")
+    return queries
 
 
 def one_se_choice(per_image: dict[tuple[float, float], torch.Tensor]
@@ -214,4 +224,4 @@ def write_tuning(result: dict, out: str | Path, run: str, data: str) -> Path:
     return out / "tune.md"
 
 
-__all__ = ["TuneSettings", "one_se_choice", "tune", "write_tuning"]
+__all__ = ["TuneSettings", "one_se_choice", "single_interventions", "tune", "write_tuning"]

@@ -18,6 +18,10 @@ Both walk exactly the same timesteps, so they are approximate inverses; the mism
 the noise is predicted and vanishes as K grows. `invert_exact` also records what each decoding step misses
 (one more network call), and `sample(..., residuals=...)` adds it back: an exact inverse at any K.
 
+``sample(..., eta=...)`` is the stochastic member of the family (eq. 12 with sigma_t = eta * the DDPM posterior
+std): it moves part of the noise direction into fresh Gaussian noise at each step, which the caller supplies
+(``fresh``), so a seeded draw reproduces; eta = 0 is the deterministic update above, bit for bit.
+
 The functions here hold no weights: the network is a `Denoiser` closure supplied by the caller, and gradients
 are neither forced on nor off (wrap calls in torch.no_grad / torch.inference_mode as needed).
 """
@@ -84,8 +88,18 @@ def _alpha_bar(schedule: NoiseSchedule, t: int) -> float:
     return 1.0 if t == -1 else float(schedule.alphas_cumprod[t])
 
 
-def _transfer(schedule: NoiseSchedule, eps: Tensor, t_from: int, t_to: int, x: Tensor, clip: bool = False) -> Tensor:
-    """Move x from noise level t_from to t_to along the eta = 0 DDIM update (Song et al. 2021, eq. 12)."""
+def noise_std(schedule: NoiseSchedule, t: int, t_prev: int, eta: float) -> float:
+    """The std of the fresh noise of a stochastic DDIM step t -> t_prev (eq. 16 of Song et al. 2021): eta times
+    sqrt((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)); eta = 1 is DDPM's posterior std, and the step onto the
+    clean image (t_prev = -1) adds none."""
+    ab, ab_prev = _alpha_bar(schedule, t), _alpha_bar(schedule, t_prev)
+    return eta * math.sqrt((1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev))
+
+
+def _transfer(schedule: NoiseSchedule, eps: Tensor, t_from: int, t_to: int, x: Tensor, clip: bool = False,
+              std: float = 0.0, fresh: Tensor | None = None) -> Tensor:
+    """Move x from noise level t_from to t_to along the DDIM update (Song et al. 2021, eq. 12): deterministic
+    (eta = 0) unless ``std`` > 0, which then adds ``std * fresh`` and shortens the noise direction to match."""
     if eps.shape != x.shape:
         raise ValueError(f"eps and x_t must have the same shape, got {tuple(eps.shape)} and {tuple(x.shape)}")
     # 1. Noise levels of both ends; -1 means the clean image, alpha_bar = 1.
@@ -98,21 +112,30 @@ def _transfer(schedule: NoiseSchedule, eps: Tensor, t_from: int, t_to: int, x: T
     if clip:
         x0_pred = x0_pred.clamp(-1.0, 1.0)
         eps = (x - math.sqrt(ab_from) * x0_pred) / math.sqrt(1.0 - ab_from)
-    # 3. "Direction pointing to x_t" of eq. 12, with sigma_t = 0 (eta = 0).
-    direction = math.sqrt(1.0 - ab_to) * eps
-    # 4. Re-noise the prediction to the target level; eq. 12 without its random-noise term.
-    return math.sqrt(ab_to) * x0_pred + direction
+    # 3. "Direction pointing to x_t" of eq. 12; sigma_t = std (0 for eta = 0).
+    direction = math.sqrt(1.0 - ab_to - std**2) * eps
+    # 4. Re-noise the prediction to the target level; eq. 12's random-noise term only for std > 0.
+    out = math.sqrt(ab_to) * x0_pred + direction
+    if std > 0:
+        if fresh is None or fresh.shape != x.shape:
+            raise ValueError(f"a stochastic DDIM step needs fresh noise shaped like x_t {tuple(x.shape)}, got "
+                             f"{None if fresh is None else tuple(fresh.shape)}")
+        out = out + std * fresh
+    return out
 
 
-def step(schedule: NoiseSchedule, eps: Tensor, t: int, t_prev: int, x_t: Tensor, clip: bool = False) -> Tensor:
+def step(schedule: NoiseSchedule, eps: Tensor, t: int, t_prev: int, x_t: Tensor, clip: bool = False,
+         eta: float = 0.0, fresh: Tensor | None = None) -> Tensor:
     """One DDIM denoising update x_t -> x_{t_prev} (t_prev < t; t_prev = -1 gives the clean image).
 
     eps: the noise predicted at (x_t, t), shaped like x_t (B, ...). Returns x_{t_prev}, shaped like x_t.
     ``clip`` clamps the predicted x0 to [-1, 1]: for sampling from pure noise only, never after an inversion.
+    ``eta`` > 0 is the stochastic update, adding ``noise_std(...) * fresh`` (``fresh`` standard normal, like x_t):
+    diffusers' ``DDIMScheduler.step(..., eta, variance_noise=fresh)``.
     """
     if not t_prev < t:
         raise ValueError(f"step goes towards less noise and needs t_prev < t, got t={t}, t_prev={t_prev}")
-    return _transfer(schedule, eps, t, t_prev, x_t, clip)
+    return _transfer(schedule, eps, t, t_prev, x_t, clip, noise_std(schedule, t, t_prev, eta) if eta else 0.0, fresh)
 
 
 def invert_step(schedule: NoiseSchedule, eps: Tensor, t: int, t_next: int, x_t: Tensor) -> Tensor:
@@ -148,6 +171,8 @@ def sample(
     clip: bool = False,
     spacing: Spacing = "leading",
     residuals: Tensor | None = None,
+    eta: float = 0.0,
+    fresh: Tensor | None = None,
 ) -> Tensor:
     """Decode x_{tau_K} (B, ...) down to the clean image x_0 (B, ...) in `steps` DDIM steps.
 
@@ -156,18 +181,25 @@ def sample(
     each predicted x0 to [-1, 1] and ``spacing="trailing"`` starts at t = T - 1: both for generation from
     pure noise (leave them off after inversion). ``residuals`` (steps, B, ...) from `invert_exact` are added
     after the steps that land on x_0, x_{tau_1}, ..., x_{tau_{K-1}} (``residuals[i]`` after the step onto level
-    i, counted from the clean image), which makes the decoding retrace that inversion exactly.
+    i, counted from the clean image), which makes the decoding retrace that inversion exactly. ``eta`` in [0, 1]
+    makes each step stochastic (``step``), with ``fresh`` (steps, B, ...) standard normal noise, ``fresh[i]`` for the
+    step onto level i as ``residuals[i]``; with residuals too, the decoding retraces the inversion only at eta = 0.
     """
     trajectory = timesteps(schedule.num_timesteps, steps, depth, spacing)
-    if residuals is not None and tuple(residuals.shape) != (steps, *x_T.shape):
-        raise ValueError(f"residuals must have shape {(steps, *x_T.shape)} (steps, *x_T.shape), "
-                         f"got {tuple(residuals.shape)}")
+    for name, extra in (("residuals", residuals), ("fresh", fresh if eta else None)):
+        if extra is not None and tuple(extra.shape) != (steps, *x_T.shape):
+            raise ValueError(f"{name} must have shape {(steps, *x_T.shape)} (steps, *x_T.shape), "
+                             f"got {tuple(extra.shape)}")
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must lie in [0, 1] (0 = deterministic DDIM, 1 = DDPM's noise), got {eta}")
+    if eta and fresh is None:
+        raise ValueError("eta > 0 needs fresh noise (steps, *x_T.shape) for its steps")
     targets = [-1] + trajectory[:-1]  # targets[i] is the level below trajectory[i]
     x = x_T
     for i in _progress(list(range(steps - 1, -1, -1)), progress, "DDIM sample"):
         t, t_prev = trajectory[i], targets[i]
         eps = denoiser(x, _batch_t(t, x))
-        x = step(schedule, eps, t, t_prev, x, clip)
+        x = step(schedule, eps, t, t_prev, x, clip, eta, None if fresh is None else fresh[i])
         if residuals is not None:
             x = x + residuals[i]
     return x
