@@ -59,14 +59,20 @@ def _src(page, element: str) -> str | None:
     return image.first.get_attribute("src") if image.count() else None
 
 
+def _chosen(p, url: str):
+    """A headless Chromium on the page with the gallery's first image chosen: (browser, page)."""
+    browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.set_default_timeout(60_000)
+    page.goto(url)
+    page.locator("#gallery button.thumbnail-item").first.click()
+    page.wait_for_function("document.querySelector('#counterfactual img') !== null")
+    return browser, page
+
+
 def test_slider_graph_and_broken_upload_in_a_real_browser(url, tmp_path, capsys):
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1100})
-        page.set_default_timeout(60_000)
-        page.goto(url)
-        page.locator("#gallery button.thumbnail-item").first.click()
-        page.wait_for_function("document.querySelector('#counterfactual img') !== null")
+        browser, page = _chosen(p, url)
         before = _src(page, "counterfactual")
         assert page.locator('#graph g.node.other[data-name="angle"]').count() == 1
 
@@ -145,12 +151,7 @@ def test_uncertainty_on_request_shows_the_spread_map(url):
     """Ticking "uncertainty" re-answers the query as the mean of K draws: the spread map appears and the timing
     line names the draws and the reading's spread; unticked, the map goes."""
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1100})
-        page.set_default_timeout(60_000)
-        page.goto(url)
-        page.locator("#gallery button.thumbnail-item").first.click()
-        page.wait_for_function("document.querySelector('#counterfactual img') !== null")
+        browser, page = _chosen(p, url)
         assert _src(page, "spread") is None
         page.locator("#uncertainty input[type=checkbox]").check()
         page.wait_for_function("document.querySelector('#spread img') !== null")
