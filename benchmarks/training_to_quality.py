@@ -2,16 +2,16 @@
 
     python benchmarks/training_to_quality.py pendulum --recipe current= \
         --recipe minsnr-cosine=model.min_snr_gamma=5,train.lr_schedule=cosine \
-        --steps 1500 --every 500 --seeds 0,1 [--n 64] [--predictors DIR] [--runs runs/ttq]
+        --steps 1500 --every 500 --seeds 0,1 [--n 64] [--predictors DIR] [--runs runs/ttq] [--knobs D,G,S] [--append]
 
 Each recipe is the dataset's config (``configs/DATASET.yaml``) with its ``--set`` overrides, trained once per seed
 into ``RUNS/RECIPE/seed-S`` (an existing run there is resumed, so a longer ``--steps`` extends it), keeping a
-checkpoint every ``--every`` steps. Every checkpoint's EMA weights are scored on the validation split (never
-test) at the shipped model's knobs (depth, guidance, steps): the pixel L1 to the rendered true counterfactual
-and, with ``--predictors``, the effectiveness, as ``causaldiffae tune`` scores one cell. Compute is the images
-seen (steps x batch size) times the FLOPs of one training image, counted by torch's FlopCounterMode, so it does
-not depend on the machine. Writes ``benchmarks/results/training_to_quality_DATASET.json`` and a PNG plot beside
-it; a recipe is better only where its curve lies below at equal compute by more than the spread over seeds.
+checkpoint every ``--every`` steps. Every checkpoint's EMA weights are scored on the validation split (never test)
+at the shipped model's knobs (depth, guidance, steps) or those of ``--knobs``: the pixel L1 to the rendered true
+counterfactual and, with ``--predictors``, the effectiveness, as ``causaldiffae tune`` scores one cell. Compute is
+the images seen (steps x batch size) times the FLOPs of one training image, counted by torch's FlopCounterMode, so
+it does not depend on the machine. Writes ``benchmarks/results/training_to_quality_DATASET.json`` and a PNG plot
+beside it; a recipe is better only where its curve lies below at equal compute by more than the spread over seeds.
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ import torch
 from safetensors.torch import load_file
 
 from causaldiffae import CausalDiffAE
+from causaldiffae.atomic import write_text
 from causaldiffae.data import open_dataset
 from causaldiffae.demo import SHIPPED_MODELS
+from causaldiffae.knobs import Knobs
 from causaldiffae.metrics.predictors import load_predictors
 from causaldiffae.metrics.report import pyplot, save_figure
 from causaldiffae.metrics.settings import parse_seeds
@@ -47,16 +49,33 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=64, help="validation images per score")
     parser.add_argument("--predictors", help="also score the effectiveness with these predictors")
     parser.add_argument("--runs", default="runs/ttq", help="folder of the training runs")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the other recipes and seeds of an existing --json scored at the same knobs and n")
+    parser.add_argument("--knobs", metavar="DEPTH,GUIDANCE,STEPS",
+                        help="score at these knobs (default: the shipped model's); choose them on val, e.g. with tune")
     parser.add_argument("--json", help="output (default benchmarks/results/training_to_quality_DATASET.json)")
     args = parser.parse_args()
 
     knobs = CausalDiffAE.from_pretrained(SHIPPED_MODELS[args.dataset]).knobs
+    if args.knobs:
+        depth, guidance, steps = args.knobs.split(",")
+        knobs = Knobs(depth=float(depth), guidance=float(guidance), steps=int(steps))
     predictors = load_predictors(args.predictors) if args.predictors else None
+    out = Path(args.json or f"benchmarks/results/training_to_quality_{args.dataset}.json")
+    header = {"dataset": args.dataset, "split": "val", "n": args.n,
+              "knobs": {"depth": knobs.depth, "guidance": knobs.guidance, "steps": knobs.steps}}
     results: dict = {}
+    if args.append and out.exists():  # the recipes and seeds of earlier invocations, scored by the same instrument
+        earlier = json.loads(out.read_text())
+        if {k: earlier.get(k) for k in header} != header:
+            raise SystemExit(f"--append: {out} was scored with {[earlier.get(k) for k in header]}, not {header}")
+        results = earlier["recipes"]
     for spec in args.recipe:
         name, _, sets = spec.partition("=")
         overrides = [s for s in sets.split(",") if s]
-        results[name] = {"overrides": overrides, "seeds": {}}
+        results.setdefault(name, {"overrides": overrides, "seeds": {}})
+        if results[name]["overrides"] != overrides:
+            raise SystemExit(f"recipe {name}: {out} holds it with {results[name]['overrides']}, not {overrides}")
         for seed in parse_seeds(args.seeds):
             run = Path(args.runs) / name / f"seed-{seed}"
             config = load_run_config(f"configs/{args.dataset}.yaml", [
@@ -82,10 +101,8 @@ def main() -> None:
                 print(f"{name} seed {seed} step {step}: true-cf L1 {cell['true_cf_l1']:.3f} ± "
                       f"{cell['true_cf_l1_sem']:.3f}, {images * flops:.3g} FLOPs", flush=True)
             results[name]["seeds"][str(seed)] = {"flops_per_image": flops, "points": points}
-    out = Path(args.json or f"benchmarks/results/training_to_quality_{args.dataset}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"dataset": args.dataset, "split": "val", "n": args.n, "knobs": {
-        "depth": knobs.depth, "guidance": knobs.guidance, "steps": knobs.steps}, "recipes": results}, indent=1) + "\n")
+    write_text(out, json.dumps({**header, "recipes": results}, indent=1) + "\n")
     _plot(results, out.with_suffix(".png"), args.dataset)
     print(f"wrote {out} and {out.with_suffix('.png')}")
 
