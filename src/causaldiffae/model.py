@@ -171,10 +171,15 @@ class CausalDiffAE(nn.Module):
         if self.encoder is None:
             return self.label_latents(labels, x)
         mu, logvar = self.encoder(to_signed(x))  # (B, n, d) each
-        u = mu
         if sample and not self.config.deterministic_encoder:
-            noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-            u = mu + torch.exp(0.5 * logvar) * noise
+            return self._posterior_draw(mu, logvar, generator)
+        return Latents(mu, logvar, mu, self.causal_layer(mu))
+
+    def _posterior_draw(self, mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None) -> Latents:
+        """u ~ N(mu, exp(logvar)) with z through the causal layer; the noise from ``generator`` on its own device."""
+        noise = torch.randn(mu.shape, generator=generator,
+                            device=generator.device if generator is not None else mu.device).to(mu)
+        u = mu + torch.exp(0.5 * logvar) * noise
         return Latents(mu, logvar, u, self.causal_layer(u))
 
     @property
@@ -191,11 +196,7 @@ class CausalDiffAE(nn.Module):
         baseline) repeats its latents."""
         if not self.has_posterior:
             return Latents(*(t.repeat(k, 1, 1) for t in latents))
-        mu, logvar = latents.mu.repeat(k, 1, 1), latents.logvar.repeat(k, 1, 1)
-        noise = torch.randn(mu.shape, generator=generator,
-                            device=generator.device if generator is not None else mu.device).to(mu)
-        u = mu + torch.exp(0.5 * logvar) * noise
-        return Latents(mu, logvar, u, self.causal_layer(u))
+        return self._posterior_draw(latents.mu.repeat(k, 1, 1), latents.logvar.repeat(k, 1, 1), generator)
 
     def label_latents(self, labels: torch.Tensor | None, like: torch.Tensor, missing_ok: bool = False) -> Latents:
         """Latents of the label-conditional DDIM: z = u = normalised labels broadcast over the block (B, n, d)."""
