@@ -302,6 +302,44 @@ def test_generate_same_seed_same_bytes_and_other_size(tmp_path, small_dataset):
     assert load_dataset(big, 32).images.shape == (3, 1, 32, 32)
 
 
+def test_renderings_add_train_rows_and_keep_the_first_rows_byte_for_byte(tmp_path, small_dataset, mnist):
+    out = morphomnist.generate(tmp_path / "r3", limit=4, seed=3, progress=False, workers=1, renderings=3)
+    _, once = _labels_csv(small_dataset)
+    _, rows = _labels_csv(out)
+    assert rows[:12] == once[:12]  # val and test, and the first rendering of each train digit, unchanged
+    for r in once:
+        assert (out / "images" / r["file"]).read_bytes() == (small_dataset / "images" / r["file"]).read_bytes()
+    extra = rows[12:]
+    train_sources = [r["source"] for r in once if r["split"] == "train"]
+    assert [r["split"] for r in extra] == ["train"] * 8
+    assert [r["source"] for r in extra] == train_sources * 2  # every train digit once per extra rendering
+    assert [r["file"] for r in extra] == [f"train-{int(float(k)):05d}-{j}.png" for j in (1, 2) for k in train_sources]
+    draws = sample_scm(8, np.random.default_rng([3, 1]))  # their own stream, so the first rows do not move
+    assert [float(r["thickness"]) for r in extra] == draws["thickness"].tolist()
+    images, _ = mnist
+    r = extra[5]
+    digit = morphomnist.source_digit(out, r["file"])
+    assert np.array_equal(digit, images[int(float(r["source"]))])
+    labels = {k: float(r[k]) for k in ("thickness", "intensity")}
+    rendered, _ = true_counterfactual(digit, labels, {})
+    assert np.array_equal(np.asarray(Image.open(out / "images" / r["file"])), rendered)
+    with pytest.raises(ValueError, match="renderings"):
+        morphomnist.generate(tmp_path / "r0", limit=1, renderings=0, progress=False)
+
+
+def test_renderings_have_their_own_cache_folder_and_only_where_a_generator_renders(tmp_path, monkeypatch):
+    from causaldiffae.data import dataset_root
+    from causaldiffae.training.config import DataConfig
+
+    monkeypatch.setenv("CAUSALDIFFAE_CACHE", str(tmp_path))
+    assert dataset_root("morphomnist", None, 28) == tmp_path / "morphomnist-28-v2"
+    assert dataset_root("morphomnist", None, 28, renderings=4) == tmp_path / "morphomnist-28-v2-r4"
+    with pytest.raises(ValueError, match="renderings = 2 applies only to .*morphomnist.*not to 'pendulum'"):
+        dataset_root("pendulum", None, 32, renderings=2)
+    with pytest.raises(ValueError, match="data.renderings = 1.5"):
+        DataConfig(name="morphomnist", renderings=1.5)  # type: ignore[arg-type]
+
+
 def test_parallel_rendering_matches_serial(mnist, monkeypatch):
     monkeypatch.setattr(morphomnist, "_CHUNK", 2)
     digits = mnist[0][:4]

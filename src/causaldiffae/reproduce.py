@@ -120,7 +120,7 @@ def reproduce(dataset: str, out: str | Path, steps: int, settings: Settings, con
     data_sets = [] if data_root is None else ["data.name=folder", f"data.root={Path(data_root).resolve()}"]
     base = load_run_config(_config_path(configs, plan[0].config), data_sets)
     data = open_dataset(base.data.name, base.data.root, base.data.image_size, base.data.resize, progress,
-                        base.data.class_column)
+                        base.data.class_column, base.data.renderings)
     predictors = Path(predictors) if predictors else out / "predictors"
     if not (predictors / "predictors.json").is_file():  # with the models' class condition, class_kept is measured
         save_predictors(train_predictors(data, base.data.class_column, progress=progress), predictors)

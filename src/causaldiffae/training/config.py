@@ -33,10 +33,15 @@ class DataConfig:
     label_fraction: float | dict = cfg.param(1.0, "weak supervision: the share f in (0, 1] of training labels kept, "
                                                   "for every variable or as {variable: f}; the others are hidden "
                                                   "(NaN), chosen with train.seed; val and test keep theirs")
+    renderings: int = cfg.param(1, "morphomnist: renderings of each training digit, each with its own draw of the "
+                                   "SCM (val and test keep one per digit, the same rows); generated into its own "
+                                   "cache folder")
 
     def __post_init__(self) -> None:
         if self.image_size < 8:
             raise ValueError(f"data.image_size must be >= 8, got {self.image_size}")
+        if isinstance(self.renderings, bool) or not isinstance(self.renderings, int) or self.renderings < 1:
+            raise ValueError(f"data.renderings = {self.renderings!r} must be a whole number >= 1")
         self.label_fraction = _check_fraction(self.label_fraction)
         if self.name == "folder" and not self.root:
             raise ValueError("data.name: folder needs data.root, the folder with graph.yaml, labels.csv, images/")

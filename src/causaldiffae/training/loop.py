@@ -226,7 +226,8 @@ def _prepare_data(config: RunConfig) -> tuple[CausalGraph, ModelConfig, ImageDat
     config, training split, grid images and the validation labels that score the mechanisms (None without a val
     split)."""
     data, tc = config.data, config.train
-    dataset = open_dataset(data.name, data.root, data.image_size, data.resize, class_column=data.class_column)
+    dataset = open_dataset(data.name, data.root, data.image_size, data.resize, class_column=data.class_column,
+                           renderings=data.renderings)
     if "train" not in dataset.splits:
         present = ", ".join(sorted(set(dataset.splits)))
         raise ValueError(f"dataset {dataset.root} has no train split (only {present}), so there is nothing to "
