@@ -368,6 +368,14 @@ def test_generate_from_mnist_idx_files_via_cli(tmp_path, mnist, capsys):
                                          "test-00000.png", "test-00001.png"]
     assert np.array_equal(morphomnist.source_digit(out, "test-00001.png"), mnist[0][11])
     assert float(rows[4]["digit"]) == mnist[1][11]
+    twice = tmp_path / "twice"
+    assert main(["data", "morphomnist", "--out", str(twice), "--mnist", str(tmp_path / "mnist"), "--seed", "5",
+                 "--renderings", "2"]) == 0
+    assert "wrote 8 Morpho-MNIST images (6 train / 2 test, 28x28)" in capsys.readouterr().out
+    assert _labels_csv(twice)[1][:5] == rows
+    assert main(["data", "morphomnist", "--out", str(tmp_path / "p"), "--published", str(tmp_path / "mnist"),
+                 "--renderings", "2"]) == 2
+    assert "--renderings applies to generated digits" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="t10k-labels-idx1-ubyte"):
         (tmp_path / "mnist" / "t10k-labels-idx1-ubyte").unlink()
         morphomnist.generate(tmp_path / "x", mnist=tmp_path / "mnist", progress=False)

@@ -153,6 +153,9 @@ def _add_data(subcommands: Any) -> None:
                              "DeepSCM's t10k files)")
     morpho.add_argument("--seed", type=int, default=0, help="seed of the causal model's draws (default 0)")
     morpho.add_argument("--size", type=image_size, default=28, help="image size in pixels (default 28)")
+    morpho.add_argument("--renderings", type=int, default=1,
+                        help="render each train digit this many times, each with its own draw of the causal model "
+                             "(val and test keep one per digit, the same rows; default 1; not with --published)")
     morpho.set_defaults(func=commands.data_morphomnist)
 
 

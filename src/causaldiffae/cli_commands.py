@@ -34,11 +34,13 @@ def data_morphomnist(args: argparse.Namespace) -> None:
 
     from .data import morphomnist
 
+    if args.published and args.renderings != 1:
+        raise ValueError("--renderings applies to generated digits; a published folder has one rendering of each")
     _output_folder(args.out, beside=True)
     if args.published:
         out = morphomnist.convert_published(args.published, args.out, args.size)
     else:
-        out = morphomnist.generate(args.out, args.size, mnist=args.mnist, seed=args.seed)
+        out = morphomnist.generate(args.out, args.size, mnist=args.mnist, seed=args.seed, renderings=args.renderings)
     with (out / "labels.csv").open(newline="") as fh:
         splits = [row["split"] for row in csv.DictReader(fh)]
     counts = " / ".join(f"{splits.count(s):,} {s}" for s in ("train", "val", "test") if s in splits)
