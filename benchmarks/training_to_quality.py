@@ -84,7 +84,8 @@ def main() -> None:
             train(config, run, resume=bool(checkpoints(run)), allow_config_change=bool(checkpoints(run)))
             model = CausalDiffAE.from_pretrained(run)
             data = open_dataset(config.data.name, config.data.root, config.data.image_size, progress=False,
-                                class_column=config.data.class_column).with_variables(model.graph.variables)
+                                class_column=config.data.class_column, renderings=config.data.renderings
+                                ).with_variables(model.graph.variables)
             batch = data.split("train").batch(range(4))
             flops = model_flops_per_image(CausalDiffAE(model.config), batch)
             points = []

@@ -23,6 +23,17 @@ def test_native_bf16_is_read_from_the_cpu_flags():
     assert not precision.native_bf16("")  # nothing to read: not native
 
 
+def test_training_precision_auto_is_bf16_only_where_it_is_native(monkeypatch):
+    assert precision.training_precision("auto", on_gpu=False, cpuinfo=AMX_CPU) == "bf16"
+    assert precision.training_precision("auto", on_gpu=False, cpuinfo=AVX2_CPU) == "no"
+    for choice in ("no", "fp16", "bf16"):  # an explicit choice is kept, native or not
+        assert precision.training_precision(choice, on_gpu=False, cpuinfo=AVX2_CPU) == choice
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # a GPU without bf16 (e.g. a T4)
+    assert precision.training_precision("auto", on_gpu=True, cpuinfo=AMX_CPU) == "no"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert precision.training_precision("auto", on_gpu=True, cpuinfo=AVX2_CPU) == "bf16"
+
+
 def test_emulated_bf16_warns_and_fp32_or_a_gpu_does_not(monkeypatch):
     monkeypatch.setattr(precision, "native_bf16", lambda cpuinfo=None: False)
     assert "emulates" in precision.emulation_warning("bf16", "cpu")

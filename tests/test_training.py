@@ -72,6 +72,16 @@ def run_b(tmp_path_factory, data_overrides) -> Path:
 # -- outputs of a run -----------------------------------------------------------------------------------
 
 
+def test_mixed_precision_auto_trains_in_fp32_where_bf16_is_emulated(run_a, tmp_path, data_overrides, monkeypatch,
+                                                                   capsys):
+    monkeypatch.setattr("causaldiffae.precision.native_bf16", lambda cpuinfo=None: False)
+    out = train(_config(data_overrides, "train.mixed_precision=auto", "train.cpu=true"), tmp_path / "auto",
+                progress=False)
+    assert "mixed precision auto: no (bf16 is not native on this CPU)" in capsys.readouterr().err
+    got, want = _metrics(out), _metrics(run_a)
+    assert [[r[k] for k in COMPARED] for r in got] == [[r[k] for k in COMPARED] for r in want]
+
+
 def test_metrics_are_finite_and_follow_the_schedules(run_a):
     rows = _metrics(run_a)
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]

@@ -53,3 +53,12 @@ def emulation_warning(precision: Precision, device: torch.device | str) -> str |
         return ("bf16 on a CPU without AMX or AVX-512 BF16: PyTorch emulates it, many times slower than fp32 "
                 "(use --precision fp32)")
     return None
+
+
+def training_precision(choice: str, on_gpu: bool, cpuinfo: str | None = None) -> str:
+    """accelerate's ``mixed_precision`` for ``train.mixed_precision``: ``auto`` is bf16 where it is native (a CUDA
+    device that supports it when training there, else this CPU's flags), else no; any other choice stays as it is."""
+    if choice != "auto":
+        return choice
+    native = torch.cuda.is_bf16_supported() if on_gpu else native_bf16(cpuinfo)
+    return "bf16" if native else "no"

@@ -80,7 +80,9 @@ class TrainConfig:
     gamma_warmup_steps: int = cfg.param(1000, "steps over which gamma rises linearly from 0 to gamma_max")
     max_steps: int = cfg.param(10000, "stop after this many optimiser steps")
     max_minutes: float | None = cfg.param(None, "stop after this much wall time (null = no limit)")
-    mixed_precision: Literal["no", "fp16", "bf16"] = cfg.param("no", "accelerate mixed precision")
+    mixed_precision: Literal["no", "fp16", "bf16", "auto"] = cfg.param(
+        "no", "accelerate mixed precision; auto: bf16 where the hardware computes it natively (a CUDA GPU with bf16, "
+              "a CPU with AMX or AVX-512 BF16), else no (an emulated bf16 is many times slower)")
     cpu: bool = cfg.param(False, "train on the CPU even when a GPU is present")
     compile: bool = cfg.param(False, "torch.compile the UNet: 1.17x on 2 CPU cores for the Pendulum config at an "
                                      "unchanged loss, after a minute of compiling (docs/performance.md)")

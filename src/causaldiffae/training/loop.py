@@ -37,6 +37,7 @@ from ..diffusion import ddim
 from ..graph import CausalGraph
 from ..images import save_grid
 from ..model import CausalDiffAE, ModelConfig
+from ..precision import training_precision
 from . import checkpoint, run_folder
 from .config import RunConfig
 from .run_folder import MECHANISMS_LOG
@@ -60,9 +61,14 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bo
     if allow_config_change and not resume:
         raise ValueError("--allow-config-change goes with --resume (a new run takes any config)")
     # cpu=True also on machines without a GPU: that is how accelerate runs several CPU processes (torchrun)
-    accelerator = Accelerator(mixed_precision=tc.mixed_precision, cpu=tc.cpu or not torch.cuda.is_available(),
-                              **tracking.accelerator_options(trackers, run))
+    on_cpu = tc.cpu or not torch.cuda.is_available()
+    precision = training_precision(tc.mixed_precision, not on_cpu)
+    accelerator = Accelerator(mixed_precision=precision, cpu=on_cpu, **tracking.accelerator_options(trackers, run))
     main = accelerator.is_main_process
+    if main and tc.mixed_precision == "auto":
+        where = "CPU" if on_cpu else "GPU"
+        print(f"causaldiffae: mixed precision auto: {precision} (bf16 is {'' if precision == 'bf16' else 'not '}"
+              f"native on this {where})", file=sys.stderr)
     # the signal handler outlives the lock: a signal at any moment of the run leaves no stale train.lock behind
     with _GracefulStop(enabled=accelerator.num_processes == 1) as stop, run_folder.lock(run, _warn, enabled=main):
         with accelerator.main_process_first():
