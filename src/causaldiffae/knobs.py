@@ -1,10 +1,9 @@
 """A model's own counterfactual knobs: the inversion depth, guidance weight and DDIM steps chosen for it.
 
 The best depth and weight differ between models (the shipped Pendulum model: 0.5 / 1.5; the epsilon-prediction
-Pendulum model shipped before it: 0.4 / 1.5; the shipped MorphoMNIST model: 1 / 1, the one before it 0.7 / 1), and
-so do the fewest DDIM steps that keep a model's counterfactual quality, so they travel with the weights:
-``knobs.json`` beside ``model.safetensors``, written by ``causaldiffae tune RUN --apply`` and read by
-``CausalDiffAE.from_pretrained``.
+Pendulum model shipped before it: 0.4 / 1.5; the shipped MorphoMNIST model: 0.7 / 1), and so do the fewest DDIM
+steps that keep a model's counterfactual quality, so they travel with the weights: ``knobs.json`` beside
+``model.safetensors``, written by ``causaldiffae tune RUN --apply`` and read by ``CausalDiffAE.from_pretrained``.
 A call or command that names a depth, weight or number of steps uses it; one that names none uses the model's
 knobs, and a model without ``knobs.json`` (or a file without "steps") the global defaults below.
 """
