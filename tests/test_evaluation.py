@@ -178,7 +178,7 @@ def test_settings_and_their_flags_round_trip():
         Settings(guidance=float("inf"))
     with pytest.raises(ValueError, match=r"abduction must be one of \['exact', 'ddim', 'noise'\], got 'fresh'"):
         Settings(abduction="fresh")
-    with pytest.raises(ValueError, match="'dpm\+\+2m' cannot decode the 'exact' abduction"):
+    with pytest.raises(ValueError, match=r"'dpm\+\+2m' cannot decode the 'exact' abduction"):
         Settings(solver="dpm++2m")  # the default abduction keeps residuals of DDIM steps
 
 
