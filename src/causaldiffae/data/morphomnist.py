@@ -230,6 +230,13 @@ def _load_sources(mnist: str | Path | None, limit: int | None) -> _Sources:
     )
 
 
+def check_renderings(renderings: object, key: str = "renderings") -> int:
+    """``renderings`` if it is a whole number >= 1 (bool refused); anything else is refused naming ``key``."""
+    if isinstance(renderings, bool) or not isinstance(renderings, int) or renderings < 1:
+        raise ValueError(f"{key} = {renderings!r} must be a whole number >= 1 (renderings of each train digit)")
+    return renderings
+
+
 def _with_renderings(sources: _Sources, renderings: int) -> _Sources:
     """``sources`` followed by R - 1 more copies of its train digits (all train digits once per extra rendering)."""
     train = np.flatnonzero(np.array(sources.splits) == "train")
@@ -282,21 +289,18 @@ def generate(out: str | Path, size: int = NATIVE_SIZE, mnist: str | Path | None 
     (``train-{source:05d}-{r}.png``, r = 1..R-1) follow the test rows, drawn from ``default_rng([seed, 1])``, so the
     first rows, val and test among them, are byte for byte those of R = 1. A reader of thickness then sees each
     stroke shape at several thicknesses instead of learning one thickness per shape (why: docs/results.md,
-    "MorphoMNIST, four renderings per training digit").
+    "MorphoMNIST on the test split").
     """
     _check_size(size)
-    if isinstance(renderings, bool) or not isinstance(renderings, int) or renderings < 1:
-        raise ValueError(f"renderings = {renderings!r} must be a whole number >= 1 (renderings of each train digit)")
+    check_renderings(renderings)
     check_replaceable(out, DATASET_MARKER)  # before any work (and any progress bar)
     once = _load_sources(mnist, limit)
-    n_first, sources = len(once.splits), _with_renderings(once, renderings)
+    n_first, n_train, sources = len(once.splits), once.splits.count("train"), _with_renderings(once, renderings)
     first = sample_scm(n_first, np.random.default_rng(seed))
     more = sample_scm(len(sources.splits) - n_first, np.random.default_rng([seed, 1]))
     scm = {k: np.concatenate([first[k], more[k]]) for k in first}
-    names = [f"{split}-{k:05d}.png" for split, k in zip(sources.splits[:n_first], sources.index[:n_first], strict=True)]
-    extra = sources.index[n_first:]
-    per = len(extra) // max(renderings - 1, 1)
-    names += [f"train-{k:05d}-{1 + j // per}.png" for j, k in enumerate(extra)]
+    names = [f"{split}-{k:05d}.png" for split, k in zip(once.splits, once.index, strict=True)]
+    names += [f"train-{k:05d}-{1 + j // n_train}.png" for j, k in enumerate(sources.index[n_first:])]
     rows = [{"file": name, "split": split, "thickness": float(t), "intensity": float(i),
              "digit": float(d), "source": int(k)}
             for name, split, k, t, i, d in zip(names, sources.splits, sources.index, scm["thickness"],

@@ -14,6 +14,7 @@ import yaml
 
 from .. import config as cfg
 from .. import tracking
+from ..data.morphomnist import check_renderings
 from ..model import ModelConfig
 
 #: ModelConfig fields that the run fills in from its graph and data sections.
@@ -40,8 +41,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.image_size < 8:
             raise ValueError(f"data.image_size must be >= 8, got {self.image_size}")
-        if isinstance(self.renderings, bool) or not isinstance(self.renderings, int) or self.renderings < 1:
-            raise ValueError(f"data.renderings = {self.renderings!r} must be a whole number >= 1")
+        check_renderings(self.renderings, "data.renderings")
         self.label_fraction = _check_fraction(self.label_fraction)
         if self.name == "folder" and not self.root:
             raise ValueError("data.name: folder needs data.root, the folder with graph.yaml, labels.csv, images/")
