@@ -109,6 +109,32 @@ def test_weights_change_during_training(run_a, data_overrides):
     assert len(changed) > 0.9 * (len(init) - 1)  # everything but the (unused) null condition
 
 
+def test_init_from_starts_at_the_folder_s_weights(run_a, tmp_path, data_overrides):
+    """Fine-tuning: with a vanishing learning rate, one step leaves the weights where the folder had them (its
+    exported EMA model), to float precision; a loss-only key (p_uncond) may differ. Without init_from they differ."""
+    source = _weights(run_a / "model.safetensors")
+    tuned = tmp_path / "tuned"
+    extra = ["train.max_steps=1", "train.lr=1e-30", "train.seed=5", "model.p_uncond=0.5"]
+    train(_config(data_overrides, *extra, f"train.init_from={run_a}"), tuned, progress=False)
+    fresh = tmp_path / "fresh"
+    train(_config(data_overrides, *extra), fresh, progress=False)
+    step1 = _weights(tuned / "checkpoints" / "step-00000001" / "model.safetensors")
+    scratch = _weights(fresh / "checkpoints" / "step-00000001" / "model.safetensors")
+    image_model = [k for k in source if not k.startswith("causal_layer.labels.")]  # the mechanisms are fit again
+    assert all(torch.allclose(step1[k], source[k], atol=1e-6) for k in image_model)
+    assert not all(torch.allclose(scratch[k], source[k], atol=1e-6) for k in image_model)
+    assert load_config(tuned).p_uncond == 0.5
+    assert yaml.safe_load((tuned / "config.yaml").read_text())["train"]["init_from"] == str(run_a)
+
+
+def test_init_from_another_architecture_is_refused_naming_the_key(run_a, tmp_path, data_overrides):
+    with pytest.raises(ValueError, match=r"model\.unet_channels: 8 there, 16 here"):
+        train(_config(data_overrides, "model.unet_channels=16", f"train.init_from={run_a}"), tmp_path / "x",
+              progress=False)
+    with pytest.raises(FileNotFoundError, match="not a causaldiffae model"):
+        train(_config(data_overrides, f"train.init_from={tmp_path}"), tmp_path / "y", progress=False)
+
+
 def test_run_folder_layout(run_a):
     names = {p.name for p in run_a.iterdir()}
     assert {"config.yaml", "metrics.csv", "model.safetensors", "model_config.json", "samples",

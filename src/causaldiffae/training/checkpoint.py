@@ -20,12 +20,19 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.amp import GradScaler
 
+from .. import config as cfg
 from ..atomic import atomic_dir
-from ..model import load_state
+from ..model import CausalDiffAE, load_state
 
 STATE_NAME = "state.json"
 #: The name of a checkpoint folder: ``step-`` and the step, zero-padded to at least 8 digits.
 NAME = re.compile(r"step-(\d{8,})")
+
+
+#: Model keys that shape only the training loss, not the weights or what they compute: a fine-tuning run
+#: (train.init_from) may change them.
+LOSS_ONLY_KEYS = ("dropout", "min_snr_gamma", "timestep_sampling", "timestep_loc", "timestep_scale", "kl_weight",
+                  "label_weight", "p_uncond")
 
 
 class CorruptCheckpoint(ValueError):
@@ -180,3 +187,17 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
         pid, key = name.split(".", 1)
         state.setdefault(int(pid), {})[key] = value
     return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def initialise(model: CausalDiffAE, folder: str | Path) -> None:
+    """Load a saved model's weights into ``model`` (train.init_from): refused, naming every difference, when the
+    two configs differ in anything but LOSS_ONLY_KEYS, since the same tensor shapes could still mean other
+    computations (another graph's normalisation, epsilon against v)."""
+    source = CausalDiffAE.from_pretrained(folder)
+    own, theirs = cfg.to_dict(model.config), cfg.to_dict(source.config)
+    differ = [k for k in own if k not in LOSS_ONLY_KEYS and own[k] != theirs.get(k)]
+    if differ:
+        listed = "; ".join(f"model.{k}: {theirs.get(k)!r} there, {own[k]!r} here" for k in differ)
+        raise ValueError(f"train.init_from {folder} is another model than this run's ({listed}); fine-tuning "
+                         f"needs the same architecture: set those keys as the folder's model_config.json has them")
+    model.load_state_dict(source.state_dict())

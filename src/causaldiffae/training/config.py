@@ -86,6 +86,11 @@ class TrainConfig:
     cpu: bool = cfg.param(False, "train on the CPU even when a GPU is present")
     compile: bool = cfg.param(False, "torch.compile the UNet: 1.17x on 2 CPU cores for the Pendulum config at an "
                                      "unchanged loss, after a minute of compiling (docs/performance.md)")
+    init_from: str | None = cfg.param(
+        None, "fine-tuning: a model folder (a shipped model, a run, anything save_pretrained wrote) whose weights "
+              "start this run instead of a random initialisation. Its architecture must be this run's (only the "
+              "loss-only model keys may differ); step, optimiser and EMA start afresh (the EMA at those weights), and "
+              "the label mechanisms are fit again on this run's labels. A resumed run ignores it")
     mechanism_steps: int = cfg.param(2000, "full-batch Adam steps of each label mechanism's likelihood fit, made "
                                            "on the labelled training rows before the first step (seconds)")
     log_every: int = cfg.param(50, "steps between rows of metrics.csv")
