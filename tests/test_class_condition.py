@@ -10,6 +10,7 @@ from causaldiffae.cli import main
 from causaldiffae.data import pendulum
 from causaldiffae.data.base import load_dataset, write_dataset
 from causaldiffae.graph import CausalGraph
+from causaldiffae.run_data import run_dataset
 from causaldiffae.training import load_run_config, train
 from conftest import TINY_CONFIG, TINY_SIZE
 
@@ -78,3 +79,11 @@ def test_cli_takes_classes_from_the_data_or_class_flag(class_run, tmp_path, caps
 def test_inconsistent_class_settings_are_errors(class_data, tmp_path, extra, message):
     with pytest.raises(ValueError, match=message):
         train(_config(class_data, *extra), tmp_path / "run", progress=False)
+
+
+def test_a_class_model_without_its_run_config_names_the_missing_column(class_run, class_data, tmp_path):
+    """A model folder copied without config.yaml cannot say which column holds its class: one line says so."""
+    CausalDiffAE.from_pretrained(class_run).save_pretrained(tmp_path / "bare")
+    assert run_dataset(class_run, class_data).classes is not None
+    with pytest.raises(ValueError, match=r"num_classes=3.*data\.class_column"):
+        run_dataset(tmp_path / "bare", class_data)

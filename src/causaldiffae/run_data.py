@@ -21,6 +21,10 @@ def run_dataset(run: str | Path, data: str | Path | None = None, size: int | Non
     run_config = Path(run) / "config.yaml"
     section = load_run_config(run_config).data if run_config.is_file() else None
     column = section.class_column if section else None
+    if config.num_classes and column is None:
+        raise ValueError(f"{run} is also conditioned on a class (num_classes={config.num_classes}) but has no "
+                         f"config.yaml naming the labels.csv column of that class (data.class_column): copy the "
+                         f"config.yaml of the run that trained it beside the model")
     if data:
         return load_dataset(data, size, resize=True, class_column=column).with_variables(variables)
     if section is None:
