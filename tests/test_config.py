@@ -157,6 +157,8 @@ def test_derived_keys_in_model_section_are_rejected(key):
     ("model.p_uncond=2", "p_uncond"),
     ("model.latent_dim=0", "latent_dim"),
     ("data.image_size=4", "data.image_size"),
+    ("train.freeze=[decoder]", "'decoder' is not one"),
+    ("train.freeze=[encoder,causal_layer,unet]", "not all"),
 ])
 def test_invalid_values_are_rejected(assignment, key):
     assert key in _error([assignment])

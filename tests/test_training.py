@@ -127,6 +127,20 @@ def test_init_from_starts_at_the_folder_s_weights(run_a, tmp_path, data_override
     assert yaml.safe_load((tuned / "config.yaml").read_text())["train"]["init_from"] == str(run_a)
 
 
+def test_freeze_keeps_the_unet_as_it_was_and_trains_the_encoder(run_a, tmp_path, data_overrides):
+    """train.freeze=[unet] with init_from: the UNet and its null condition come out bit for bit as the folder had
+    them (trained weights and EMA alike), while the encoder moves."""
+    source = _weights(run_a / "model.safetensors")
+    out = tmp_path / "enc"
+    train(_config(data_overrides, "train.max_steps=2", "train.lr=1e-2", f"train.init_from={run_a}",
+                  "train.freeze=[unet]"), out, progress=False)
+    for weights in (_weights(out / "checkpoints" / "step-00000002" / "model.safetensors"),
+                    _weights(out / "model.safetensors")):
+        frozen = [k for k in source if k.startswith("unet.") or k == "null_cond"]
+        assert len(frozen) > 10 and all(torch.equal(weights[k], source[k]) for k in frozen)
+        assert not torch.equal(weights["encoder.head.weight"], source["encoder.head.weight"])
+
+
 def test_init_from_another_architecture_is_refused_naming_the_key(run_a, tmp_path, data_overrides):
     with pytest.raises(ValueError, match=r"model\.unet_channels: 8 there, 16 here"):
         train(_config(data_overrides, "model.unet_channels=16", f"train.init_from={run_a}"), tmp_path / "x",

@@ -17,6 +17,8 @@ from .. import tracking
 from ..data.morphomnist import check_renderings
 from ..model import ModelConfig
 
+#: The parts of a CausalDiffAE that train.freeze can hold fixed.
+FREEZABLE = ("encoder", "causal_layer", "unet")
 #: ModelConfig fields that the run fills in from its graph and data sections.
 DERIVED_MODEL_KEYS = ("graph", "image_size", "channels")
 
@@ -91,6 +93,10 @@ class TrainConfig:
               "start this run instead of a random initialisation. Its architecture must be this run's (only the "
               "loss-only model keys may differ); step, optimiser and EMA start afresh (the EMA at those weights), and "
               "the label mechanisms are fit again on this run's labels. A resumed run ignores it")
+    freeze: list[str] = cfg.param(
+        [], "parts of the model that keep their weights: any of encoder, causal_layer, unet (with its null "
+            "condition); with init_from, e.g. [unet] fine-tunes the encoder alone while the decoder stays the one it "
+            "was. The loss still flows through a frozen part")
     mechanism_steps: int = cfg.param(2000, "full-batch Adam steps of each label mechanism's likelihood fit, made "
                                            "on the labelled training rows before the first step (seconds)")
     log_every: int = cfg.param(50, "steps between rows of metrics.csv")
@@ -127,6 +133,10 @@ class TrainConfig:
             bad += ["ema_decay" if self.ema_decay >= 1 else "max_minutes"]
         if bad:
             raise ValueError("train config: invalid " + ", ".join(f"train.{k}={getattr(self, k)!r}" for k in bad))
+        unknown = [p for p in self.freeze if p not in FREEZABLE]
+        if unknown or len(set(self.freeze)) == len(FREEZABLE):
+            raise ValueError(f"train.freeze = {self.freeze!r}: name some of {', '.join(FREEZABLE)}"
+                             + (f" ({', '.join(map(repr, unknown))} is not one)" if unknown else ", not all"))
         tracking.names(self.log_with, "train.log_with")  # the name is checked here; whether it is installed, by train
 
 

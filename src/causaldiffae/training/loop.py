@@ -102,8 +102,13 @@ def _train(accelerator: Accelerator, run: Path, config: RunConfig, resolved: dic
                 print(f"causaldiffae: mechanism {fit.line()}", file=sys.stderr)
             write_text(run / MECHANISMS_LOG, json.dumps([fit.to_dict() for fit in fits], indent=1) + "\n")
     model.causal_layer.labels.requires_grad_(False)  # fixed from here: no optimiser step or weight decay moves them
+    for part in tc.freeze:
+        getattr(model, part).requires_grad_(False)
+    if "unet" in tc.freeze:
+        model.null_cond.requires_grad_(False)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=tc.lr, weight_decay=tc.weight_decay)
     step = 0
     if resume:
         step = checkpoint.resume(run, model, ema, optimizer, _warn if accelerator.is_main_process else None,
@@ -138,7 +143,7 @@ def _train(accelerator: Accelerator, run: Path, config: RunConfig, resolved: dic
             terms = model(train_set.batch(indices, accelerator.device), gamma=gamma)
         accelerator.backward(terms["loss"])
         if tc.grad_clip > 0:
-            accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            accelerator.clip_grad_norm_(trained, tc.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         _update_ema(ema, accelerator.unwrap_model(model), tc.ema_decay, step)
