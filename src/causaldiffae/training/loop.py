@@ -89,12 +89,12 @@ def _train(accelerator: Accelerator, run: Path, config: RunConfig, resolved: dic
     tc = config.train
     torch.manual_seed(tc.seed)
     model = CausalDiffAE(model_config)
-    if tc.init_from and not resume:
-        checkpoint.initialise(model, tc.init_from)
-        if accelerator.is_main_process:
-            print(f"causaldiffae: initialised from {tc.init_from} (fine-tuning; that model's own training is not "
-                  f"in this run's metrics.csv)", file=sys.stderr)
     if not resume:  # the label mechanisms need only the labels: fit once, before the first step (resume loads them)
+        if tc.init_from:  # before the fit, which then replaces the folder's mechanisms with this run's
+            checkpoint.initialise(model, tc.init_from)
+            if accelerator.is_main_process:
+                print(f"causaldiffae: initialised from {tc.init_from} (fine-tuning; that model's own training is "
+                      f"not in this run's metrics.csv)", file=sys.stderr)
         fits = model.fit_mechanisms(train_set.labels, val_labels, steps=tc.mechanism_steps, seed=tc.seed,
                                     progress=progress and accelerator.is_local_main_process)
         if accelerator.is_main_process and fits:
