@@ -1,13 +1,17 @@
 """The training recipe's levers, on values worked out by hand: Min-SNR-gamma weights, the learning-rate schedule,
-and the FLOPs a training image costs."""
+the FLOPs a training image costs and the compute behind a model folder."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import yaml
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from causaldiffae.training.config import TrainConfig
-from causaldiffae.training.flops import flops_per_image, model_flops_per_image
+from causaldiffae.training.flops import flops_per_image, model_flops_per_image, stage_files, training_compute
 from conftest import ab_model
 
 
@@ -73,3 +77,47 @@ def test_model_flops_per_image_do_not_depend_on_the_batch() -> None:
                  for b in (2, 4)]
     assert per_image[0] > 1e4 and per_image[0] == pytest.approx(per_image[1], rel=1e-6)
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_freezing_the_unet_saves_its_weight_gradients() -> None:
+    """Each UNet convolution or linear layer costs as many FLOPs for its weight's gradient as for its forward; frozen,
+    that gradient goes, and so does the gradient to a layer's input where the input no longer needs one (the
+    layers before the condition enters), but z still reaches the loss through the UNet. So freezing the UNet saves
+    at least its weight layers' forward FLOPs and at most twice them, and the model counted is left trainable."""
+    model = ab_model()
+    batch = {"image": torch.rand(4, 1, 8, 8), "labels": torch.rand(4, 2)}
+    full = model_flops_per_image(model, batch)
+    frozen = model_flops_per_image(model, batch, freeze=["unet"])
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model.unet(torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long), torch.rand(4, 4))
+    ops = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
+    weight_layers = (ops["aten.convolution"] + ops["aten.addmm"]) / 4  # attention's bmm has no weight
+    assert weight_layers < full - frozen <= 2 * weight_layers
+    assert all(p.requires_grad for p in model.unet.parameters())
+
+
+def _stage(folder: Path, prefix: str, steps: int, batch_size: int, freeze: list[str]) -> None:
+    (folder / f"{prefix}config.yaml").write_text(yaml.safe_dump({"train": {"batch_size": batch_size,
+                                                                              "freeze": freeze}}))
+    rows = "".join(f"{s},0.5\n" for s in range(50, steps + 1, 50))
+    (folder / f"{prefix}metrics.csv").write_text("step,loss\n" + rows)
+
+
+def test_training_compute_adds_the_runs_behind_a_model(tmp_path: Path) -> None:
+    """A base run of 200 steps of 8 and a fine-tune of 100 steps of 4 with the UNet frozen: 1,600 images at the
+    full cost plus 400 at the frozen one, listed oldest first whatever order the files lie in."""
+    model = ab_model()
+    model.save_pretrained(tmp_path)
+    _stage(tmp_path, "", 100, 4, ["unet"])
+    _stage(tmp_path, "finetune-1-", 50, 4, ["unet"])
+    _stage(tmp_path, "base-", 200, 8, [])
+    assert [name for name, _, _ in stage_files(tmp_path)] == ["base", "finetune-1", "final"]
+    stages = training_compute(tmp_path)
+    batch = {"image": torch.rand(4, 1, 8, 8), "labels": torch.rand(4, 2)}
+    full, frozen = model_flops_per_image(model, batch), model_flops_per_image(model, batch, ["unet"])
+    assert [(s.steps, s.batch_size, s.images) for s in stages] == [(200, 8, 1600), (50, 4, 200), (100, 4, 400)]
+    assert sum(s.flops for s in stages) == pytest.approx(1600 * full + 600 * frozen, rel=1e-9)
+    (tmp_path / "metrics.csv").unlink()
+    with pytest.raises(FileNotFoundError, match="no config.yaml with a metrics.csv"):
+        training_compute(tmp_path)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -254,6 +254,14 @@ class CausalDiffAE(nn.Module):
         norm = self.normalize_labels(labels.to(param))
         return self.causal_layer.labels.fit(norm, None if val is None else self.normalize_labels(val.to(param)),
                                             steps=steps, seed=seed, progress=progress)
+
+    def freeze(self, parts: Sequence[str]) -> None:
+        """Hold these parts (any of encoder, causal_layer, unet) at their weights: no gradient is computed for them,
+        which is what makes a fine-tune of the rest cheaper. ``unet`` includes the null condition it is fed."""
+        for part in parts:
+            getattr(self, part).requires_grad_(False)
+        if "unet" in parts:
+            self.null_cond.requires_grad_(False)
 
     def with_label_mechanism(self, family: Family) -> CausalDiffAE:
         """The same model (every weight shared, the UNet untouched) with unfitted label mechanisms of ``family``:

@@ -102,10 +102,7 @@ def _train(accelerator: Accelerator, run: Path, config: RunConfig, resolved: dic
                 print(f"causaldiffae: mechanism {fit.line()}", file=sys.stderr)
             write_text(run / MECHANISMS_LOG, json.dumps([fit.to_dict() for fit in fits], indent=1) + "\n")
     model.causal_layer.labels.requires_grad_(False)  # fixed from here: no optimiser step or weight decay moves them
-    for part in tc.freeze:
-        getattr(model, part).requires_grad_(False)
-    if "unet" in tc.freeze:
-        model.null_cond.requires_grad_(False)
+    model.freeze(tc.freeze)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     trained = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trained, lr=tc.lr, weight_decay=tc.weight_decay)
