@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 import torch
+import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from causaldiffae.training.config import TrainConfig
