@@ -3,6 +3,7 @@
     python benchmarks/training_to_quality.py pendulum --recipe current= \
         --recipe minsnr-cosine=model.min_snr_gamma=5,train.lr_schedule=cosine \
         --steps 1500 --every 500 --seeds 0,1 [--n 64] [--predictors DIR] [--runs runs/ttq] [--knobs D,G,S] [--append]
+        [--config configs/DATASET.yaml]
 
 Each recipe is the dataset's config (``configs/DATASET.yaml``) with its ``--set`` overrides, trained once per seed
 into ``RUNS/RECIPE/seed-S`` (an existing run there is resumed, so a longer ``--steps`` extends it), keeping a
@@ -10,8 +11,11 @@ checkpoint every ``--every`` steps. Every checkpoint's EMA weights are scored on
 at the shipped model's knobs (depth, guidance, steps) or those of ``--knobs``: the pixel L1 to the rendered true
 counterfactual and, with ``--predictors``, the effectiveness, as ``causaldiffae tune`` scores one cell. Compute is
 the images seen (steps x batch size) times the FLOPs of one training image, counted by torch's FlopCounterMode, so
-it does not depend on the machine. Writes ``benchmarks/results/training_to_quality_DATASET.json`` and a PNG plot
-beside it; a recipe is better only where its curve lies below at equal compute by more than the spread over seeds.
+it does not depend on the machine. A fine-tune (a config with ``train.init_from``; ``{seed}`` in an override is the
+training seed, e.g. ``train.init_from=runs/ttq/base/seed-{seed}``) starts its curve at the compute behind the model
+it starts from (``training_compute``), and its images cost what its ``train.freeze`` leaves to compute.
+Writes ``benchmarks/results/training_to_quality_DATASET.json`` and a PNG plot beside it; a recipe is better only
+where its curve lies below at equal compute by more than the spread over seeds.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from causaldiffae.metrics.settings import parse_seeds
 from causaldiffae.model import load_state
 from causaldiffae.training import load_run_config, train
 from causaldiffae.training.checkpoint import checkpoints, step_of
-from causaldiffae.training.flops import model_flops_per_image
+from causaldiffae.training.flops import model_flops_per_image, training_compute
 from causaldiffae.tune import TuneSettings, tune
 
 
@@ -54,6 +58,7 @@ def main() -> None:
     parser.add_argument("--knobs", metavar="DEPTH,GUIDANCE,STEPS",
                         help="score at these knobs (default: the shipped model's); choose them on val, e.g. with tune")
     parser.add_argument("--json", help="output (default benchmarks/results/training_to_quality_DATASET.json)")
+    parser.add_argument("--config", help="the config the recipes change (default configs/DATASET.yaml)")
     args = parser.parse_args()
 
     knobs = CausalDiffAE.from_pretrained(SHIPPED_MODELS[args.dataset]).knobs
@@ -78,8 +83,9 @@ def main() -> None:
             raise SystemExit(f"recipe {name}: {out} holds it with {results[name]['overrides']}, not {overrides}")
         for seed in parse_seeds(args.seeds):
             run = Path(args.runs) / name / f"seed-{seed}"
-            config = load_run_config(f"configs/{args.dataset}.yaml", [
-                *overrides, f"train.seed={seed}", f"train.max_steps={args.steps}",
+            config = load_run_config(args.config or f"configs/{args.dataset}.yaml", [
+                *(o.replace("{seed}", str(seed)) for o in overrides), f"train.seed={seed}",
+                f"train.max_steps={args.steps}",
                 f"train.checkpoint_every={args.every}", "train.keep_checkpoints=1000", "train.sample_every=0"])
             train(config, run, resume=bool(checkpoints(run)), allow_config_change=bool(checkpoints(run)))
             model = CausalDiffAE.from_pretrained(run)
@@ -87,7 +93,8 @@ def main() -> None:
                                 class_column=config.data.class_column, renderings=config.data.renderings
                                 ).with_variables(model.graph.variables)
             batch = data.split("train").batch(range(4))
-            flops = model_flops_per_image(CausalDiffAE(model.config), batch)
+            flops = model_flops_per_image(CausalDiffAE(model.config), batch, config.train.freeze)
+            start = sum(s.flops for s in training_compute(config.train.init_from)) if config.train.init_from else 0.0
             points = []
             for folder in sorted(checkpoints(run), key=step_of):
                 step = step_of(folder)
@@ -96,12 +103,12 @@ def main() -> None:
                 cell = tune(model, data, TuneSettings(depths=(knobs.depth,), weights=(knobs.guidance,), n=args.n,
                                                       steps=knobs.steps), predictors, progress=False)["grid"][0]
                 images = step * config.train.batch_size
-                points.append({"step": step, "images": images, "compute_flops": images * flops,
+                points.append({"step": step, "images": images, "compute_flops": start + images * flops,
                                **{k: cell[k] for k in ("true_cf_l1", "true_cf_l1_sem", "effectiveness")
                                   if k in cell}})
                 print(f"{name} seed {seed} step {step}: true-cf L1 {cell['true_cf_l1']:.3f} ± "
-                      f"{cell['true_cf_l1_sem']:.3f}, {images * flops:.3g} FLOPs", flush=True)
-            results[name]["seeds"][str(seed)] = {"flops_per_image": flops, "points": points}
+                      f"{cell['true_cf_l1_sem']:.3f}, {start + images * flops:.3g} FLOPs", flush=True)
+            results[name]["seeds"][str(seed)] = {"flops_per_image": flops, "start_flops": start, "points": points}
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text(out, json.dumps({**header, "recipes": results}, indent=1) + "\n")
     _plot(results, out.with_suffix(".png"), args.dataset)
