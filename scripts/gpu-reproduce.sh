@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The comparison over three training seeds on one GPU (DATASET=pendulum, the default, or morphomnist): `causaldiffae reproduce pendulum` trains the five
 # compared models (causaldiffae, no condition dropout, DiffAE aligned and unaligned, label-conditional DDIM) once
-# per training seed 0, 1, 2 (the shipped model's budget: 5,000 steps for Pendulum, 12,000 for MorphoMNIST), evaluates
+# per training seed 0, 1, 2 (the shipped model's budget: 5,644 steps of batch 16 for Pendulum, 12,000 for MorphoMNIST), evaluates
 # each run and the two noise-abduction rows (depth 1.0 as the reference code, and the evaluation depth) at the depth
-# and guidance chosen on validation for the shipped model (Pendulum 0.4 / 1.5, MorphoMNIST 0.7 / 1) with the settings of
+# and guidance chosen on validation for the shipped model (Pendulum 0.7 / 1, MorphoMNIST 0.7 / 1) with the settings of
 # docs/results.md (1,000 interventions x evaluation seeds 0,1,2, 50 DDIM steps, batch 250, subset 100), and writes
 # runs/reproduce-gpu/DATASET/results.md and results.json: each row the mean ± std over its training seeds.
 #
@@ -31,7 +31,7 @@ train_seeds=${TRAIN_SEEDS:-0,1,2}
 # each dataset's shipped model's budget and the depth and weight chosen for it on validation (its knobs.json)
 case "$dataset" in
     morphomnist) steps_default=12000 depth_default=0.7 guidance_default=1 ;;
-    *) steps_default=5000 depth_default=0.4 guidance_default=1.5 ;;
+    *) steps_default=5644 depth_default=0.7 guidance_default=1 ;;
 esac
 train_steps=${TRAIN_STEPS:-$steps_default}
 jobs=${JOBS:-6}
