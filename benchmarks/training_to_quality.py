@@ -40,7 +40,7 @@ from causaldiffae.metrics.settings import parse_seeds
 from causaldiffae.model import load_state
 from causaldiffae.training import load_run_config, train
 from causaldiffae.training.checkpoint import checkpoints, step_of
-from causaldiffae.training.flops import model_flops_per_image, training_compute
+from causaldiffae.training.flops import model_flops_per_image, synthetic_batch, training_compute
 from causaldiffae.tune import TuneSettings, tune
 
 
@@ -99,8 +99,7 @@ def main() -> None:
             data = open_dataset(config.data.name, config.data.root, config.data.image_size, progress=False,
                                 class_column=config.data.class_column, renderings=config.data.renderings
                                 ).with_variables(model.graph.variables)
-            batch = data.split("train").batch(range(4))
-            flops = model_flops_per_image(CausalDiffAE(model.config), batch, config.train.freeze)
+            flops = model_flops_per_image(CausalDiffAE(model.config), synthetic_batch(model), config.train.freeze)
             start = sum(s.flops for s in training_compute(config.train.init_from)) if config.train.init_from else 0.0
             points = []
             for folder in sorted(checkpoints(run), key=step_of):

@@ -12,9 +12,11 @@
 # and run   DATASET=morphomnist MNIST_DIR=that/folder bash scripts/gpu-reproduce.sh   (the machine fetches nothing,
 # so the files must travel with the checkout); without MNIST_DIR the embedded 5,000 digits are used.
 #
-# Expected run time on one H200: about 40 minutes (an estimate from the runs behind docs/results.md: a 5,000-step
-# training took 7.6 minutes with ten sharing the GPU, an evaluation about 4.5 minutes with six side by side; here
-# 15 trainings and 21 evaluations, six at a time, plus about a minute for the data and the predictors). That is
+# Expected run time on one H200: at most about 40 minutes (an estimate from the runs behind docs/results.md, made
+# with the Pendulum recipe before 2026-12-06, 5,000 steps of batch 32 with a 32-channel UNet, three times the
+# training FLOPs of today's: such a training took 7.6 minutes with ten sharing the GPU, an evaluation about 4.5
+# minutes with six side by side; here 15 trainings and 21 evaluations, six at a time, plus about a minute for the
+# data and the predictors; not re-timed with today's recipe). That is
 # more than one 10-minute device command: finished runs and evaluations in OUT_DIR are reused by a rerun on the
 # same machine, and the environment variables below shrink the work (e.g. TRAIN_SEEDS=0,1 N=250 JOBS=10).
 #
