@@ -136,15 +136,16 @@ def test_cli_counterfactual_runs_and_records_the_models_own_steps(tmp_path):
 
 
 def test_the_shipped_models_carry_the_knobs_chosen_on_validation():
-    """The grids on val: docs/results/pendulum/tune-third (the model trained on a third of the compute) chose
-    0.7 / 1, docs/results/morphomnist/finetune/tune 0.7 / 1; the steps of the exact abduction from
-    docs/performance.md: 15 and 8."""
-    pendulum = read_knobs(SHIPPED_MODELS["pendulum"])
-    grid = json.loads((Path(__file__).parents[1] / "docs/results/pendulum/tune-third/tune.json").read_text())
-    assert (grid["best"]["depth"], grid["best"]["guidance"], grid["settings"]["steps"]) == (0.7, 1.0, 15)
-    assert (pendulum.depth, pendulum.guidance, pendulum.steps) == (0.7, 1.0, 15) and "val split" in pendulum.chosen_by
-    mm = read_knobs(SHIPPED_MODELS["morphomnist"])
-    assert (mm.depth, mm.guidance, mm.steps) == (0.7, 1.0, 8) and "val split" in mm.chosen_by
+    """The grids on val of the models trained on a third of the compute: docs/results/pendulum/tune-third chose
+    0.7 / 1 at 15 steps, docs/results/morphomnist/small16/tune-shipped 0.7 / 1 at 8 (the steps of the exact
+    abduction from docs/performance.md)."""
+    docs = Path(__file__).parents[1] / "docs/results"
+    for name, grid_file, expected in (("pendulum", "pendulum/tune-third", (0.7, 1.0, 15)),
+                                      ("morphomnist", "morphomnist/small16/tune-shipped", (0.7, 1.0, 8))):
+        grid = json.loads((docs / grid_file / "tune.json").read_text())
+        assert (grid["best"]["depth"], grid["best"]["guidance"], grid["settings"]["steps"]) == expected, name
+        knobs = read_knobs(SHIPPED_MODELS[name])
+        assert (knobs.depth, knobs.guidance, knobs.steps) == expected and "val split" in knobs.chosen_by, name
 
 
 def test_tune_apply_writes_the_chosen_knobs(tmp_path, tiny_dataset, capsys):
